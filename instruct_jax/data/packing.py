@@ -1,0 +1,97 @@
+"""Pack (or pad) per-example features into fixed-shape batches in the T5X model-feature schema.
+
+Input examples come from `instruct_jax.data.transforms` (variable-length int/float arrays), plus scalar int
+meta features such as `task_index`, `template_id` and `shots`. Output batches hold, per row:
+
+    encoder_input_tokens, encoder_segment_ids, encoder_positions         (encoder-decoder only)
+    decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
+    decoder_segment_ids, decoder_positions,
+    <meta feature> per decoder token (0 on padding), so per-task metrics survive packing.
+
+Segment ids count examples within a row from 1; 0 marks padding. Positions restart at 0 for each example,
+so RoPE and relative position biases see each example as if it were alone. Packing uses grain's first-fit
+packer, whose state is part of the iterator checkpoint.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grain
+import grain.experimental as grain_exp
+import numpy as np
+
+# Features whose segment ids and positions become the row's encoder_/decoder_ segment ids and positions.
+_ANCHORS = {"encoder_input_tokens": "encoder", "decoder_target_tokens": "decoder"}
+_DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+
+
+def feature_lengths(kind: str, inputs_length: int, targets_length: int) -> dict[str, int]:
+  """Row lengths per feature: `kind` is "encoder_decoder" or "decoder" (which uses inputs+targets)."""
+  if kind == "encoder_decoder":
+    lengths = {"encoder_input_tokens": inputs_length}
+    dec = targets_length
+  elif kind == "decoder":
+    lengths, dec = {}, inputs_length + targets_length
+  else:
+    raise ValueError(f"model kind must be 'encoder_decoder' or 'decoder', got {kind!r}")
+  lengths.update({k: dec for k in _DECODER_FEATURES})
+  return lengths
+
+
+def _broadcast_meta(ex: dict, meta_features: Sequence[str]) -> dict:
+  n = len(ex["decoder_target_tokens"])
+  out = dict(ex)
+  for m in meta_features:
+    out[m] = np.full((n,), ex[m], np.int32)
+  return out
+
+
+def _rename_packed(row: dict, lengths: dict[str, int], meta_features: Sequence[str]) -> dict:
+  out = {k: row[k] for k in (*lengths, *meta_features)}
+  for feature, prefix in _ANCHORS.items():
+    if feature in lengths:
+      out[f"{prefix}_segment_ids"] = row[f"{feature}_segment_ids"].astype(np.int32)
+      out[f"{prefix}_positions"] = row[f"{feature}_positions"].astype(np.int32)
+  return out
+
+
+def _pad_one(ex: dict, lengths: dict[str, int], meta_features: Sequence[str]) -> dict:
+  out = {}
+  for feature, length in {**lengths, **{m: lengths["decoder_target_tokens"] for m in meta_features}}.items():
+    x = np.asarray(ex[feature])
+    if x.shape[0] > length:
+      raise ValueError(f"feature {feature!r} has length {x.shape[0]} > row length {length}; truncate first")
+    out[feature] = np.pad(x, (0, length - x.shape[0]))
+  for feature, prefix in _ANCHORS.items():
+    if feature in lengths:
+      n = len(ex[feature])
+      out[f"{prefix}_segment_ids"] = (np.arange(lengths[feature]) < n).astype(np.int32)
+      out[f"{prefix}_positions"] = np.where(np.arange(lengths[feature]) < n, np.arange(lengths[feature]), 0).astype(np.int32)
+  return out
+
+
+def pack_and_batch(ds: grain.IterDataset, *, lengths: dict[str, int], batch_size: int, pack: bool = True,
+                   num_packing_bins: int | None = None, meta_features: tuple[str, ...] = (),
+                   seed: int = 0, drop_remainder: bool = True) -> grain.IterDataset:
+  """Packs (or pads) examples to `lengths` and batches `batch_size` rows.
+
+  Args:
+    ds: examples with the features named in `lengths` plus scalar `meta_features`.
+    lengths: row length per feature, e.g. from `feature_lengths`.
+    batch_size: rows per batch (per host).
+    pack: first-fit packing of several examples per row; False pads one example per row.
+    num_packing_bins: rows the packer keeps open; more bins, less padding (default: batch_size).
+    meta_features: scalar int features carried per decoder token.
+    seed: seed of the packer's bin shuffle.
+    drop_remainder: drop a last partial batch (training); False keeps it (evaluation).
+  """
+  ds = ds.map(lambda ex: _broadcast_meta(ex, meta_features))
+  if pack:
+    length_struct = {**lengths, **{m: lengths["decoder_target_tokens"] for m in meta_features}}
+    ds = grain_exp.FirstFitPackIterDataset(
+        ds, length_struct=length_struct, num_packing_bins=num_packing_bins or batch_size, seed=seed,
+        shuffle_bins=True)
+    ds = ds.map(lambda row: _rename_packed(row, lengths, meta_features))
+  else:
+    ds = ds.map(lambda ex: _pad_one(ex, lengths, meta_features))
+  return ds.batch(batch_size, drop_remainder=drop_remainder)

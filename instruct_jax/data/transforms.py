@@ -1,0 +1,78 @@
+"""Turn one tokenized (instruction, output) pair into model features with loss weights.
+
+The loss mask lives here, in the data, as `decoder_loss_weights`; the loss itself stays a pure function
+(`instruct_jax.losses`). Feature names follow the T5X/SeqIO model-feature schema.
+
+Encoder-decoder, for inputs [i1 i2 i3] and targets [o1 o2] with end-of-text E:
+
+    encoder_input_tokens   i1 i2 i3
+    decoder_input_tokens   0  o1 o2      (targets shifted right; 0 is T5's decoder start id)
+    decoder_target_tokens  o1 o2 E
+    decoder_loss_weights   1  1  1       (the output and its end-of-text token are scored)
+
+Decoder-only, with begin-of-text B; the model sees B i1 i2 i3 o1 o2 and predicts one token ahead:
+
+    decoder_input_tokens   B  i1 i2 i3 o1 o2
+    decoder_target_tokens  i1 i2 i3 o1 o2 E
+    decoder_loss_weights   0  0  0  1  1  1   (1 everywhere with train_on_inputs=True)
+
+Truncation never silently removes all target tokens. The instruction is cut first (its end goes, its
+beginning stays); only an output that alone overflows is cut, and a cut output gets no end-of-text token
+(it did not end there, so the model must not learn to stop there). If no output token survives, the
+functions return None and the caller drops and counts the example.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DECODER_START_ID = 0
+
+
+def _as_ids(x) -> np.ndarray:
+  return np.asarray(x, dtype=np.int32).reshape(-1)
+
+
+def _with_eos(targets: np.ndarray, room: int, eos_id: int) -> np.ndarray:
+  """targets + [eos] if that fits in `room`, else targets cut to `room` with no end-of-text."""
+  if targets.size + 1 <= room:
+    return np.concatenate([targets, [eos_id]]).astype(np.int32)
+  return targets[:room]
+
+
+def seq2seq_features(inputs, targets, *, eos_id: int, max_input_len: int,
+                     max_target_len: int) -> dict[str, np.ndarray] | None:
+  """Features for an encoder-decoder model; None if the output would be truncated away."""
+  inputs, targets = _as_ids(inputs), _as_ids(targets)
+  if eos_id == DECODER_START_ID:
+    raise ValueError("eos_id must differ from the decoder start/pad id 0, or the stop token is never learned")
+  if targets.size == 0 or max_target_len < 1:
+    return None
+  targets = _with_eos(targets, max_target_len, eos_id)
+  return {
+      "encoder_input_tokens": inputs[:max_input_len],
+      "decoder_input_tokens": np.concatenate([[DECODER_START_ID], targets[:-1]]).astype(np.int32),
+      "decoder_target_tokens": targets,
+      "decoder_loss_weights": np.ones(targets.size, np.float32),
+  }
+
+
+def decoder_features(inputs, targets, *, bos_id: int, eos_id: int, max_len: int,
+                     train_on_inputs: bool = False) -> dict[str, np.ndarray] | None:
+  """Features for a decoder-only model; None if the output would be truncated away."""
+  inputs, targets = _as_ids(inputs), _as_ids(targets)
+  if eos_id == 0:
+    raise ValueError("eos_id must differ from the pad id 0, or the stop token is never learned")
+  if targets.size == 0 or max_len < 1:
+    return None
+  # The model predicts len(inputs) + len(targets) + 1 positions (the +1 is end-of-text).
+  n_inputs = min(inputs.size, max(max_len - targets.size - 1, 0))
+  targets = _with_eos(targets, max_len - n_inputs, eos_id)
+  seq = np.concatenate([[bos_id], inputs[:n_inputs], targets]).astype(np.int32)
+  weights = np.ones(seq.size - 1, np.float32)
+  if not train_on_inputs:
+    weights[:n_inputs] = 0.0  # targets at positions < n_inputs are instruction tokens
+  return {
+      "decoder_input_tokens": seq[:-1],
+      "decoder_target_tokens": seq[1:],
+      "decoder_loss_weights": weights,
+  }

@@ -1,0 +1,94 @@
+"""Masked cross-entropy for instruction tuning: a pure function of logits, targets and loss weights.
+
+Which tokens are scored is decided by the data (`decoder_loss_weights`: 0 on the instruction, 1 on the
+output and its end-of-text token; see `instruct_jax.data.transforms`). This module decides how the
+scored tokens are averaged. Every normalisation has the form
+
+    loss = sum_t scale_t * CE_t / denominator
+
+where `scale` and `denominator` depend only on the data, so they can be computed for the whole optimizer
+step before any forward pass. Summing the numerator over devices and gradient-accumulation microbatches
+and dividing once by the step's denominator is then exact (not a mean of per-microbatch means).
+
+    Normalization.TOKENS    scale = w,                    denominator = sum(w)   (global token mean)
+    Normalization.EXAMPLES  scale = w / tokens of its example, denominator = examples (each packed
+                            segment counts once, so packing does not change the loss)
+    Normalization.SUM       scale = w,                    denominator = 1
+"""
+from __future__ import annotations
+
+import enum
+
+import jax
+import jax.numpy as jnp
+
+
+class Normalization(enum.Enum):
+  TOKENS = "tokens"
+  EXAMPLES = "examples"
+  SUM = "sum"
+
+
+def token_scale_and_denominator(weights_BL, segment_ids_BL, normalization: Normalization | str):
+  """Per-token scale and the denominator for `normalization` (see module docstring)."""
+  normalization = Normalization(normalization)
+  weights_BL = weights_BL.astype(jnp.float32)
+  if normalization is Normalization.TOKENS:
+    return weights_BL, jnp.sum(weights_BL)
+  if normalization is Normalization.SUM:
+    return weights_BL, jnp.ones((), jnp.float32)
+  B, L = weights_BL.shape
+  if segment_ids_BL is None:
+    segment_ids_BL = (weights_BL > 0).astype(jnp.int32)
+  # Count scored tokens per (row, segment) with one segment_sum over B * (L + 1) slots.
+  slot_BL = jnp.arange(B)[:, None] * (L + 1) + segment_ids_BL
+  per_slot = jax.ops.segment_sum(weights_BL.reshape(-1), slot_BL.reshape(-1), num_segments=B * (L + 1))
+  tokens_in_example_BL = per_slot[slot_BL]
+  scale_BL = jnp.where(weights_BL > 0, weights_BL / jnp.maximum(tokens_in_example_BL, 1e-9), 0.0)
+  return scale_BL, jnp.sum(per_slot > 0).astype(jnp.float32)
+
+
+def cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0, label_smoothing: float = 0.0):
+  """Per-token cross-entropy [B, L] (with optional z-loss and label smoothing) and the z-loss part.
+
+  Label smoothing puts 1 - s on the target and s / (V - 1) elsewhere, minus the entropy of that
+  distribution so a perfect prediction scores 0 (as T5X does). z-loss adds z_loss * log(Z)^2.
+  """
+  logits_BLV = logits_BLV.astype(jnp.float32)
+  log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
+  target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
+  nll_BL = log_z_BL - target_logit_BL
+  if label_smoothing:
+    vocab = logits_BLV.shape[-1]
+    on, off = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
+    mean_nll_BL = log_z_BL - jnp.mean(logits_BLV, axis=-1)  # -(1/V) sum_v log p_v
+    nll_BL = (on - off) * nll_BL + off * vocab * mean_nll_BL
+    nll_BL -= -(on * jnp.log(on) + (vocab - 1) * off * jnp.log(off + 1e-20))
+  z_BL = z_loss * jnp.square(log_z_BL)
+  return nll_BL + z_BL, z_BL
+
+
+def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominator, z_loss: float = 0.0,
+                     label_smoothing: float = 0.0):
+  """Normalised loss plus sums for metrics.
+
+  Args:
+    logits_BLV: fp32 logits.
+    targets_BL: target token ids.
+    weights_BL: the data's loss weights (0/1); only used for the metric counts.
+    scale_BL, denominator: from `token_scale_and_denominator`, computed over the whole optimizer step.
+  Returns:
+    (loss, metrics) with metrics["weight_sum"] (scored tokens), ["correct"] (scored tokens predicted
+    exactly by argmax), ["nll_sum"] and ["z_loss_sum"] summed over scored tokens.
+  """
+  ce_BL, z_BL = cross_entropy(logits_BLV, targets_BL, z_loss=z_loss, label_smoothing=label_smoothing)
+  loss = jnp.sum(scale_BL * ce_BL) / jnp.maximum(denominator, 1e-9)
+  w = weights_BL.astype(jnp.float32)
+  correct = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
+  metrics = {
+      "weight_sum": jnp.sum(w),
+      "correct": jnp.sum(w * correct),
+      "nll_sum": jnp.sum(w * (ce_BL - z_BL)),
+      "z_loss_sum": jnp.sum(w * z_BL),
+  }
+  return loss, metrics

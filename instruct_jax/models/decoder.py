@@ -1,0 +1,113 @@
+"""Decoder-only, LLaMA-style language model (Flax linen).
+
+Pre-norm blocks of RMSNorm, grouped-query attention with rotary positions, and a SwiGLU MLP; embeddings
+tied or untied. Rotary positions come from `decoder_positions`, which restart at 0 for every packed
+example. Shape letters: see `instruct_jax.models.layers`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from instruct_jax.models import layers
+from instruct_jax.models.stack import LayerStack, StackConfig
+from instruct_jax.sharding import constrain
+
+INPUT_FEATURES = ("decoder_input_tokens", "decoder_segment_ids", "decoder_positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(StackConfig):
+  vocab_size: int = 32000
+  d_model: int = 4096
+  d_ff: int = 11008
+  num_heads: int = 32
+  num_kv_heads: int = 32
+  head_dim: int = 128
+  num_layers: int = 32
+  rope_theta: float = 10000.0
+  rope_scaling: layers.RopeScaling | None = None
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  dropout_rate: float = 0.0
+
+  kind = "decoder"
+
+
+SIZES: dict[str, dict] = {
+    "tiny": dict(vocab_size=512, d_model=64, d_ff=176, num_heads=4, num_kv_heads=2, head_dim=16, num_layers=2,
+                 tie_embeddings=True),
+    # Llama-3.2-1B shapes.
+    "1b": dict(vocab_size=128256, d_model=2048, d_ff=8192, num_heads=32, num_kv_heads=8, head_dim=64,
+               num_layers=16, rope_theta=500000.0, rope_scaling=layers.RopeScaling(factor=32.0),
+               tie_embeddings=True),
+    # LLaMA-2-7B shapes.
+    "7b": dict(vocab_size=32000, d_model=4096, d_ff=11008, num_heads=32, num_kv_heads=32, head_dim=128,
+               num_layers=32, rope_theta=10000.0),
+}
+
+
+class Block(nn.Module):
+  config: DecoderConfig
+  deterministic: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BLD, mask_B1LS, positions_BL, kv_positions_BS):
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+    h = layers.RMSNorm(cfg.norm_eps, name="pre_attention_norm", **kw)(x_BLD)
+    h = layers.Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model, rope_theta=cfg.rope_theta,
+                         rope_scaling=cfg.rope_scaling, dropout_rate=cfg.dropout_rate,
+                         deterministic=self.deterministic, decode=self.decode, name="attention",
+                         **kw)(h, h, mask_B1LS, None, positions_BL, kv_positions_BS)
+    x_BLD = x_BLD + drop(h)
+    h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
+    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "silu", cfg.dropout_rate, self.deterministic, name="mlp", **kw)(h)
+    return constrain(x_BLD + drop(h), ("act_batch", "act_length", "act_embed"))
+
+
+class Decoder(nn.Module):
+  """`__call__` maps a batch in the T5X decoder feature schema to fp32 logits [B, L, V]."""
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, decoder_input_tokens, decoder_segment_ids=None, decoder_positions=None, *,
+               deterministic: bool = True, decode: bool = False, mask_B1LS=None, kv_positions_BS=None):
+    """Logits for every position.
+
+    Training and scoring pass segment ids and positions (or neither, for one unpadded example per row).
+    Decoding with a cache (see instruct_jax.sampling) passes decode=True, the mask of the new positions
+    against the whole cache, and the cache's positions.
+    """
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    B, L = decoder_input_tokens.shape
+    positions = decoder_positions if decoder_positions is not None else jnp.broadcast_to(jnp.arange(L), (B, L))
+    if mask_B1LS is None:
+      segments = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
+      mask_B1LS = layers.segment_mask(segments, segments, causal=True, q_positions_BL=positions,
+                                      kv_positions_BS=positions)
+      kv_positions_BS = positions
+    embedder = layers.Embed(cfg.vocab_size, cfg.d_model, init_scale=0.02,
+                            name="token_embedder", **kw)
+    x = nn.Dropout(cfg.dropout_rate)(embedder(decoder_input_tokens), deterministic=deterministic)
+    x = constrain(x, ("act_batch", "act_length", "act_embed"))
+    stack = LayerStack(Block, cfg, cfg.num_layers, dict(deterministic=deterministic, decode=decode), name="layers")
+    x = stack(x, mask_B1LS, positions, kv_positions_BS)
+    x = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)(x)
+    if cfg.tie_embeddings:
+      logits = embedder.attend(x)
+    else:
+      logits = layers.Dense((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "BLD,DV->BLV",
+                            name="logits_dense", **kw)(x)
+    return constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+
+
+def config_for(size: str, **overrides) -> DecoderConfig:
+  if size not in SIZES:
+    raise ValueError(f"unknown decoder size {size!r}; choose one of {sorted(SIZES)}")
+  return DecoderConfig(**{**SIZES[size], **overrides})

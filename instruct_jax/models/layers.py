@@ -1,0 +1,214 @@
+"""Layers shared by the T5 and decoder-only models (Flax linen).
+
+Shape letters used in einsum strings and names throughout `instruct_jax.models`:
+
+    B batch        L query length     S key/value length   D model width (embed)
+    H query heads  N key/value heads  G query heads per key/value head (H = N * G)
+    K head width   F MLP hidden width V vocabulary
+
+Every parameter is created with logical axis names (see `instruct_jax.sharding`), so it is born sharded.
+Parameters live in `param_dtype`; matmuls run in `dtype`; norms, softmax and logits are computed in fp32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from instruct_jax.sharding import constrain
+
+Dtype = Any
+NEG_INF = -1e10  # large negative logit for masked attention; finite so fully masked rows stay NaN-free
+
+
+def param_with_axes(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...],
+                    axes: tuple[str | None, ...], dtype: Dtype) -> jax.Array:
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm with a learned scale and no bias or mean subtraction (T5, LLaMA)."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    x = x_BLD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    scale_D = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",), self.param_dtype)
+    return (x * scale_D.astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding table [V, D]; `attend` reuses it as the output layer when embeddings are tied."""
+  vocab_size: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  init_scale: float = 1.0
+
+  def setup(self):
+    self.embedding = param_with_axes(self, "embedding", nn.initializers.normal(self.init_scale),
+                                     (self.vocab_size, self.features), ("vocab", "embed"), self.param_dtype)
+
+  def __call__(self, tokens_BL):
+    return jnp.take(self.embedding, tokens_BL, axis=0).astype(self.dtype)
+
+  def attend(self, x_BLD):
+    return jnp.einsum("BLD,VD->BLV", x_BLD, self.embedding.astype(self.dtype))
+
+
+class Dense(nn.Module):
+  """Matmul with a named kernel, no bias: x [..., in] -> [..., out] through `einsum_str`.
+
+  The kernel starts normal with std init_scale / sqrt(fan_in), fan_in being the contracted dimensions.
+  """
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  einsum_str: str
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    x_spec, k_spec = self.einsum_str.split("->")[0].split(",")
+    fan_in = math.prod(n for letter, n in zip(k_spec, self.shape) if letter in x_spec)
+    init = nn.initializers.normal(self.init_scale * fan_in ** -0.5)
+    kernel = param_with_axes(self, "kernel", init, self.shape, self.axes, self.param_dtype)
+    return jnp.einsum(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class GatedMLP(nn.Module):
+  """act(x W0) * (x W1) W_out: gated-GELU for T5 v1.1, SwiGLU for LLaMA."""
+  d_model: int
+  d_ff: int
+  activation: str  # "gelu" (tanh approximation, as T5 v1.1) or "silu"
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    act = {"gelu": lambda z: nn.gelu(z, approximate=True), "silu": nn.silu}[self.activation]
+    gate_BLF = Dense((self.d_model, self.d_ff), ("embed", "mlp"), "BLD,DF->BLF", name="wi_0", **kw)(x_BLD)
+    up_BLF = Dense((self.d_model, self.d_ff), ("embed", "mlp"), "BLD,DF->BLF", name="wi_1", **kw)(x_BLD)
+    h_BLF = constrain(act(gate_BLF) * up_BLF, ("act_batch", "act_length", "act_mlp"))
+    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=self.deterministic)
+    return Dense((self.d_ff, self.d_model), ("mlp", "embed"), "BLF,FD->BLD", name="wo", **kw)(h_BLF)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3 style frequency scaling of RoPE (rope_scaling.rope_type == "llama3")."""
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 8192
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> jax.Array:
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is None:
+    return inv_freq
+  wavelen = 2 * jnp.pi / inv_freq
+  low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+  high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+  smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+      scaling.high_freq_factor - scaling.low_freq_factor)
+  blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+  return jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor,
+                   jnp.where(wavelen < high_wavelen, inv_freq, blended))
+
+
+def apply_rope(x_BLHK, positions_BL, inv_freq_K2):
+  """Rotary embedding in the split-halves layout (the Hugging Face LLaMA weight layout)."""
+  angles = positions_BL[..., None].astype(jnp.float32) * inv_freq_K2  # [B, L, K/2]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x = x_BLHK.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BLHK.dtype)
+
+
+def segment_mask(q_segments_BL, kv_segments_BS, *, causal: bool, q_positions_BL=None, kv_positions_BS=None):
+  """Boolean [B, 1, L, S]: same non-padding segment, and key not after query when causal."""
+  mask = (q_segments_BL[:, :, None] == kv_segments_BS[:, None, :]) & (q_segments_BL[:, :, None] > 0)
+  if causal:
+    mask &= q_positions_BL[:, :, None] >= kv_positions_BS[:, None, :]
+  return mask[:, None]
+
+
+class Attention(nn.Module):
+  """Multi-head attention with grouped key/value heads, optional RoPE and an optional additive bias.
+
+  T5 passes its relative position bias and `scale_logits=False` (T5 folds 1/sqrt(K) into the init);
+  LLaMA passes RoPE settings. With `decode=True` keys and values are kept in a "cache" collection.
+  """
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  d_model: int
+  scale_logits: bool = True
+  rope_theta: float | None = None
+  rope_scaling: RopeScaling | None = None
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  decode: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD, kv_BSD, mask_B1LS, bias_1HLS=None, q_positions_BL=None, kv_positions_BS=None):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    H, N, K, D = self.num_heads, self.num_kv_heads, self.head_dim, self.d_model
+    q_scale = 1.0 if self.scale_logits else K ** -0.5  # unscaled logits: fold 1/sqrt(K) into the init
+    q_BLHK = Dense((D, H, K), ("embed", "heads", "head_dim"), "BLD,DHK->BLHK", name="query", init_scale=q_scale,
+                   **kw)(x_BLD)
+    k_BSNK = Dense((D, N, K), ("embed", "kv_heads", "head_dim"), "BSD,DNK->BSNK", name="key", **kw)(kv_BSD)
+    v_BSNK = Dense((D, N, K), ("embed", "kv_heads", "head_dim"), "BSD,DNK->BSNK", name="value", **kw)(kv_BSD)
+    if self.rope_theta is not None:
+      inv_freq = rope_frequencies(K, self.rope_theta, self.rope_scaling)
+      q_BLHK = apply_rope(q_BLHK, q_positions_BL, inv_freq)
+      k_BSNK = apply_rope(k_BSNK, kv_positions_BS, inv_freq)
+    if self.decode:
+      k_BSNK, v_BSNK, mask_B1LS = self._update_cache(k_BSNK, v_BSNK, mask_B1LS)
+    q_BLHK = constrain(q_BLHK, ("act_batch", "act_length", "act_heads", None))
+    if self.scale_logits:
+      q_BLHK = q_BLHK * (K ** -0.5)
+    B, L = q_BLHK.shape[:2]
+    q_BLNGK = q_BLHK.reshape(B, L, N, H // N, K)
+    logits_BNGLS = jnp.einsum("BLNGK,BSNK->BNGLS", q_BLNGK, k_BSNK).astype(jnp.float32)
+    if bias_1HLS is not None:
+      logits_BNGLS += bias_1HLS.reshape(bias_1HLS.shape[0], N, H // N, *bias_1HLS.shape[2:]).astype(jnp.float32)
+    logits_BNGLS = jnp.where(mask_B1LS[:, :, None], logits_BNGLS, NEG_INF)
+    probs_BNGLS = jax.nn.softmax(logits_BNGLS, axis=-1).astype(self.dtype)
+    probs_BNGLS = nn.Dropout(self.dropout_rate)(probs_BNGLS, deterministic=self.deterministic)
+    out_BLNGK = jnp.einsum("BNGLS,BSNK->BLNGK", probs_BNGLS, v_BSNK.astype(self.dtype))
+    out_BLHK = constrain(out_BLNGK.reshape(B, L, H, K), ("act_batch", "act_length", "act_heads", None))
+    return Dense((H, K, D), ("heads", "head_dim", "embed"), "BLHK,HKD->BLD", name="out", **kw)(out_BLHK)
+
+  def _update_cache(self, k_BSNK, v_BSNK, mask_B1LS):
+    """Writes this step's keys/values at the cache index; returns the whole cache and its mask.
+
+    The cache is created by `init` on a full-length dummy input (its length is the decode budget); each
+    decode call passes one (or a prompt's worth of) new position(s).
+    """
+    is_init = not self.has_variable("cache", "key")
+    key = self.variable("cache", "key", jnp.zeros, k_BSNK.shape, k_BSNK.dtype)
+    value = self.variable("cache", "value", jnp.zeros, v_BSNK.shape, v_BSNK.dtype)
+    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    if is_init:
+      return k_BSNK, v_BSNK, mask_B1LS
+    step = k_BSNK.shape[1]
+    idx = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BSNK.astype(key.value.dtype), (0, idx, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BSNK.astype(value.value.dtype), (0, idx, 0, 0))
+    index.value = idx + step
+    return key.value, value.value, mask_B1LS

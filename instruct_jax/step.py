@@ -1,0 +1,146 @@
+"""Train state born sharded, and the pure train and eval steps (jitted once, with shardings and donation).
+
+The train step normalises the loss over the whole optimizer step before the forward pass (see losses.py),
+so k microbatches of gradient accumulation give the same update as one batch k times the size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from instruct_jax import losses, sharding
+from instruct_jax.models import decoder, t5
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  normalization: str = "tokens"  # tokens | examples | sum (see losses.Normalization)
+  z_loss: float = 0.0
+  label_smoothing: float = 0.0
+
+
+def input_features(model: nn.Module) -> tuple[str, ...]:
+  if isinstance(model, t5.T5):
+    return t5.INPUT_FEATURES
+  if isinstance(model, decoder.Decoder):
+    return decoder.INPUT_FEATURES
+  raise TypeError(f"unsupported model {type(model).__name__}")
+
+
+def forward(model: nn.Module, params, batch: Batch, *, dropout_rng=None) -> jax.Array:
+  """fp32 logits [B, L, V] for the decoder targets of `batch`."""
+  feats = {k: batch[k] for k in input_features(model) if k in batch}
+  return model.apply({"params": params}, **feats, deterministic=dropout_rng is None,
+                     rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+
+
+def dummy_batch(model: nn.Module, length: int = 8) -> Batch:
+  return {k: jnp.ones((1, length), jnp.int32) for k in input_features(model)}
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules, rng):
+  """Parameters and optimizer state created directly in their shardings; returns (state, shardings)."""
+  def init_boxed(rng):
+    return model.init({"params": rng}, **dummy_batch(model))["params"]
+
+  def init_state(rng):
+    params = nn.meta.unbox(init_boxed(rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  boxed = jax.eval_shape(init_boxed, rng)
+  params_sh = sharding.param_shardings(boxed, mesh, rules)
+  abstract = jax.eval_shape(init_state, rng)
+  replicated = NamedSharding(mesh, P())
+  state_sh = TrainState(
+      step=replicated, params=params_sh,
+      opt_state=sharding.like_params_shardings(abstract.opt_state, abstract.params, params_sh, mesh))
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_state, out_shardings=state_sh)(rng)
+  return state, state_sh
+
+
+def _split_microbatches(x, k: int):
+  """[B, ...] -> [k, B/k, ...], microbatch j holding rows j, j+k, ... (spread over the data devices)."""
+  if x.shape[0] % k:
+    raise ValueError(f"batch size {x.shape[0]} is not divisible by num_microbatches={k}")
+  return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def train_step(state: TrainState, batch: Batch, rng, *, model: nn.Module, tx: optax.GradientTransformation,
+               loss_cfg: LossConfig, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1):
+  """One optimizer step; pure. Returns the new state and step metrics (host-side sums and means)."""
+  with sharding.activation_sharding(mesh, rules):
+    scale_BL, denominator = losses.token_scale_and_denominator(
+        batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), loss_cfg.normalization)
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params, mb, mb_scale, mb_rng):
+      logits = forward(model, params, mb, dropout_rng=mb_rng if _has_dropout(model) else None)
+      return losses.loss_and_metrics(logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
+                                     scale_BL=mb_scale, denominator=denominator, z_loss=loss_cfg.z_loss,
+                                     label_smoothing=loss_cfg.label_smoothing)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if num_microbatches == 1:
+      (loss, sums), grads = grad_fn(state.params, batch, scale_BL, step_rng)
+    else:
+      micro = jax.tree.map(functools.partial(_split_microbatches, k=num_microbatches), (batch, scale_BL))
+
+      def accumulate(carry, xs):
+        j, (mb, mb_scale) = xs
+        (mb_loss, mb_sums), mb_grads = grad_fn(state.params, mb, mb_scale, jax.random.fold_in(step_rng, j))
+        return jax.tree.map(jnp.add, carry, (mb_loss, mb_sums, mb_grads)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), _zero_sums(), state.params))
+      (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro))
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+               "learning_rate": schedule(state.step), **sums}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: Batch, *, model: nn.Module, mesh: Mesh, rules):
+  """Token-mean loss sums on a batch (no dropout)."""
+  with sharding.activation_sharding(mesh, rules):
+    logits = forward(model, params, batch)
+    weights = batch["decoder_loss_weights"]
+    _, sums = losses.loss_and_metrics(logits, batch["decoder_target_tokens"], weights, scale_BL=weights,
+                                      denominator=jnp.sum(weights))
+    return sums
+
+
+def _zero_sums():
+  return {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(()),
+          "z_loss_sum": jnp.zeros(())}
+
+
+def _has_dropout(model: nn.Module) -> bool:
+  return getattr(model.config, "dropout_rate", 0.0) > 0
+
+
+def jit_train_step(model, tx, loss_cfg: LossConfig, schedule, mesh: Mesh, rules, state_shardings,
+                   num_microbatches: int = 1):
+  """The train step jitted once with explicit in/out shardings and the state donated."""
+  replicated = NamedSharding(mesh, P())
+  step = functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule, mesh=mesh,
+                           rules=rules, num_microbatches=num_microbatches)
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules), replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))

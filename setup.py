@@ -1,0 +1,35 @@
+"""instruct_jax: instruction tuning of T5 and decoder-only language models in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="instruct_jax",
+    version="0.1.0",
+    description="Instruction tuning of T5 and LLaMA-style language models with JAX and Flax.",
+    packages=setuptools.find_packages(include=["instruct_jax", "instruct_jax.*"]),
+    package_data={"instruct_jax": ["**/*.json", "**/*.yaml", "**/*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "absl-py>=2.0,<3",
+        "etils>=1.7",
+        "flax>=0.10,<0.13",
+        "grain>=0.2.10,<0.3",
+        "jax>=0.6,<0.11",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26,<3",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "pyyaml>=6,<7",
+        "rouge-score>=0.1.2,<0.2",
+        "nltk>=3.8",
+        "safetensors>=0.4,<1",
+        "sentencepiece>=0.2,<0.3",
+        "tensorboard>=2.16,<3",
+        "tensorflow-datasets>=4.9.8,<5",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # torch/transformers: parity tests and the PyTorch reference benchmark only.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45,<6", "nbclient>=0.10", "ipykernel>=6"],
+        "bench": ["torch==2.13.0", "transformers>=4.45,<6"],
+    },
+)

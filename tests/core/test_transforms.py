@@ -1,0 +1,47 @@
+"""Per-example features and the truncation policy."""
+import numpy as np
+import pytest
+
+from instruct_jax.data import transforms
+
+
+def test_seq2seq_features_layout():
+  f = transforms.seq2seq_features([5, 6, 7], [8, 9], eos_id=1, max_input_len=8, max_target_len=8)
+  np.testing.assert_array_equal(f["encoder_input_tokens"], [5, 6, 7])
+  np.testing.assert_array_equal(f["decoder_input_tokens"], [0, 8, 9])
+  np.testing.assert_array_equal(f["decoder_target_tokens"], [8, 9, 1])
+  np.testing.assert_array_equal(f["decoder_loss_weights"], [1, 1, 1])
+
+
+def test_decoder_features_layout():
+  f = transforms.decoder_features([5, 6, 7], [8, 9], bos_id=2, eos_id=1, max_len=16)
+  np.testing.assert_array_equal(f["decoder_input_tokens"], [2, 5, 6, 7, 8, 9])
+  np.testing.assert_array_equal(f["decoder_target_tokens"], [5, 6, 7, 8, 9, 1])
+  np.testing.assert_array_equal(f["decoder_loss_weights"], [0, 0, 0, 1, 1, 1])
+
+
+def test_truncation_cuts_instruction_first_and_keeps_the_stop_token():
+  f = transforms.decoder_features(list(range(10, 30)), [8, 9], bos_id=2, eos_id=1, max_len=6)
+  assert len(f["decoder_target_tokens"]) == 6
+  np.testing.assert_array_equal(f["decoder_target_tokens"][-3:], [8, 9, 1])
+  np.testing.assert_array_equal(f["decoder_input_tokens"][:4], [2, 10, 11, 12])  # beginning kept
+
+
+def test_cut_output_gets_no_stop_token():
+  f = transforms.decoder_features([5], list(range(10, 30)), bos_id=2, eos_id=1, max_len=6)
+  assert 1 not in f["decoder_target_tokens"].tolist() and f["decoder_loss_weights"].sum() == 6
+  g = transforms.seq2seq_features([5], list(range(10, 30)), eos_id=1, max_input_len=4, max_target_len=5)
+  np.testing.assert_array_equal(g["decoder_target_tokens"], [10, 11, 12, 13, 14])
+
+
+def test_vanishing_targets_return_none():
+  assert transforms.decoder_features([5, 6], [], bos_id=2, eos_id=1, max_len=8) is None
+  assert transforms.seq2seq_features([5, 6], [], eos_id=1, max_input_len=8, max_target_len=8) is None
+  assert transforms.seq2seq_features([5, 6], [7], eos_id=1, max_input_len=8, max_target_len=0) is None
+
+
+def test_pad_id_must_differ_from_end_of_text():
+  with pytest.raises(ValueError, match="stop token"):
+    transforms.seq2seq_features([5], [6], eos_id=0, max_input_len=8, max_target_len=8)
+  with pytest.raises(ValueError, match="stop token"):
+    transforms.decoder_features([5], [6], bos_id=2, eos_id=0, max_len=8)
