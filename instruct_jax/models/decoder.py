@@ -55,7 +55,7 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, mask_B1LS, positions_BL, kv_positions_BS):
+  def __call__(self, x_BLD, mask_B1LS, positions_BL):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
@@ -63,7 +63,7 @@ class Block(nn.Module):
     h = layers.Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model, rope_theta=cfg.rope_theta,
                          rope_scaling=cfg.rope_scaling, dropout_rate=cfg.dropout_rate,
                          deterministic=self.deterministic, decode=self.decode, name="attention",
-                         **kw)(h, h, mask_B1LS, None, positions_BL, kv_positions_BS)
+                         **kw)(h, h, mask_B1LS, None, positions_BL, positions_BL)
     x_BLD = x_BLD + drop(h)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
     h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "silu", cfg.dropout_rate, self.deterministic, name="mlp", **kw)(h)
@@ -76,12 +76,12 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, decoder_input_tokens, decoder_segment_ids=None, decoder_positions=None, *,
-               deterministic: bool = True, decode: bool = False, mask_B1LS=None, kv_positions_BS=None):
+               deterministic: bool = True, decode: bool = False, mask_B1LS=None):
     """Logits for every position.
 
     Training and scoring pass segment ids and positions (or neither, for one unpadded example per row).
-    Decoding with a cache (see instruct_jax.sampling) passes decode=True, the mask of the new positions
-    against the whole cache, and the cache's positions.
+    Decoding with a cache (see instruct_jax.sampling) passes decode=True, the new tokens' positions, and
+    `mask_B1LS`: which cache slots each new token may attend to.
     """
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
@@ -91,13 +91,12 @@ class Decoder(nn.Module):
       segments = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
       mask_B1LS = layers.segment_mask(segments, segments, causal=True, q_positions_BL=positions,
                                       kv_positions_BS=positions)
-      kv_positions_BS = positions
     embedder = layers.Embed(cfg.vocab_size, cfg.d_model, init_scale=0.02,
                             name="token_embedder", **kw)
     x = nn.Dropout(cfg.dropout_rate)(embedder(decoder_input_tokens), deterministic=deterministic)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     stack = LayerStack(Block, cfg, cfg.num_layers, dict(deterministic=deterministic, decode=decode), name="layers")
-    x = stack(x, mask_B1LS, positions, kv_positions_BS)
+    x = stack(x, mask_B1LS, positions)
     x = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)(x)
     if cfg.tie_embeddings:
       logits = embedder.attend(x)

@@ -200,10 +200,10 @@ class Attention(nn.Module):
     The cache is created by `init` on a full-length dummy input (its length is the decode budget); each
     decode call passes one (or a prompt's worth of) new position(s).
     """
-    is_init = not self.has_variable("cache", "key")
-    key = self.variable("cache", "key", jnp.zeros, k_BSNK.shape, k_BSNK.dtype)
-    value = self.variable("cache", "value", jnp.zeros, v_BSNK.shape, v_BSNK.dtype)
-    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    is_init = not self.has_variable("cache", "cached_key")
+    key = self.variable("cache", "cached_key", jnp.zeros, k_BSNK.shape, k_BSNK.dtype)
+    value = self.variable("cache", "cached_value", jnp.zeros, v_BSNK.shape, v_BSNK.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if is_init:
       return k_BSNK, v_BSNK, mask_B1LS
     step = k_BSNK.shape[1]
