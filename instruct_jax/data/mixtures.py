@@ -1,0 +1,164 @@
+"""Mixtures: tasks (or other mixtures) with sampling rates, and the mixture catalogue.
+
+A member's rate within its mixture is, by the mixture's `rate`:
+
+    "examples"     min(size, cap): examples-proportional with a per-member cap (Flan: 3,000 in 2021)
+    "temperature"  min(size, cap) ** (1 / temperature) (temperature 1 is "examples")
+    "weights"      the mixture's explicit `weights`, one per member
+    "equal"        1 for every member
+
+The size of a task is its number of training examples; the size of a nested mixture is the sum of its
+members' capped sizes. A nested mixture's share is split among its tasks by its own rates, so
+`task_rates` always returns one probability per task, summing to 1. The catalogue is a plain dict built
+by `catalogue(tasks)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from absl import logging
+
+from instruct_jax.data import builtin
+from instruct_jax.data import tasks as tasks_lib
+
+RATES = ("examples", "temperature", "weights", "equal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """Members (task or mixture names) and how they are weighted; see the module docstring."""
+  name: str
+  members: tuple[str, ...]
+  rate: str = "examples"
+  weights: tuple[float, ...] | None = None
+  cap: int | None = None
+  temperature: float = 1.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "members", tuple(self.members))
+    if not self.members:
+      raise ValueError(f"mixture {self.name!r} has no members")
+    if self.rate not in RATES:
+      raise ValueError(f"mixture {self.name!r}: rate must be one of {RATES}, got {self.rate!r}")
+    if self.rate == "weights":
+      if self.weights is None or len(self.weights) != len(self.members):
+        raise ValueError(f"mixture {self.name!r}: rate 'weights' needs one weight per member")
+      if any(w <= 0 for w in self.weights):
+        raise ValueError(f"mixture {self.name!r}: weights must be positive, got {self.weights}")
+    if self.cap is not None and self.cap < 1:
+      raise ValueError(f"mixture {self.name!r}: cap must be >= 1, got {self.cap}")
+    if self.temperature <= 0:
+      raise ValueError(f"mixture {self.name!r}: temperature must be > 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Overrides:
+  cap: int | None
+  temperature: float | None
+  split: str
+
+
+def _size(name: str, tasks, mixtures, ov: _Overrides, stack: tuple[str, ...]) -> float:
+  if name in tasks:
+    return float(tasks[name].num_examples(ov.split))
+  mixture = _get(name, tasks, mixtures, stack)
+  cap = ov.cap if ov.cap is not None else mixture.cap
+  return sum(min(s, cap) if cap else s
+             for s in (_size(m, tasks, mixtures, ov, stack + (name,)) for m in mixture.members))
+
+
+def _get(name: str, tasks, mixtures, stack: tuple[str, ...]) -> Mixture:
+  if name in stack:
+    raise ValueError(f"mixture cycle: {' -> '.join(stack + (name,))}")
+  if name not in mixtures:
+    tasks_lib.lookup({**tasks, **mixtures}, name, "task or mixture")
+  return mixtures[name]
+
+
+def _flatten(name: str, tasks, mixtures, ov: _Overrides, stack: tuple[str, ...]) -> dict[str, float]:
+  if name in tasks:
+    return {name: 1.0}
+  mixture = _get(name, tasks, mixtures, stack)
+  cap = ov.cap if ov.cap is not None else mixture.cap
+  temperature = ov.temperature if ov.temperature is not None else mixture.temperature
+  raw = []
+  for i, member in enumerate(mixture.members):
+    if mixture.rate == "weights":
+      raw.append(float(mixture.weights[i]))
+    elif mixture.rate == "equal":
+      raw.append(1.0)
+    else:
+      size = _size(member, tasks, mixtures, ov, stack + (name,))
+      size = min(size, cap) if cap else size
+      raw.append(size ** (1.0 / temperature) if mixture.rate == "temperature" else size)
+  total = sum(raw)
+  if total <= 0:
+    raise ValueError(f"mixture {name!r}: every member is empty")
+  out: dict[str, float] = {}
+  for member, r in zip(mixture.members, raw):
+    for task, p in _flatten(member, tasks, mixtures, ov, stack + (name,)).items():
+      out[task] = out.get(task, 0.0) + p * r / total
+  return out
+
+
+def task_rates(name: str, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Mixture], *,
+               cap: int | None = None, temperature: float | None = None,
+               split: str = "train") -> dict[str, float]:
+  """Sampling probability of every task in mixture (or task) `name`, nested mixtures flattened.
+
+  `cap` and `temperature`, when given, override those of every mixture involved (ablation knobs).
+  """
+  rates = _flatten(name, tasks, mixtures, _Overrides(cap, temperature, split), ())
+  return {k: v for k, v in rates.items() if v > 0}
+
+
+def format_rates(rates: Mapping[str, float], realised: Sequence[float] | None = None) -> str:
+  w = max([len(n) for n in rates] + [10])
+  lines = [f"{'task':{w}s} {'rate':>8s}" + (f" {'realised':>9s}" if realised is not None else "")]
+  for i, (name, p) in enumerate(rates.items()):
+    line = f"{name:{w}s} {p:8.4f}"
+    if realised is not None:
+      line += f" {realised[i]:9.4f}"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def log_rates(mixture: str, rates: Mapping[str, float]) -> None:
+  logging.info("mixture %r: %d tasks\n%s", mixture, len(rates), format_rates(rates))
+
+
+def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = None) -> dict[str, Mixture]:
+  """Mixtures over the tasks in `tasks` (those over absent tasks are left out)."""
+  out: dict[str, Mixture] = {}
+
+  def add(m: Mixture) -> None:
+    if all(x in tasks or x in out for x in m.members):
+      out[m.name] = m
+
+  all_builtin = [f"builtin/{n}" for n in builtin.TASKS]
+  add(Mixture("builtin", all_builtin))
+  for cluster, names in builtin.CLUSTERS.items():
+    add(Mixture(f"builtin_{cluster}", [f"builtin/{n}" for n in names]))
+    add(Mixture(f"builtin_no_{cluster}", [f"builtin/{n}" for n in builtin.TASKS if n not in names]))
+  add(Mixture("tfds_nlu", ["glue/rte", "super_glue/boolq", "anli/r1", "squad/v1.1"], cap=3000))
+  add(Mixture("builtin_and_tfds", ["builtin", "tfds_nlu"], rate="weights", weights=(0.7, 0.3)))
+  niv2 = [n for n in tasks if n.startswith("niv2/")]
+  if niv2:
+    add(Mixture("niv2", niv2, cap=100))
+    if superni_dir:
+      for split in ("train", "test"):
+        members = [n for n in tasks_lib.superni_split(superni_dir, split) if n in tasks]
+        if members:
+          add(Mixture(f"niv2_{split}", members, cap=100))
+  instruction = [n for n, t in tasks.items() if t.cluster == "instructions"]
+  if instruction:
+    add(Mixture("instructions", instruction))
+  return out
+
+
+def catalogues(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()
+               ) -> tuple[dict[str, tasks_lib.Task], dict[str, Mixture]]:
+  """The task catalogue for `paths` and the mixture catalogue over it."""
+  tasks = tasks_lib.catalogue(paths)
+  return tasks, catalogue(tasks, paths.superni_dir)

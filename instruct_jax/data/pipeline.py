@@ -1,0 +1,351 @@
+"""The grain input pipeline, from a mixture name to packed, sharded batches.
+
+    per task: index stream (this host's share, shuffled with the seed, reshuffled every epoch, repeated)
+      -> mix (grain's deterministic interleave: realised shares equal the rates)
+      -> render (template, options, few-shot; one seeded generator per element)
+      -> tokenize -> features (`transforms`: truncation, loss weights; unlearnable examples dropped, counted)
+      -> pack or pad, batch (`packing.pack_and_batch`; meta features per token)
+
+Each element is addressed by its index, so the iterator state (`get_state` / `set_state`, saved with the
+checkpoint) is a few integers, and a run resumed mid-epoch continues with the same batches. Each host
+reads only its share of every task (`process_index::process_count`) and yields `batch_size //
+process_count` rows; `to_global_batch` assembles the global array with the mesh's data sharding.
+
+    pipe = make_pipeline(PipelineConfig(mixture="builtin", batch_size=8), tokenizer)
+    it = iter(pipe.dataset); batch = next(it); state = it.get_state()
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from instruct_jax.data import mixtures as mixtures_lib
+from instruct_jax.data import packing
+from instruct_jax.data import render as render_lib
+from instruct_jax.data import tasks as tasks_lib
+from instruct_jax.data import tokenizer as tokenizer_lib
+from instruct_jax.data import transforms
+
+META_FEATURES = ("task_index", "template_id", "shots")
+MODEL_KINDS = ("encoder_decoder", "decoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """The data section of a training config.
+
+  Attributes:
+    mixture: mixture (or task) name from the catalogues.
+    model_kind: "encoder_decoder" (inputs/targets lengths) or "decoder" (one row of inputs+targets).
+    inputs_length: encoder tokens per row; for decoders, the instruction budget of a row.
+    targets_length: decoder tokens per row (encoder-decoder) or the output budget (decoder).
+    batch_size: global rows per batch; each host yields batch_size // process_count rows.
+    pack: pack several examples per row (False: one padded example per row).
+    num_packing_bins: rows the packer keeps open (default: the per-host batch size).
+    seed: seeds the shuffles, template choices and the packer.
+    split: split to read.
+    shuffle: shuffle each task's examples (every epoch differently).
+    train_on_inputs: decoder only; put loss weight on the instruction too.
+    mixing_cap, mixing_temperature: override the mixtures' caps / temperatures (ablation knobs).
+    render: template-diversity knobs.
+    read_threads: threads that render and tokenize ahead of the packer (0: in the consuming thread,
+      fastest on few cores: the work holds the GIL).
+    prefetch: examples rendered ahead (grain's prefetch buffer).
+    worker_count: grain worker processes (0: in-process; statistics are then complete).
+  """
+  mixture: str
+  model_kind: str = "encoder_decoder"
+  inputs_length: int = 512
+  targets_length: int = 128
+  batch_size: int = 8
+  pack: bool = True
+  num_packing_bins: int | None = None
+  seed: int = 0
+  split: str = "train"
+  shuffle: bool = True
+  train_on_inputs: bool = False
+  mixing_cap: int | None = None
+  mixing_temperature: float | None = None
+  render: render_lib.RenderConfig = render_lib.RenderConfig()
+  read_threads: int = 0
+  prefetch: int = 64
+  worker_count: int = 0
+
+  def __post_init__(self):
+    if self.model_kind not in MODEL_KINDS:
+      raise ValueError(f"data.model_kind must be one of {MODEL_KINDS}, got {self.model_kind!r}")
+    for name in ("inputs_length", "targets_length", "batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+    if isinstance(self.render, Mapping):
+      object.__setattr__(self, "render", render_lib.RenderConfig(**self.render))
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> PipelineConfig:
+    """From a mapping or ml_collections.ConfigDict; unknown fields are an error naming them."""
+    d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    render = dict(d.pop("render", {}) or {})
+    for name, known in ((None, d), ("render", render)):
+      fields = {f.name for f in dataclasses.fields(render_lib.RenderConfig if name else cls)}
+      unknown = sorted(set(known) - fields)
+      if unknown:
+        raise ValueError(f"unknown data{'.' + name if name else ''} config fields {unknown}; known: "
+                         f"{sorted(fields)}")
+    if render.get("template_ids") is not None:
+      render["template_ids"] = tuple(render["template_ids"])
+    return cls(**d, render=render_lib.RenderConfig(**render))
+
+  def lengths(self) -> dict[str, int]:
+    return packing.feature_lengths(self.model_kind, self.inputs_length, self.targets_length)
+
+
+class Stats:
+  """Per-task counters filled as examples flow through the featurizer (thread-safe)."""
+
+  def __init__(self, task_names: list[str]):
+    self.task_names = list(task_names)
+    n = len(task_names)
+    self._lock = threading.Lock()
+    self.examples = np.zeros(n, np.int64)  # examples that reached the packer
+    self.dropped = np.zeros(n, np.int64)  # targets would vanish under truncation
+    self.truncated = np.zeros(n, np.int64)  # inputs or targets cut
+    self.input_tokens = np.zeros(n, np.int64)  # before truncation
+    self.target_tokens = np.zeros(n, np.int64)
+
+  def __getstate__(self):  # Worker processes get a copy (their counts stay in the worker).
+    state = dict(self.__dict__)
+    state["_lock"] = None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def add(self, task_index: int, n_in: int, n_out: int, truncated: bool, dropped: bool) -> None:
+    with self._lock:
+      if dropped:
+        self.dropped[task_index] += 1
+        return
+      self.examples[task_index] += 1
+      self.truncated[task_index] += truncated
+      self.input_tokens[task_index] += n_in
+      self.target_tokens[task_index] += n_out
+
+  def table(self, rates: Mapping[str, float] | None = None) -> str:
+    """Per task: examples, realised share (and target rate), mean tokens, truncation %, dropped."""
+    total = max(1, int(self.examples.sum()))
+    w = max([len(n) for n in self.task_names] + [10])
+    rate_col = f" {'rate':>7s}" if rates else ""
+    lines = [f"{'task':{w}s} {'examples':>8s} {'share':>7s}{rate_col} {'in tok':>8s} {'out tok':>8s} "
+             f"{'trunc%':>7s} {'dropped':>7s}"]
+    for i, name in enumerate(self.task_names):
+      n = max(1, int(self.examples[i]))
+      rate = f" {rates[name]:7.3f}" if rates else ""
+      lines.append(f"{name:{w}s} {int(self.examples[i]):8d} {self.examples[i] / total:7.3f}{rate} "
+                   f"{self.input_tokens[i] / n:8.1f} {self.target_tokens[i] / n:8.1f} "
+                   f"{100 * self.truncated[i] / n:7.2f} {int(self.dropped[i]):7d}")
+    n = max(1, total)
+    lines.append(f"{'all':{w}s} {total:8d} {1:7.3f}{' ' * len(rate_col)} {self.input_tokens.sum() / n:8.1f} "
+                 f"{self.target_tokens.sum() / n:8.1f} {100 * self.truncated.sum() / n:7.2f} "
+                 f"{int(self.dropped.sum()):7d}")
+    return "\n".join(lines)
+
+
+class Featurizer:
+  """Rendered example -> tokenized model features plus meta features, or None (dropped, counted)."""
+
+  def __init__(self, config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, stats: Stats):
+    self.config, self.tokenizer, self.stats = config, tokenizer, stats
+
+  def __call__(self, ex: dict[str, Any] | None) -> dict[str, Any] | None:
+    if ex is None:
+      return None
+    cfg = self.config
+    inputs, targets = self.tokenizer.encode(ex["inputs"]), self.tokenizer.encode(ex["targets"])
+    if cfg.model_kind == "encoder_decoder":
+      features = transforms.seq2seq_features(inputs, targets, eos_id=self.tokenizer.eos_id,
+                                             max_input_len=cfg.inputs_length, max_target_len=cfg.targets_length)
+      truncated = inputs.size > cfg.inputs_length or targets.size + 1 > cfg.targets_length
+    else:
+      max_len = cfg.inputs_length + cfg.targets_length
+      features = transforms.decoder_features(inputs, targets, bos_id=self.tokenizer.bos_id,
+                                             eos_id=self.tokenizer.eos_id, max_len=max_len,
+                                             train_on_inputs=cfg.train_on_inputs)
+      truncated = inputs.size + targets.size + 1 > max_len
+    self.stats.add(ex["task_index"], inputs.size, targets.size, truncated, features is None)
+    if features is None:
+      return None
+    for m in META_FEATURES:
+      features[m] = np.int32(ex[m])
+    return features
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """What `make_pipeline` builds: the batch dataset plus what its meta features index into."""
+  dataset: grain.IterDataset
+  examples: grain.MapDataset  # rendered, untokenized examples (for previews and tests)
+  task_names: list[str]  # batch["task_index"] indexes this list
+  rates: dict[str, float]
+  stats: Stats
+
+  def __iter__(self):
+    return iter(self.dataset)
+
+
+class EpochShuffledIndices(grain.MapDataset):
+  """`indices` repeated forever, in a fresh seeded order every epoch (or in order when seed is None).
+
+  grain's own `shuffle` computes each position with a cipher that is slow for small datasets (about
+  1 ms per element for a 20-example task), so up to 2**20 indices the permutation of an epoch is drawn
+  once with numpy and cached; larger datasets use grain's cipher, which is fast at that size.
+  """
+
+  _MAX_CACHED = 2**20
+
+  def __init__(self, indices: np.ndarray, seed: int | None):
+    super().__init__([])
+    self._indices = np.asarray(indices, dtype=np.int64)
+    self._seed = seed
+    self._cache: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+    if len(self._indices) > self._MAX_CACHED and seed is not None:
+      self._big = grain.MapDataset.source(self._indices).shuffle(seed=seed % 2**32).repeat()
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_cache"], state["_lock"] = {}, None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"EpochShuffledIndices(n={len(self._indices)}, seed={self._seed})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    n = len(self._indices)
+    if self._seed is None:
+      return int(self._indices[index % n])
+    if n > self._MAX_CACHED:
+      return int(self._big[index])
+    epoch, position = divmod(index, n)
+    with self._lock:
+      perm = self._cache.get(epoch)
+      if perm is None:
+        perm = np.random.default_rng([self._seed, epoch]).permutation(n).astype(np.int32)
+        if len(self._cache) >= 2:
+          self._cache.pop(min(self._cache))
+        self._cache[epoch] = perm
+    return int(self._indices[perm[position]])
+
+
+def _mix(streams: list[grain.MapDataset], weights: list[float], group: int = 24) -> grain.MapDataset:
+  """grain's deterministic interleave, in two levels for many tasks.
+
+  grain finds the source of each element with a loop over all datasets; with hundreds of tasks (the
+  SuperNI train split has 756) that loop dominates, so tasks are mixed in groups and groups mixed by
+  their total weight, which keeps the proportions and costs O(sqrt(tasks)) per element.
+  """
+  if len(streams) == 1:
+    return streams[0]
+  if len(streams) <= group:
+    return grain.MapDataset.mix(streams, weights)
+  size = int(np.ceil(np.sqrt(len(streams))))
+  groups, totals = [], []
+  for start in range(0, len(streams), size):
+    groups.append(_mix(streams[start:start + size], weights[start:start + size], group))
+    totals.append(sum(weights[start:start + size]))
+  return grain.MapDataset.mix(groups, totals)
+
+
+def _fits(tokenizer: tokenizer_lib.Tokenizer, limit: int):
+  """Length check for SuperNI demonstrations: cheap on characters, exact on tokens when close."""
+
+  def fits(text: str) -> bool:
+    # A piece covers at least one character, plus perhaps one leading "▁" piece.
+    return len(text) < limit or len(tokenizer.encode(text)) <= limit
+
+  return fits
+
+
+def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task],
+                      mixtures: Mapping[str, mixtures_lib.Mixture], *, tokenizer=None,
+                      process_index: int = 0, process_count: int = 1
+                      ) -> tuple[grain.MapDataset, list[str], dict[str, float]]:
+  """The infinite, mixed, rendered example stream (before tokenization) and its task list and rates."""
+  rates = mixtures_lib.task_rates(config.mixture, tasks, mixtures, cap=config.mixing_cap,
+                                  temperature=config.mixing_temperature, split=config.split)
+  task_names = list(rates)
+  fits = _fits(tokenizer, config.inputs_length) if tokenizer is not None else None
+  renderers = [render_lib.Renderer(tasks[name], config.render, task_index=i, split=config.split, fits=fits)
+               for i, name in enumerate(task_names)]
+  streams = []
+  for i, name in enumerate(task_names):
+    n = tasks[name].num_examples(config.split)
+    if n < process_count:
+      raise ValueError(f"task {name!r} has {n} {config.split} examples, fewer than {process_count} hosts")
+    # Repeated forever, so no task ends the mixture early; reshuffled every epoch.
+    ds = EpochShuffledIndices(np.arange(process_index, n, process_count),
+                              seed=(config.seed * 1_000_003 + i) % 2**32 if config.shuffle else None)
+    streams.append(ds.map_with_index(lambda pos, idx, i=i: (i, idx, pos)))
+  mixed = _mix(streams, [rates[name] for name in task_names])
+
+  def render(element, rng):
+    task_index, index, pos = element
+    return renderers[task_index](index, pos, rng)
+
+  examples = mixed.random_map(render, seed=config.seed % 2**32)
+  return examples, task_names, rates
+
+
+def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
+                  tasks: Mapping[str, tasks_lib.Task] | None = None,
+                  mixtures: Mapping[str, mixtures_lib.Mixture] | None = None,
+                  paths: tasks_lib.DataPaths | None = None,
+                  process_index: int | None = None, process_count: int | None = None) -> Pipeline:
+  """Builds the training pipeline for `config` (catalogues from `paths` unless given)."""
+  if tasks is None or mixtures is None:
+    default_tasks, default_mixtures = mixtures_lib.catalogues(paths or tasks_lib.DataPaths())
+    tasks = default_tasks if tasks is None else tasks
+    mixtures = default_mixtures if mixtures is None else mixtures
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if config.model_kind == "decoder" and tokenizer.bos_id < 0:
+    raise ValueError(f"tokenizer {tokenizer.model_path} has no begin-of-text piece, which decoder-only "
+                     "models need (T5's vocabulary has none; train one with instruct_jax.data.tokenizer)")
+  if config.batch_size % process_count:
+    raise ValueError(f"data.batch_size {config.batch_size} is not divisible by {process_count} hosts")
+  examples, task_names, rates = rendered_examples(config, tasks, mixtures, tokenizer=tokenizer,
+                                                  process_index=process_index, process_count=process_count)
+  if process_index == 0:
+    mixtures_lib.log_rates(config.mixture, rates)
+  stats = Stats(task_names)
+  features = examples.map(Featurizer(config, tokenizer, stats))
+  read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch)
+  ds = features.to_iter_dataset(read)
+  per_host = config.batch_size // process_count
+  ds = packing.pack_and_batch(ds, lengths=config.lengths(), batch_size=per_host, pack=config.pack,
+                              num_packing_bins=config.num_packing_bins, meta_features=META_FEATURES,
+                              seed=config.seed)
+  if config.worker_count > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+  return Pipeline(dataset=ds, examples=examples, task_names=task_names, rates=rates, stats=stats)
+
+
+def to_global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """This host's rows -> global arrays laid out with `sharding` (e.g. the mesh's data sharding)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

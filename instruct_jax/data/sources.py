@@ -1,0 +1,290 @@
+"""Random-access example sources: TFDS (array_record via `tfds.data_source`), JSONL, JSON, instruction files.
+
+Every source maps a split name to a random-access sequence of dict records (`load(split)`), so grain can
+shuffle, shard and resume by index. Sources read lazily and cache what they read. SuperNI task files
+live in `superni.py`, the built-in generated tasks in `builtin.py`.
+
+Bad input reports where it is. In strict mode a malformed line raises `DataError` naming the file and
+line; in lenient mode it is skipped and counted in `source.stats`. Instruction records with an empty
+output are always skipped and counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """Bad input data; the message names the file, line and field where known."""
+
+
+@dataclasses.dataclass
+class ReadStats:
+  """What a source skipped while reading, for reports."""
+  records: int = 0
+  bad_lines: int = 0
+  empty_outputs: int = 0
+  problems: list[str] = dataclasses.field(default_factory=list)
+
+  def skip(self, what: str, message: str) -> None:
+    setattr(self, what, getattr(self, what) + 1)
+    if len(self.problems) < 20:
+      self.problems.append(message)
+
+
+class Source(Protocol):
+  """A mapping from split name to random-access records."""
+
+  def load(self, split: str) -> Sequence[dict[str, Any]]:
+    ...
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    ...
+
+
+class MemorySource:
+  """Records already in memory, one list per split (for programmatic data and small experiments)."""
+
+  def __init__(self, splits: Mapping[str, Sequence[dict[str, Any]]]):
+    self._splits = {k: list(v) for k, v in splits.items()}
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self._splits)
+
+  def load(self, split: str) -> list[dict[str, Any]]:
+    if split not in self._splits:
+      raise DataError(f"in-memory source has splits {sorted(self._splits)}, not {split!r}")
+    return self._splits[split]
+
+
+def _split_file(files: Mapping[str, str], split: str, what: str) -> str:
+  if split not in files:
+    raise DataError(f"{what} has no split {split!r}; it has {sorted(files)}")
+  return os.fspath(files[split])
+
+
+def read_jsonl(path: str, *, strict: bool = True, stats: ReadStats | None = None) -> list[dict[str, Any]]:
+  """Reads one JSON object per line; blank lines are ignored."""
+  return [record for _, record in read_jsonl_numbered(path, strict=strict, stats=stats)]
+
+
+def read_jsonl_numbered(path: str, *, strict: bool = True,
+                        stats: ReadStats | None = None) -> list[tuple[int, dict[str, Any]]]:
+  """Like `read_jsonl`, but each record comes with its 1-based line number."""
+  stats = stats if stats is not None else ReadStats()
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+          raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+      except ValueError as e:  # json.JSONDecodeError is a ValueError.
+        message = f"{path}:{lineno}: malformed JSON line: {e}"
+        if strict:
+          raise DataError(message) from None
+        stats.skip("bad_lines", message)
+        continue
+      records.append((lineno, record))
+  stats.records += len(records)
+  return records
+
+
+def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, Any]]:
+  """Reads a JSON file holding a list of objects, or an object whose `records_key` holds that list."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+  if records_key is not None:
+    if not isinstance(data, dict) or records_key not in data:
+      raise DataError(f"{path}: expected an object with field {records_key!r}")
+    data = data[records_key]
+  if not isinstance(data, list):
+    raise DataError(f"{path}: expected a list of records, got {type(data).__name__}")
+  for i, record in enumerate(data):
+    if not isinstance(record, dict):
+      raise DataError(f"{path}: record {i} is a {type(record).__name__}, expected an object")
+  return data
+
+
+class JsonlSource:
+  """JSONL files, one per split: `JsonlSource({"train": "a.jsonl", "validation": "b.jsonl"})`."""
+
+  def __init__(self, files: Mapping[str, str | os.PathLike], *, strict: bool = True):
+    self.files = {k: os.fspath(v) for k, v in files.items()}
+    self.strict = strict
+    self.stats = ReadStats()
+    self._cache: dict[str, list[dict[str, Any]]] = {}
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.files)
+
+  def load(self, split: str) -> list[dict[str, Any]]:
+    if split not in self._cache:
+      path = _split_file(self.files, split, f"JSONL source {self.files}")
+      self._cache[split] = read_jsonl(path, strict=self.strict, stats=self.stats)
+    return self._cache[split]
+
+
+class JsonSource:
+  """JSON files (a list of records, or an object holding one under `records_key`), one per split."""
+
+  def __init__(self, files: Mapping[str, str | os.PathLike], *, records_key: str | None = None):
+    self.files = {k: os.fspath(v) for k, v in files.items()}
+    self.records_key = records_key
+    self._cache: dict[str, list[dict[str, Any]]] = {}
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.files)
+
+  def load(self, split: str) -> list[dict[str, Any]]:
+    if split not in self._cache:
+      path = _split_file(self.files, split, f"JSON source {self.files}")
+      self._cache[split] = read_json(path, records_key=self.records_key)
+    return self._cache[split]
+
+
+def _text_field(record: Mapping[str, Any], field: str, where: str, *, required: bool) -> str:
+  value = record.get(field)
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    if required:
+      raise DataError(f"{where}: missing field {field!r}")
+    return ""
+  if not isinstance(value, str):
+    raise DataError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+  return value
+
+
+def normalise_instruction_record(record: Mapping[str, Any], where: str) -> list[dict[str, str]]:
+  """Alpaca `{instruction, input, output[, system]}` or Self-Instruct seed `{instruction, instances}`.
+
+  Returns one `{instruction, input, output, system}` record per instance.
+  """
+  instruction = _text_field(record, "instruction", where, required=True)
+  system = _text_field(record, "system", where, required=False)
+  if "instances" in record:
+    instances = record["instances"]
+    if not isinstance(instances, list):
+      raise DataError(f"{where}: field 'instances' must be a list")
+    pairs = [(_text_field(x, "input", f"{where} instance {j}", required=False),
+              _text_field(x, "output", f"{where} instance {j}", required=True)) for j, x in enumerate(instances)]
+  else:
+    pairs = [(_text_field(record, "input", where, required=False),
+              _text_field(record, "output", where, required=True))]
+  return [{"instruction": instruction, "input": inp, "output": out, "system": system} for inp, out in pairs]
+
+
+class InstructionSource:
+  """Alpaca / Self-Instruct records from JSON or JSONL files, one file per split.
+
+  Missing or non-string fields raise `DataError` naming file, line (or record) and field; records
+  whose output is empty are skipped and counted in `stats.empty_outputs`.
+  """
+
+  def __init__(self, files: Mapping[str, str | os.PathLike], *, strict: bool = True):
+    self.files = {k: os.fspath(v) for k, v in files.items()}
+    self.strict = strict
+    self.stats = ReadStats()
+    self._cache: dict[str, list[dict[str, str]]] = {}
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.files)
+
+  def load(self, split: str) -> list[dict[str, str]]:
+    if split in self._cache:
+      return self._cache[split]
+    path = _split_file(self.files, split, f"instruction source {self.files}")
+    if path.endswith(".jsonl"):
+      numbered = read_jsonl_numbered(path, strict=self.strict, stats=self.stats)
+      raw = [record for _, record in numbered]
+      where = [f"{path}:{lineno}" for lineno, _ in numbered]
+    else:
+      raw = read_json(path)
+      where = [f"{path}: record {i}" for i in range(len(raw))]
+    out = []
+    for record, loc in zip(raw, where):
+      for r in normalise_instruction_record(record, loc):
+        if not r["output"].strip():
+          self.stats.skip("empty_outputs", f"{loc}: empty output")
+          continue
+        out.append(r)
+    self._cache[split] = out
+    return out
+
+
+def _decode(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, dict):
+    return {k: _decode(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object):
+    return [_decode(v) for v in value]
+  return value
+
+
+class _DecodedView(Sequence):
+  """Random access into a TFDS data source, with bytes decoded to str."""
+
+  def __init__(self, data_source):
+    self._ds = data_source
+
+  def __len__(self) -> int:
+    return len(self._ds)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return _decode(self._ds[i])
+
+
+class TfdsSource:
+  """A TFDS dataset read through `tfds.data_source` (array_record; no TensorFlow needed).
+
+  `split_map` renames splits (e.g. {"validation": "validation_matched"}); the dataset must already be
+  prepared under `data_dir` in array_record format.
+  """
+
+  def __init__(self, name: str, *, data_dir: str | None = None, split_map: Mapping[str, str] | None = None):
+    self.name = name
+    self.data_dir = data_dir
+    self.split_map = dict(split_map or {})
+    self._cache: dict[str, Sequence[dict[str, Any]]] = {}
+    self._info = None
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.split_map) or ("train", "validation", "test")
+
+  def load(self, split: str) -> Sequence[dict[str, Any]]:
+    if split not in self._cache:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import; only when used)
+      tfds_split = self.split_map.get(split, split)
+      try:
+        ds = tfds.data_source(self.name, split=tfds_split, data_dir=self.data_dir)
+      except Exception as e:  # TFDS raises several types for "not prepared" / "no such split".
+        raise DataError(f"TFDS dataset {self.name!r} split {tfds_split!r} is not readable from data_dir "
+                        f"{self.data_dir!r} (prepare it in array_record format first): {e}") from e
+      self._info = ds.dataset_info
+      self._cache[split] = _DecodedView(ds)
+    return self._cache[split]
+
+  def label_names(self, feature: str = "label") -> list[str]:
+    """Class names of a ClassLabel feature (needs a split loaded first)."""
+    if self._info is None:
+      self.load(next(iter(self.splits)))
+    return list(self._info.features[feature].names)

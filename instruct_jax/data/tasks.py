@@ -1,0 +1,228 @@
+"""Tasks (a source, its preprocessing, its templates and how it is scored) and the task catalogue.
+
+The catalogue is a plain dict built by `catalogue(paths)`; nothing registers itself on import. Names:
+
+    builtin/<task>        the generated tasks of `builtin.py` (always available; no files needed)
+    glue/rte, super_glue/boolq, anli/r1, squad/v1.1
+                          TFDS datasets, read with `tfds.data_source` from `paths.tfds_data_dir`
+                          (they must be prepared there in array_record format; errors say so)
+    niv2/<task>           every SuperNI task file under `paths.superni_dir/tasks/`
+    <name>                each Alpaca / Self-Instruct file in `paths.instruction_files`
+
+A preprocessor turns a source record into template fields, always including `answer` (the training
+target) and optionally `references` (all acceptable answers), `options` and `rationale`. It may return
+None to drop a record (e.g. unlabelled TFDS test rows).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from instruct_jax.data import builtin
+from instruct_jax.data import sources
+from instruct_jax.data import superni
+from instruct_jax.data import templates as templates_lib
+
+METRICS = ("exact_match", "rouge_l")
+Preprocessor = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """A source plus preprocessing, templates and scoring.
+
+  Attributes:
+    name: catalogue name.
+    source: where records come from (`load(split)` gives random access).
+    templates: the task's templates; ids are positions.
+    preprocess: record -> template fields (or None to drop the record); identity when None.
+    metric: "exact_match" or "rouge_l".
+    options: answer options shared by every example (an example's own `options` field wins).
+    cluster: task cluster, for held-out-cluster evaluation.
+    has_rationale: examples carry a `rationale` field, so chain-of-thought templates apply.
+    exemplar_split: split that few-shot exemplars come from.
+  """
+  name: str
+  source: sources.Source
+  templates: tuple[templates_lib.Template, ...]
+  preprocess: Preprocessor | None = None
+  metric: str = "exact_match"
+  options: tuple[str, ...] | None = None
+  cluster: str = ""
+  has_rationale: bool = False
+  exemplar_split: str = "train"
+
+  def __post_init__(self):
+    if self.metric not in METRICS:
+      raise ValueError(f"task {self.name!r}: metric must be one of {METRICS}, got {self.metric!r}")
+    if not self.templates:
+      raise ValueError(f"task {self.name!r} has no templates")
+    ids = [t.id for t in self.templates]
+    if ids != list(range(len(ids))):
+      raise ValueError(f"task {self.name!r}: template ids must be 0..{len(ids) - 1}, got {ids}")
+
+  def num_examples(self, split: str) -> int:
+    return len(self.source.load(split))
+
+  def example(self, split: str, index: int) -> dict[str, Any] | None:
+    """Template fields of record `index` of `split`, or None if preprocessing drops it."""
+    record = self.source.load(split)[index]
+    fields = self.preprocess(record) if self.preprocess else dict(record)
+    if fields is None:
+      return None
+    if "answer" not in fields:
+      raise sources.DataError(f"task {self.name!r}: preprocessed record {index} of split {split!r} has no "
+                              f"'answer' field (fields: {sorted(fields)})")
+    if self.options is not None and "options" not in fields:
+      fields["options"] = list(self.options)
+    return fields
+
+
+def closest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+  """Known names closest to `name` (for "did you mean" messages)."""
+  known = list(known)
+  matches = difflib.get_close_matches(name, known, n=n, cutoff=0.5)
+  if not matches:  # Fall back to substring matches, e.g. "rte" -> "glue/rte".
+    matches = [k for k in known if name.lower() in k.lower()][:n]
+  return matches
+
+
+def lookup(catalogue: Mapping[str, Any], name: str, what: str = "task") -> Any:
+  """`catalogue[name]`, or a KeyError that suggests the closest known names."""
+  if name in catalogue:
+    return catalogue[name]
+  suggestions = closest(name, catalogue)
+  hint = f"; did you mean {', '.join(map(repr, suggestions))}?" if suggestions else ""
+  raise KeyError(f"unknown {what} {name!r}{hint} ({len(catalogue)} {what}s known)")
+
+
+# --- Preprocessors -------------------------------------------------------------------------------------
+
+
+def _yes_no(label: int, yes_label: int) -> str | None:
+  if label < 0:  # Unlabelled (TFDS test splits).
+    return None
+  return "yes" if label == yes_label else "no"
+
+
+def preprocess_rte(r: dict[str, Any]) -> dict[str, Any] | None:
+  answer = _yes_no(int(r["label"]), yes_label=0)  # 0 = entailment, 1 = not_entailment.
+  return None if answer is None else {"premise": r["sentence1"], "hypothesis": r["sentence2"], "answer": answer}
+
+
+def preprocess_boolq(r: dict[str, Any]) -> dict[str, Any] | None:
+  answer = _yes_no(int(r["label"]), yes_label=1)  # 1 = True.
+  return None if answer is None else {"passage": r["passage"], "question": r["question"], "answer": answer}
+
+
+ANLI_ANSWERS = ("yes", "it is not possible to tell", "no")  # entailment, neutral, contradiction
+
+
+def preprocess_anli(r: dict[str, Any]) -> dict[str, Any] | None:
+  label = int(r["label"])
+  if label < 0:
+    return None
+  return {"premise": r["context"], "hypothesis": r["hypothesis"], "answer": ANLI_ANSWERS[label]}
+
+
+def preprocess_squad(r: dict[str, Any]) -> dict[str, Any] | None:
+  answers = [a for a in r["answers"]["text"] if a.strip()]
+  if not answers:
+    return None
+  return {"context": r["context"], "question": r["question"], "title": r.get("title", "").replace("_", " "),
+          "answer": answers[0], "references": answers}
+
+
+def preprocess_instruction(r: dict[str, Any]) -> dict[str, Any]:
+  """Alpaca / Self-Instruct: `prompt` = [system, blank line,] instruction [, blank line, input]."""
+  prompt = r["instruction"].strip()
+  if r.get("input", "").strip():
+    prompt += "\n\n" + r["input"].strip()
+  if r.get("system", "").strip():
+    prompt = r["system"].strip() + "\n\n" + prompt
+  return {**r, "prompt": prompt, "answer": r["output"]}
+
+
+# --- Catalogue -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+  """Where file-backed tasks live; every field is optional (the built-in tasks need none)."""
+  superni_dir: str | None = None  # a natural-instructions checkout: tasks/*.json, splits/*.txt
+  tfds_data_dir: str | None = None
+  instruction_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> .json/.jsonl
+  builtin_seed: int = 0
+
+
+def builtin_tasks(seed: int = 0) -> dict[str, Task]:
+  tmpl = templates_lib.load("builtin")
+  out = {}
+  for name, spec in builtin.TASKS.items():
+    out[f"builtin/{name}"] = Task(
+        name=f"builtin/{name}", source=builtin.BuiltinSource(name, seed=seed), templates=tmpl[name],
+        options=spec.options, cluster=spec.cluster, has_rationale=spec.cluster == "count")
+  return out
+
+
+def tfds_tasks(data_dir: str | None = None) -> dict[str, Task]:
+  tmpl = templates_lib.load("nlu")
+  specs = [
+      ("glue/rte", "rte", preprocess_rte, "exact_match", ("yes", "no"), "nli", {}),
+      ("super_glue/boolq", "boolq", preprocess_boolq, "exact_match", ("yes", "no"), "reading_comprehension", {}),
+      ("anli/r1", "anli", preprocess_anli, "exact_match", ANLI_ANSWERS, "nli", {}),
+      ("squad/v1.1", "squad", preprocess_squad, "rouge_l", None, "reading_comprehension", {"test": "validation"}),
+  ]
+  return {name: Task(name=name, source=sources.TfdsSource(name, data_dir=data_dir, split_map=split_map or None),
+                     templates=tmpl[key], preprocess=prep, metric=metric, options=options, cluster=cluster)
+          for name, key, prep, metric, options, cluster, split_map in specs}
+
+
+def superni_task(path: str | os.PathLike) -> Task:
+  """A SuperNI task file as a task named niv2/<task name>."""
+  source = superni.SuperNISource(path)
+  name = pathlib.Path(path).name.removesuffix(".json").removesuffix(".SUBSET")
+  return Task(name=f"niv2/{name}", source=source, templates=templates_lib.load("instructions")["superni"],
+              metric="rouge_l", cluster="superni")
+
+
+def superni_tasks(superni_dir: str | os.PathLike) -> dict[str, Task]:
+  task_dir = pathlib.Path(superni_dir) / "tasks"
+  if not task_dir.is_dir():
+    raise FileNotFoundError(f"SuperNI directory {superni_dir} has no tasks/ folder")
+  tasks = [superni_task(p) for p in sorted(task_dir.glob("*.json"))]
+  return {t.name: t for t in tasks}
+
+
+def superni_split(superni_dir: str | os.PathLike, split: str) -> list[str]:
+  """Task names (niv2/...) listed in splits/<split>_tasks.txt."""
+  path = pathlib.Path(superni_dir) / "splits" / f"{split}_tasks.txt"
+  if not path.is_file():
+    return []
+  return [f"niv2/{line.strip()}" for line in path.read_text().splitlines() if line.strip()]
+
+
+def instruction_task(name: str, files: str | Mapping[str, str], *, strict: bool = True) -> Task:
+  """An Alpaca / Self-Instruct file (or {split: file}) as a task scored by ROUGE-L."""
+  files = {"train": files} if isinstance(files, (str, os.PathLike)) else dict(files)
+  return Task(name=name, source=sources.InstructionSource(files, strict=strict),
+              templates=templates_lib.load("instructions")["instructions"], preprocess=preprocess_instruction,
+              metric="rouge_l", cluster="instructions")
+
+
+def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
+  """Every task the given paths make available."""
+  tasks = builtin_tasks(paths.builtin_seed)
+  tasks.update(tfds_tasks(paths.tfds_data_dir))
+  if paths.superni_dir:
+    tasks.update(superni_tasks(paths.superni_dir))
+  for name, files in paths.instruction_files.items():
+    if name in tasks:
+      raise ValueError(f"instruction file name {name!r} clashes with a catalogue task")
+    tasks[name] = instruction_task(name, files)
+  return tasks
+

@@ -1,0 +1,133 @@
+"""Evaluators: render held-out examples, ask a predict function, score, and group the scores.
+
+The contract is small: an evaluation is a list of `EvalSet`s (tasks, templates, split, number of
+examples, and the condition it measures, e.g. "seen_templates"), run with a `generate_fn` (and,
+for tasks with answer options, a `loglik_fn` for rank classification) that the caller builds from its
+model. Evaluators never import models. Results: one row per example (for predictions.jsonl) and means
+x 100 per (condition, cluster), per condition and per task.
+
+The built-in evaluation (`builtin_eval_sets`) measures instruction following three ways: training
+clusters with the templates seen in training, the same clusters with templates never seen, and a whole
+cluster held out of training.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from instruct_jax.data import builtin
+from instruct_jax.data import render as render_lib
+from instruct_jax.data import tasks as tasks_lib
+from instruct_jax.evals import metrics as metrics_lib
+from instruct_jax.evals import rank as rank_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  condition: str  # what this set measures, e.g. "seen_templates", "unseen_templates", "held_out_cluster"
+  tasks: tuple[str, ...]
+  template_ids: tuple[int, ...] | None = None  # None: every template of the task
+  split: str = "test"
+  num_examples: int = 20
+  few_shot_rate: float = 0.0
+
+
+def builtin_eval_sets(*, held_out_cluster: str | None, seen_templates: Sequence[int],
+                      unseen_templates: Sequence[int], num_examples: int) -> list[EvalSet]:
+  """The three conditions of the built-in family (see module docstring)."""
+  if held_out_cluster is not None and held_out_cluster not in builtin.CLUSTERS:
+    raise ValueError(f"unknown held-out cluster {held_out_cluster!r}; clusters: {sorted(builtin.CLUSTERS)}")
+  train = tuple(f"builtin/{n}" for c, names in builtin.CLUSTERS.items() if c != held_out_cluster for n in names)
+  sets = [EvalSet("seen_templates", train, tuple(seen_templates), num_examples=num_examples)]
+  if unseen_templates:
+    sets.append(EvalSet("unseen_templates", train, tuple(unseen_templates), num_examples=num_examples))
+  if held_out_cluster is not None:
+    held = tuple(f"builtin/{n}" for n in builtin.CLUSTERS[held_out_cluster])
+    sets.append(EvalSet("held_out_cluster", held, None, num_examples=num_examples))
+  return sets
+
+
+def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_lib.Task]) -> list[dict[str, Any]]:
+  """Deterministic examples for every set; each row carries id, condition, task, cluster, template."""
+  rows = []
+  for s in sets:
+    cfg = render_lib.RenderConfig(template_ids=s.template_ids, template_choice="round_robin",
+                                  few_shot_rate=s.few_shot_rate)
+    for name in s.tasks:
+      task = tasks_lib.lookup(catalogue, name)
+      for i, ex in enumerate(render_lib.render_split(task, s.split, cfg, n=s.num_examples)):
+        rows.append({"id": f"{s.condition}/{name}/{i}", "condition": s.condition, "task": name,
+                     "cluster": task.cluster, "template_id": ex["template_id"], "inputs": ex["inputs"],
+                     "references": list(ex["references"]), "options": list(task.options or [])})
+  return rows
+
+
+def evaluate(rows: list[dict[str, Any]], generate_fn: Callable[[Sequence[str]], list[str]],
+             loglik_fn: Callable | None = None) -> list[dict[str, Any]]:
+  """Adds prediction, exact_match and rougeL (and rank_accuracy where a row has options) to each row."""
+  predictions = generate_fn([r["inputs"] for r in rows])
+  out = []
+  for r, pred in zip(rows, predictions):
+    out.append({**r, "prediction": pred, **metrics_lib.instance_scores(pred, r["references"])})
+  ranked = [r for r in out if r["options"]]
+  if loglik_fn is not None and ranked:
+    examples = [rank_lib.RankExample(r["inputs"], tuple(r["options"])) for r in ranked]
+    result = rank_lib.rank_classify(loglik_fn, examples)
+    for r, choice in zip(ranked, result.choices):
+      r["rank_accuracy"] = metrics_lib.exact_match(choice, r["references"])
+  return out
+
+
+def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+  """Means x 100 of each metric per (condition, cluster), per condition, and per (condition, task)."""
+  groups: dict[tuple[str, ...], list[Mapping]] = collections.defaultdict(list)
+  for r in rows:
+    groups[("by_cluster", r["condition"], r["cluster"])].append(r)
+    groups[("by_condition", r["condition"])].append(r)
+    groups[("by_task", r["condition"], r["task"])].append(r)
+  out: dict[str, Any] = {"by_cluster": {}, "by_condition": {}, "by_task": {}}
+  for key, members in sorted(groups.items()):
+    scores = {m: 100.0 * float(np.mean([x[m] for x in members if m in x]))
+              for m in ("exact_match", "rougeL", "rank_accuracy") if any(m in x for x in members)}
+    scores["n"] = len(members)
+    out[key[0]]["/".join(key[1:])] = scores
+  return out
+
+
+def flat_scalars(summary: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
+  """{eval/<condition>/<cluster>/<metric>: value} for metric writers (per-task rows left out)."""
+  out = {}
+  for group in ("by_condition", "by_cluster"):
+    for key, scores in summary[group].items():
+      for metric, value in scores.items():
+        if metric != "n":
+          out[f"{prefix}{key}/{metric}"] = value
+  return out
+
+
+def format_table(summary: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str:
+  """Exact match and ROUGE-L per condition and cluster; with `before`, as before -> after."""
+  lines = [f"{'condition':<18} {'cluster':<10} {'n':>5}  {'exact match':>17}  {'ROUGE-L':>17}"]
+  rows = [(k.split("/")[0], k.split("/")[1], v) for k, v in summary["by_cluster"].items()]
+  rows += [(k, "ALL", v) for k, v in summary["by_condition"].items()]
+  for condition, cluster, v in sorted(rows, key=lambda x: (x[0], x[1] == "ALL", x[1])):
+    def cell(metric):
+      after = f"{v[metric]:6.1f}"
+      if before is None:
+        return f"{after:>17}"
+      key = f"{condition}/{cluster}" if cluster != "ALL" else condition
+      prev = before["by_cluster" if cluster != "ALL" else "by_condition"].get(key, {}).get(metric)
+      return f"{prev:6.1f} -> {after}" if prev is not None else f"{after:>17}"
+    lines.append(f"{condition:<18} {cluster:<10} {v['n']:>5}  {cell('exact_match'):>17}  {cell('rougeL'):>17}")
+  return "\n".join(lines)
+
+
+def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for r in rows:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -1,0 +1,95 @@
+"""Text-level predict functions built from a model, its parameters and a tokenizer.
+
+Evaluators and synthetic-data generators receive these functions and never import models:
+
+    generate_fn(prompts: list[str]) -> list[str]                      decoding with the KV cache
+    loglik_fn(prompts: list[str], continuations: list[str]) -> array  sum of log p(continuation + EOS)
+
+Work is cut into fixed-size batches (the last one padded) and prompt lengths are bucketed, so a long
+evaluation compiles a handful of programs rather than one per batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from instruct_jax import losses, sampling, sharding, step
+from instruct_jax.data import transforms
+from instruct_jax.models import t5
+
+GenerateFn = Callable[[Sequence[str]], list[str]]
+LoglikFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+
+def _chunks(items: Sequence, size: int):
+  for i in range(0, len(items), size):
+    yield items[i:i + size]
+
+
+def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig, *, batch_size: int = 32,
+                     max_prompt_tokens: int = 512, mesh=None, rules=None, seed: int = 0) -> GenerateFn:
+  """Prompts -> generated texts. Over-long prompts keep their last `max_prompt_tokens` tokens."""
+  is_t5 = isinstance(model, t5.T5)
+  cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                            bos_id=None if is_t5 else (tokenizer.bos_id if tokenizer.bos_id >= 0 else None))
+
+  def generate_fn(prompts: Sequence[str]) -> list[str]:
+    ids = [tokenizer.encode(p)[-max_prompt_tokens:].tolist() or [tokenizer.eos_id] for p in prompts]
+    out: list[str] = []
+    for n, chunk in enumerate(_chunks(ids, batch_size)):
+      padded = list(chunk) + [chunk[0]] * (batch_size - len(chunk))  # one compiled shape per bucket
+      new = sampling.generate(model, params, padded, cfg, rng=jax.random.key(seed + n), mesh=mesh, rules=rules)
+      out.extend(tokenizer.decode(t) for t in new[:len(chunk)])
+    return out
+
+  return generate_fn
+
+
+def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt_tokens: int = 512,
+                   max_continuation_tokens: int = 64, mesh=None, rules=None) -> LoglikFn:
+  """(prompt, continuation) pairs -> sum of log-probabilities of the continuation and end-of-text."""
+  is_t5 = isinstance(model, t5.T5)
+  bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.pad_id
+
+  @jax.jit
+  def score(params, batch):
+    ctx = sharding.activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext()
+    with ctx:
+      logits = step.forward(model, params, batch)
+    ce, _ = losses.cross_entropy(logits, batch["decoder_target_tokens"])
+    return -jnp.sum(ce * batch["decoder_loss_weights"], axis=-1)
+
+  def features(prompt: str, continuation: str):
+    p = tokenizer.encode(prompt)[-max_prompt_tokens:]
+    c = tokenizer.encode(continuation)[:max_continuation_tokens]
+    if is_t5:
+      return transforms.seq2seq_features(p, c, eos_id=tokenizer.eos_id, max_input_len=max_prompt_tokens,
+                                         max_target_len=max_continuation_tokens + 1)
+    return transforms.decoder_features(p, c, bos_id=bos, eos_id=tokenizer.eos_id,
+                                       max_len=max_prompt_tokens + max_continuation_tokens + 1)
+
+  def loglik_fn(prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+    if len(prompts) != len(continuations):
+      raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    feats = [features(p, c) for p, c in zip(prompts, continuations)]
+    if any(f is None for f in feats):
+      raise ValueError("an empty continuation cannot be scored")
+    out = []
+    for chunk in _chunks(feats, batch_size):
+      chunk = list(chunk) + [chunk[0]] * (batch_size - len(chunk))
+      batch = {k: _pad_stack([f[k] for f in chunk]) for k in chunk[0]}
+      out.append(np.asarray(score(params, batch)))
+    return np.concatenate(out)[:len(feats)]
+
+  return loglik_fn
+
+
+def _pad_stack(rows: list[np.ndarray], multiple: int = 16) -> jnp.ndarray:
+  n = max(len(r) for r in rows)
+  n = -(-n // multiple) * multiple
+  return jnp.asarray(np.stack([np.pad(r, (0, n - len(r))) for r in rows]))
