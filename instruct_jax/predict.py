@@ -93,3 +93,21 @@ def _pad_stack(rows: list[np.ndarray], multiple: int = 16) -> jnp.ndarray:
   n = max(len(r) for r in rows)
   n = -(-n // multiple) * multiple
   return jnp.asarray(np.stack([np.pad(r, (0, n - len(r))) for r in rows]))
+
+
+def make_sampling_generate_fn(model, params, tokenizer, *, batch_size: int = 16, max_prompt_tokens: int = 512,
+                              mesh=None, rules=None):
+  """`generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed)`, the shape the synthetic-data
+  ModelBackend takes (`instruct_jax.synthetic.backends.ModelBackend`)."""
+  cache: dict[tuple, GenerateFn] = {}
+
+  def generate_fn(prompts: Sequence[str], *, max_new_tokens: int, temperature: float, top_p: float,
+                  seed: int) -> list[str]:
+    key = (max_new_tokens, temperature, top_p, seed)
+    if key not in cache:
+      cfg = sampling.DecodeConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+      cache[key] = make_generate_fn(model, params, tokenizer, cfg, batch_size=batch_size,
+                                    max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules, seed=seed)
+    return cache[key](prompts)
+
+  return generate_fn

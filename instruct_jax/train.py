@@ -314,32 +314,36 @@ class _Window:
     return out
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation output.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+def _define_flags() -> None:
+  """Flags exist only when the trainer runs as a program (other CLIs import this module)."""
+  config_flags.DEFINE_config_file("config", None, "Python config file (get_config).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation output.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 
 
-def maybe_initialize_distributed() -> None:
+def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None,
+                                 process_id: int | None) -> None:
   """jax.distributed.initialize when launched as one of several processes (flags, or a TPU pod/SLURM)."""
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif any(v in os.environ for v in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")) and int(
-      os.environ.get("SLURM_NTASKS", os.environ.get("TPU_WORKER_COUNT", "2"))) > 1:
-    jax.distributed.initialize()
+  if coordinator:
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize()  # coordinates come from the SLURM / TPU environment
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  f = flags.FLAGS
+  if f.config is None or f.workdir is None:
     raise app.UsageError("--config and --workdir are required")
-  if not flags.FLAGS["verbosity"].present:
+  if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  maybe_initialize_distributed()
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+  train_and_evaluate(f.config, f.workdir)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -16,7 +16,8 @@ Clusters (task: what the answer is):
     check      contains, is_sorted, all_even            (answers "yes"/"no"; answer options given)
 
 Example fields for templates: items, kind ("numbers" or "words"), k, item, threshold, answer, and for the
-count cluster a rationale (for chain-of-thought templates); the check cluster also has options. Empty answers read "none".
+count cluster a rationale (for chain-of-thought templates); the check cluster also has options. Empty
+answers read "none".
 Generation is a pure function of (seed, split, index, task), so any example is addressable by index.
 """
 from __future__ import annotations

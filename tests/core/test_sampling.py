@@ -87,9 +87,10 @@ def test_stops_at_end_of_text():
   params = helpers.init_params(model)
   cfg = sampling.DecodeConfig(max_new_tokens=8, eos_id=1)
   first = sampling.generate(model, params, PROMPTS[:1], cfg)[0]
-  # Make the greedy path's third token the end-of-text id: decoding must stop just before it.
-  stop_cfg = dataclasses.replace(cfg, eos_id=first[2])
-  assert sampling.generate(model, params, PROMPTS[:1], stop_cfg)[0] == first[:2]
+  # Make a token of the greedy path the end-of-text id: decoding must stop just before its first use.
+  k = next(i for i in range(1, len(first)) if first[i] not in first[:i])
+  stop_cfg = dataclasses.replace(cfg, eos_id=first[k])
+  assert sampling.generate(model, params, PROMPTS[:1], stop_cfg)[0] == first[:k]
 
 
 def test_sampling_filters():

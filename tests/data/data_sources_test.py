@@ -281,3 +281,20 @@ def test_superni_missing_field(tmp_path):
   path.write_text(json.dumps({"Definition": ["d"], "Instances": [{"id": "i0", "input": "x"}]}))
   with pytest.raises(sources.DataError, match=r"task9_bad\.json: Instances\[0\] \(id 'i0'\): missing field 'output'"):
     superni.read_task(path)
+
+
+def test_tfds_preprocessors_on_records_shaped_like_data_source_rows():
+  # Field names and label encodings of super_glue/boolq and anli/r1 (after bytes are decoded).
+  boolq = {"question": "is the sky blue", "passage": "The sky is blue.", "idx": 0, "label": 1}
+  assert tasks_lib.preprocess_boolq(boolq) == {"passage": "The sky is blue.", "question": "is the sky blue",
+                                               "answer": "yes"}
+  assert tasks_lib.preprocess_boolq({**boolq, "label": 0})["answer"] == "no"
+  assert tasks_lib.preprocess_boolq({**boolq, "label": -1}) is None
+  anli = {"uid": "u", "context": "A cat sat.", "hypothesis": "An animal sat.", "label": 0}
+  assert [tasks_lib.preprocess_anli({**anli, "label": i})["answer"] for i in range(3)] == [
+      "yes", "it is not possible to tell", "no"]
+  task = tasks_lib.tfds_tasks()["anli/r1"]
+  fields = {**tasks_lib.preprocess_anli(anli), "options": list(task.options)}
+  inputs, _ = render.Renderer(task, render.RenderConfig())._fill(task.templates[1], fields, with_options=True)
+  assert inputs == ("Premise: A cat sat.\nHypothesis: An animal sat.\nIs the hypothesis entailed, contradicted, "
+                    "or neither?\n\nOPTIONS:\n- yes\n- it is not possible to tell\n- no")

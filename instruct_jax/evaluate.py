@@ -1,0 +1,69 @@
+"""Evaluate a trained workdir (or another checkpoint) on its configured evaluation or a list of tasks.
+
+    python -m instruct_jax.evaluate --workdir /tmp/quickstart
+    python -m instruct_jax.evaluate --workdir DIR --tasks niv2/task1393_superglue_copa_text_completion \\
+        --superni_dir ../shared/data/natural-instructions --num_examples 100 --output_dir /tmp/eval
+
+Writes predictions.jsonl and metrics.json to --output_dir (default: WORKDIR/eval) and prints a table.
+Task evaluations are also scored by `instruct_jax.evals.score` (SuperNI's exact match and ROUGE-L per
+category and task).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+from instruct_jax import inference
+from instruct_jax.data import mixtures as mixtures_lib
+from instruct_jax.data import tasks as tasks_lib
+from instruct_jax.evals import evaluators
+from instruct_jax.evals import score as score_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Another checkpoint directory to evaluate (optional).")
+_TASKS = flags.DEFINE_list("tasks", [], "Tasks to evaluate instead of the config's evaluation.")
+_SUPERNI = flags.DEFINE_string("superni_dir", None, "natural-instructions directory for niv2/ tasks.")
+_NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: the config's).")
+_OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from instruct_jax import train
+  config = inference.read_config(_WORKDIR.value)
+  if _NUM.value is not None:
+    config.eval.num_examples = _NUM.value
+  if _TASKS.value:
+    config.eval.tasks = list(_TASKS.value)
+  if _SUPERNI.value:
+    config.data_paths.superni_dir = _SUPERNI.value
+  loaded = inference.load(_WORKDIR.value, config=config, checkpoint_dir=_CHECKPOINT.value)
+  catalogue, _ = mixtures_lib.catalogues(tasks_lib.DataPaths(superni_dir=config.data_paths.get("superni_dir") or None))
+  rows = evaluators.render_eval_examples(train.eval_sets(config), catalogue)
+  t0 = time.time()
+  scored, summary = train.run_evaluation(loaded.model, loaded.params, loaded.tokenizer, config, rows, loaded.mesh,
+                                         loaded.rules)
+  seconds = time.time() - t0
+  out_dir = _OUT.value or os.path.join(_WORKDIR.value, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  evaluators.write_jsonl(os.path.join(out_dir, "predictions.jsonl"), scored)
+  result = {"summary": summary, "examples": len(scored), "seconds": seconds,
+            "examples_per_second": len(scored) / max(seconds, 1e-9)}
+  if _TASKS.value:  # SuperNI-style breakdown by category and task
+    refs = [{"id": r["id"], "references": r["references"], "task_id": r["task"], "task_category": r["cluster"],
+             "track": "default"} for r in scored]
+    result["superni"] = score_lib.score(refs, {r["id"]: r["prediction"] for r in scored})
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  print(evaluators.format_table(summary))
+  print(f"{len(scored)} examples in {seconds:.1f} s ({result['examples_per_second']:.1f} examples/s); "
+        f"wrote {out_dir}/predictions.jsonl and metrics.json")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+"""Generate text from a trained workdir with the KV-cache decoder.
+
+    python -m instruct_jax.generate --workdir /tmp/quickstart --prompt "Input: 3 1 2\\nTask: sort\\nOutput:"
+    python -m instruct_jax.generate --workdir DIR --prompts_file prompts.txt --output out.jsonl --num_beams 4
+
+A prompts file holds one prompt per line, or JSONL records with a "prompt" field.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+
+from instruct_jax import inference, predict, sampling
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file (one prompt per line) or JSONL {prompt}.")
+_OUTPUT = flags.DEFINE_string("output", None, "Write {prompt, output} JSONL here (default: print).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens (0: all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+_BEAMS = flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams when > 1.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts decoded together.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def read_prompts(path: str) -> list[str]:
+  prompts = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      if line.lstrip().startswith("{"):
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+        if "prompt" not in record:
+          raise ValueError(f"{path}:{n}: record has no 'prompt' field")
+        prompts.append(record["prompt"])
+      else:
+        prompts.append(line.rstrip("\n").replace("\\n", "\n"))
+  return prompts
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  prompts = list(_PROMPT.value) + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
+  if not prompts:
+    raise app.UsageError("give --prompt or --prompts_file")
+  loaded = inference.load(_WORKDIR.value)
+  cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                              top_p=_TOP_P.value, num_beams=_BEAMS.value)
+  generate_fn = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg,
+                                         batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length,
+                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value)
+  outputs = generate_fn(prompts)
+  out = open(_OUTPUT.value, "w", encoding="utf-8") if _OUTPUT.value else sys.stdout
+  for p, o in zip(prompts, outputs):
+    if _OUTPUT.value:
+      out.write(json.dumps({"prompt": p, "output": o}, ensure_ascii=False) + "\n")
+    else:
+      print(f"=== {p!r}\n{o}")
+  if _OUTPUT.value:
+    out.close()
+
+
+if __name__ == "__main__":
+  app.run(main)

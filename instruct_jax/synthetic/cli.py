@@ -1,0 +1,97 @@
+"""Flags and entry-point helpers shared by the synthetic-data commands.
+
+Every command (`python -m instruct_jax.synthetic.<method>`) uses absl flags, defined with
+underscores; `main` also accepts the dashed spellings (`--base-url`, `--num-instructions`,
+`--no-progress`) by rewriting them before absl parses the command line.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+
+from instruct_jax.synthetic.backends import Backend
+from instruct_jax.synthetic.openai_backend import OpenAIBackend
+from instruct_jax.synthetic.runner import Tally
+
+OUT = flags.DEFINE_string("out", None, "Output directory. Re-use it to resume or extend a run.")
+BACKEND = flags.DEFINE_enum("backend", "openai", ["openai"],
+                            "Language-model backend (instruct_jax models: use the Python API, "
+                            "instruct_jax.synthetic.backends.ModelBackend).")
+BASE_URL = flags.DEFINE_string("base_url", None,
+                               "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+MODEL = flags.DEFINE_string("model", None, "Model name sent to the server and kept in provenance.")
+API_KEY_ENV = flags.DEFINE_string("api_key_env", "OPENAI_API_KEY",
+                                  "Environment variable holding the API key (never logged or "
+                                  "stored); unset means no Authorization header.")
+CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.")
+TIMEOUT = flags.DEFINE_float("timeout", 120.0, "Seconds before a request counts as timed out.")
+MAX_RETRIES = flags.DEFINE_integer("max_retries", 6, "Retries on 408/429/5xx/timeouts.")
+BACKOFF = flags.DEFINE_float("backoff", 1.0, "First retry delay in seconds (doubles each retry).")
+NUM_INSTRUCTIONS = flags.DEFINE_integer(
+    "num_instructions", None, "Target size; what it counts depends on the method (see its "
+    "docstring). A larger value in the same --out continues the run.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed for every random choice of the run.")
+PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def normalize_argv(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """Rewrites `--dashed-name[=v]` to `--dashed_name[=v]` (and `--no-x-y` to `--nox_y`) for
+  defined flags; everything after a bare `--` is left alone."""
+  out = [argv[0]] if argv else []
+  rest = list(argv[1:])
+  while rest:
+    arg = rest.pop(0)
+    if arg == "--":
+      out += [arg] + rest
+      break
+    if arg.startswith("--") and "-" in arg[2:].split("=", 1)[0]:
+      name, eq, value = arg[2:].partition("=")
+      under = name.replace("-", "_")
+      if under in flag_values:
+        arg = f"--{under}{eq}{value}"
+      elif under.startswith("no_") and under[3:] in flag_values:
+        arg = f"--no{under[3:]}{eq}{value}"
+    out.append(arg)
+  return out
+
+
+def require(value: Any, flag: str) -> Any:
+  if value is None or value == "":
+    raise app.UsageError(f"--{flag} is required")
+  return value
+
+
+def require_positive(value: int | None, flag: str) -> int:
+  require(value, flag)
+  if value < 1:
+    raise app.UsageError(f"--{flag} must be >= 1, got {value}")
+  return value
+
+
+def build_backend(model: str | None = None, base_url: str | None = None) -> Backend:
+  """The backend named by --backend, from the shared flags (overridable model and URL)."""
+  if BACKEND.value == "openai":
+    return OpenAIBackend(require(base_url or BASE_URL.value, "base_url"),
+                         require(model or MODEL.value, "model"), api_key_env=API_KEY_ENV.value,
+                         concurrency=CONCURRENCY.value, timeout_s=TIMEOUT.value,
+                         max_retries=MAX_RETRIES.value, backoff_s=BACKOFF.value)
+  raise app.UsageError(f"unknown --backend {BACKEND.value!r}")
+
+
+def print_report(report: dict[str, Any]) -> None:
+  tally = Tally()
+  for stage, reasons in report["counts"].items():
+    for reason, n in reasons.items():
+      tally.add(stage, reason, n)
+  print(f"{report['method']}: {report['records_total']} records in {report['output']} "
+        f"({report['records_new']} new this run; {report['cache_hits']} requests answered from "
+        f"the cache, {report['cache_misses']} sent)")
+  print(tally.format())
+
+
+def main(fn: Callable[[list[str]], None]) -> None:
+  """absl.app.run with dashed flag spellings accepted."""
+  app.run(fn, argv=normalize_argv(sys.argv))
