@@ -35,7 +35,7 @@ from instruct_jax.data import render as render_lib
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
-from instruct_jax.models import decoder, t5
+from instruct_jax.models import convert, decoder, t5
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -82,6 +82,29 @@ def load_tokenizer(config, workdir: str, catalogues) -> tokenizer_lib.Tokenizer:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("tokenizer")
   return tokenizer_lib.Tokenizer(path)
+
+
+def trainer_checkpoints(path: str) -> str:
+  """The checkpoints directory of a trainer workdir, or `path` itself if it is one."""
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
+def start_from_pretrained(config) -> bool:
+  """True when config.init_from names an imported, Hugging Face or T5X checkpoint (not a trainer's)."""
+  path = config.get("init_from")
+  if not path:
+    return False
+  ckpts = trainer_checkpoints(path)
+  return not any(name.isdigit() for name in (os.listdir(ckpts) if os.path.isdir(ckpts) else []))
+
+
+def load_pretrained(config, mesh, rules):
+  """Weights and model config from config.init_from, in this run's dtypes, layout and shardings."""
+  m = config.model
+  return convert.load_pretrained(config.init_from, mesh, rules, dtype=m.get("dtype", "float32"),
+                                 param_dtype=m.get("param_dtype", "float32"), scan_layers=m.get("scan_layers", False),
+                                 remat_policy=m.get("remat_policy", "none"))
 
 
 def eval_sets(config) -> list[evaluators.EvalSet]:
@@ -176,8 +199,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = iter(pipe.dataset)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
-  # Model and optimizer, born sharded.
-  model = build_model(config.model, padded_vocab(tokenizer.vocab_size))
+  # Model and optimizer, born sharded (shapes from a pretrained checkpoint when init_from names one).
+  pretrained = load_pretrained(config, mesh, rules) if start_from_pretrained(config) else None
+  if pretrained is not None:
+    model = convert.model_for(pretrained.config)
+    if model.config.vocab_size < tokenizer.vocab_size:
+      raise ValueError(f"init_from {config.init_from}: the model's vocabulary ({model.config.vocab_size}) is "
+                       f"smaller than the tokenizer's ({tokenizer.vocab_size}); set config.tokenizer.path to "
+                       "the checkpoint's own tokenizer")
+  else:
+    model = build_model(config.model, padded_vocab(tokenizer.vocab_size))
   optim_cfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
   tx, schedule = optim.make_optimizer(optim_cfg), optim.make_schedule(optim_cfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(config.seed))
@@ -195,8 +226,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"Resumed from checkpoint step {start}", flush=True)
   else:
     start = 0
-    if config.get("init_from"):
-      params = ckpt_lib.restore_params(config.init_from, ckpt_lib.abstract_like(state.params, state_sh.params))
+    if pretrained is not None:
+      state = state.replace(params=jax.tree.map(lambda p, s: jax.device_put(p, s), pretrained.params,
+                                                state_sh.params))
+      print(f"Initialised weights from {config.init_from}", flush=True)
+    elif config.get("init_from"):
+      params = ckpt_lib.restore_params(trainer_checkpoints(config.init_from),
+                                       ckpt_lib.abstract_like(state.params, state_sh.params))
       state = state.replace(params=params)
       print(f"Initialised weights from {config.init_from}", flush=True)
 
