@@ -29,7 +29,8 @@ setuptools.setup(
     ],
     extras_require={
         # torch/transformers: parity tests and the PyTorch reference benchmark only.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45,<6", "nbclient>=0.10", "ipykernel>=6"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45,<6", "nbclient>=0.10", "ipykernel>=6",
+                 "matplotlib>=3.7"],
         "bench": ["torch==2.13.0", "transformers>=4.45,<6"],
     },
 )

@@ -357,15 +357,21 @@ def _define_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() and let JAX find the other "
+                    "processes (TPU VM pods, SLURM, GKE); the launchers in launch/ set this.")
 
 
-def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None,
-                                 process_id: int | None) -> None:
-  """jax.distributed.initialize when launched as one of several processes (flags, or a TPU pod/SLURM)."""
+def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                                 distributed: bool = False) -> None:
+  """jax.distributed.initialize when launched as one of several processes.
+
+  Explicit coordinates (--coordinator_address ...) win; --distributed, or a SLURM job of several tasks,
+  lets JAX detect the cluster itself (on a TPU VM pod it asks the metadata server).
+  """
   if coordinator:
     jax.distributed.initialize(coordinator, num_processes, process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()  # coordinates come from the SLURM / TPU environment
+  elif distributed or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
 
 
 def main(argv):
@@ -376,7 +382,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+  maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
   train_and_evaluate(f.config, f.workdir)
 
 
