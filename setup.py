@@ -15,6 +15,7 @@ setuptools.setup(
         "grain>=0.2.10,<0.3",
         "jax>=0.6,<0.11",
         "ml-collections>=1.0,<2",
+        "ml-dtypes>=0.4",
         "numpy>=1.26,<3",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
@@ -25,6 +26,7 @@ setuptools.setup(
         "sentencepiece>=0.2,<0.3",
         "tensorboard>=2.16,<3",
         "tensorflow-datasets>=4.9.8,<5",
+        "tensorstore>=0.1.60",
         "tqdm>=4.60",
     ],
     extras_require={

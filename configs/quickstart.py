@@ -2,12 +2,13 @@
 
     python -m instruct_jax.train --config configs/quickstart.py --workdir /tmp/quickstart
 
-Hardware: 2 CPU cores are enough. Runtime: about 8 minutes on a 2-core machine (tokenizer training,
-compilation, 1,500 steps, and the evaluation before and after).
+Hardware: 2 CPU cores are enough. Runtime: about 7 minutes on a 2-core machine (tokenizer training,
+compilation, 700 steps of 64 packed rows, and the evaluation before and after).
 Expected result: a table of exact match and ROUGE-L per task cluster for templates seen in training,
-templates never seen, and the held-out "check" cluster, before -> after training. Before training
-every cell is near 0; after it, seen and unseen templates score far higher (see README for the
-measured numbers), which is instruction following learned from 15 tasks of 5 clusters.
+templates never seen, and the held-out "check" cluster, before -> after training. Measured (BENCHMARKS.md):
+seen templates ROUGE-L 0.4 -> 51.9 (exact match 0 -> 22.3), unseen templates ROUGE-L 0.3 -> 41.7 (exact
+match 0 -> 11.0); the held-out cluster stays at 0 (and at the majority answer under rank classification):
+a model this small, trained on 15 tasks, learns to follow new phrasings of known tasks, not new tasks.
 """
 import ml_collections
 
@@ -16,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 1500
+  c.total_steps = 700
   c.num_microbatches = 1
   c.log_every = 50
   c.checkpoint_every = 500
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = "data_parallel"
   c.optim = ml_collections.ConfigDict(dict(optimizer="adamw", learning_rate=3e-3, schedule="cosine",
-                                           warmup_steps=100, weight_decay=0.01, grad_clip_norm=1.0))
+                                           warmup_steps=50, weight_decay=0.01, grad_clip_norm=1.0))
   c.loss = ml_collections.ConfigDict(dict(normalization="tokens", z_loss=1e-4, label_smoothing=0.0))
 
   c.eval = ml_collections.ConfigDict(dict(

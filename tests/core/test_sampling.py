@@ -102,3 +102,20 @@ def test_sampling_filters():
   draws = jax.vmap(lambda k: sampling._choose(logits, k, sampling.DecodeConfig(temperature=1.0, top_p=0.7)))(
       jax.random.split(jax.random.key(0), 200))
   assert set(np.asarray(draws).ravel().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS)
+def test_decoding_on_a_sharded_mesh_matches_one_device(kind):
+  from instruct_jax import sharding, step
+  model = helpers.tiny_model(kind)
+  params = helpers.init_params(model, seed=2)
+  cfg = sampling.DecodeConfig(max_new_tokens=6, eos_id=1)
+  expected = sampling.generate(model, params, PROMPTS, cfg)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = sharding.get_rules("fsdp_tensor")
+  boxed = jax.eval_shape(lambda r: model.init(r, **step.dummy_batch(model))["params"], jax.random.key(0))
+  sharded = jax.device_put(params, sharding.param_shardings(boxed, mesh, rules))
+  assert sampling.generate(model, sharded, PROMPTS, cfg, mesh=mesh, rules=rules) == expected
+  assert sampling.generate(model, sharded, PROMPTS, dataclasses.replace(cfg, num_beams=2), mesh=mesh,
+                           rules=rules) == sampling.generate(model, params, PROMPTS,
+                                                             dataclasses.replace(cfg, num_beams=2))

@@ -142,3 +142,36 @@ def test_unreadable_latest_checkpoint_falls_back(reference_run, tmp_path):
       f.write_bytes(b"garbage")
   out = _run(_cmd(work, f"--config.total_steps={STEPS + 2}", f"--config.tokenizer.path={tmp_path / 'spm.model'}"))
   assert "unreadable" in out.stdout and f"Resumed from checkpoint step {STEPS - 8}" in out.stdout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  proc = subprocess.run(_cmd(tmp_path, "--config.optim.learning_rate=1e12", "--config.optim.grad_clip_norm=0",
+                             "--config.optim.warmup_steps=0", "--config.optim.schedule=constant",
+                             "--config.checkpoint_every=1", "--config.loss.z_loss=0"),
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "stopping (the last good checkpoint is kept)" in proc.stderr
+  bad = int(proc.stderr.split("loss is ")[1].split(" at step ")[1].split(";")[0])
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert all(s < bad for s in saved)  # no checkpoint holds the state that produced the bad loss
+
+
+def test_periodic_evaluation_and_the_cli_commands(tmp_path):
+  work = tmp_path / "w"
+  _run(_cmd(work, "--config.total_steps=6", "--config.eval_every=3", "--config.eval.num_examples=1"))
+  rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+  assert any(r["step"] == 3 and "eval/seen_templates/rougeL" in r for r in rows)
+  assert (work / "predictions.jsonl").is_file() and (work / "eval.json").is_file()
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("Input: 3 1 2\\nTask: sort ascending\\nOutput:\n{\"prompt\": \"Input: 5 4\\nTask: reverse\"}\n")
+  out = tmp_path / "out.jsonl"
+  _run([sys.executable, "-m", "instruct_jax.generate", f"--workdir={work}", f"--prompts_file={prompts}",
+        f"--output={out}", "--max_new_tokens=4"])
+  generated = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [g["prompt"] for g in generated] == ["Input: 3 1 2\nTask: sort ascending\nOutput:", "Input: 5 4\nTask: reverse"]
+  eval_dir = tmp_path / "eval"
+  stdout = _run([sys.executable, "-m", "instruct_jax.evaluate", f"--workdir={work}", "--num_examples=1",
+                 f"--output_dir={eval_dir}"]).stdout
+  assert "examples/s" in stdout and "seen_templates" in stdout
+  metrics = json.loads((eval_dir / "metrics.json").read_text())
+  assert metrics["examples"] == 18 * 1 + 15 * 1 and "by_cluster" in metrics["summary"]
