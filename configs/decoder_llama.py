@@ -1,10 +1,13 @@
 """Instruction-tune a LLaMA-style decoder. The argument picks the shapes: "1b" (Llama-3.2-1B) or "7b" (LLaMA-2-7B).
 
-    python -m instruct_jax.convert --from hf --src /ckpt/Llama-3.2-1B --dst /ckpt/llama-1b-ij
-    python -m instruct_jax.train --config configs/decoder_llama.py:1b --workdir gs://bucket/llama1b \\
-        --config.init_from=/ckpt/llama-1b-ij --config.tokenizer.path=/ckpt/llama-2/tokenizer.model \\
+    python -m instruct_jax.convert --from hf --src /ckpt/Llama-2-7b-hf --dst /ckpt/llama2-7b-ij --scan_layers
+    python -m instruct_jax.train --config configs/decoder_llama.py:7b --workdir gs://bucket/llama7b \
+        --config.init_from=/ckpt/llama2-7b-ij --config.tokenizer.path=/ckpt/Llama-2-7b-hf/tokenizer.model \
         --config.data_paths.instruction_files.alpaca=/data/alpaca.jsonl --config.data.mixture=instructions
 
+The tokenizer must be the checkpoint's own (the trainer refuses one whose special ids disagree). Llama-3.2-1B
+weights need Llama-3's tokenizer.json, which this project does not read, so "1b" is for training those
+shapes from scratch with a SentencePiece tokenizer, or from a 1B checkpoint that ships tokenizer.model.
 Hardware: 1b on one H100 or a v4-8 (FSDP over the local devices); 7b on 8x H100 or a v4-32 (FSDP 8, bf16
 compute, full remat; fp32 Adam states need ~108 GB in all, so FSDP over 8 devices or Adafactor).
 Sequences of 2048 tokens (1536 instruction + 512 output budget), packed; loss on outputs and their

@@ -44,26 +44,33 @@ class Checkpointer:
     return True
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any | None) -> tuple[Any, int] | None:
-    """(state, step) from the newest readable checkpoint (data_iterator restored in place), or None.
+    """(state, step) from the newest readable checkpoint (data_iterator restored in place), or None if
+    there is no checkpoint at all.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings, so arrays land on their devices.
+    The model state is read first and the iterator only after it succeeds, so a failed step never moves
+    the iterator. If checkpoints exist but none can be read (a corrupt directory, or a config whose
+    shapes no longer match), this raises rather than silently starting again from step 0.
     """
+    failures = []
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, abstract_state, data_iterator), step
-      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
-        logging.error("checkpoint %s/%d could not be read (%s: %s); trying the one before it",
-                      self.directory, step, type(e).__name__, e)
-        print(f"WARNING: checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: {e}); "
-              "falling back to the previous checkpoint", flush=True)
+        state = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state))["state"]
+        if data_iterator is not None:
+          self._restore_items(step, data=grain.checkpoint.CheckpointRestore(data_iterator))
+        return state, step
+      except Exception as e:  # noqa: BLE001 - an unreadable step falls back to the one before it
+        failures.append(f"step {step}: {type(e).__name__}: {str(e)[:300]}")
+        logging.error("checkpoint %s/%d could not be read (%s)", self.directory, step, failures[-1])
+        print(f"WARNING: checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
+              f"{str(e)[:200]}); falling back to the previous checkpoint", flush=True)
+    if failures:
+      raise RuntimeError(f"no checkpoint in {self.directory} could be restored into this run's state; fix the "
+                         "config (shapes must match) or move the directory away:\n  " + "\n  ".join(failures))
     return None
 
-  def restore(self, step: int, abstract_state: Any, data_iterator: Any | None) -> Any:
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"]
+  def _restore_items(self, step: int, **items):
+    return self._manager.restore(step, args=ocp.args.Composite(**items))
 
   def close(self):
     self._manager.close()

@@ -49,23 +49,26 @@ def token_scale_and_denominator(weights_BL, segment_ids_BL, normalization: Norma
 
 
 def cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0, label_smoothing: float = 0.0):
-  """Per-token cross-entropy [B, L] (with optional z-loss and label smoothing) and the z-loss part.
+  """Per-token training loss [B, L] (cross-entropy, optional z-loss and label smoothing) and the plain
+  negative log-likelihood of the target [B, L] (for metrics).
 
   Label smoothing puts 1 - s on the target and s / (V - 1) elsewhere, minus the entropy of that
   distribution so a perfect prediction scores 0 (as T5X does). z-loss adds z_loss * log(Z)^2.
   """
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
   logits_BLV = logits_BLV.astype(jnp.float32)
   log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
   target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
   nll_BL = log_z_BL - target_logit_BL
+  plain_nll_BL = nll_BL
   if label_smoothing:
     vocab = logits_BLV.shape[-1]
     on, off = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
     mean_nll_BL = log_z_BL - jnp.mean(logits_BLV, axis=-1)  # -(1/V) sum_v log p_v
     nll_BL = (on - off) * nll_BL + off * vocab * mean_nll_BL
     nll_BL -= -(on * jnp.log(on) + (vocab - 1) * off * jnp.log(off + 1e-20))
-  z_BL = z_loss * jnp.square(log_z_BL)
-  return nll_BL + z_BL, z_BL
+  return nll_BL + z_loss * jnp.square(log_z_BL), plain_nll_BL
 
 
 def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominator, z_loss: float = 0.0,
@@ -79,16 +82,15 @@ def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominato
     scale_BL, denominator: from `token_scale_and_denominator`, computed over the whole optimizer step.
   Returns:
     (loss, metrics) with metrics["weight_sum"] (scored tokens), ["correct"] (scored tokens predicted
-    exactly by argmax), ["nll_sum"] and ["z_loss_sum"] summed over scored tokens.
+    exactly by argmax) and ["nll_sum"] (plain negative log-likelihood) summed over scored tokens.
   """
-  ce_BL, z_BL = cross_entropy(logits_BLV, targets_BL, z_loss=z_loss, label_smoothing=label_smoothing)
+  ce_BL, nll_BL = cross_entropy(logits_BLV, targets_BL, z_loss=z_loss, label_smoothing=label_smoothing)
   loss = jnp.sum(scale_BL * ce_BL) / jnp.maximum(denominator, 1e-9)
   w = weights_BL.astype(jnp.float32)
   correct = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
   metrics = {
       "weight_sum": jnp.sum(w),
       "correct": jnp.sum(w * correct),
-      "nll_sum": jnp.sum(w * (ce_BL - z_BL)),
-      "z_loss_sum": jnp.sum(w * z_BL),
+      "nll_sum": jnp.sum(w * nll_BL),  # the target's plain negative log-likelihood
   }
   return loss, metrics

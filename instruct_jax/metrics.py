@@ -78,9 +78,12 @@ def summarize_step(sums: Mapping[str, np.ndarray], *, seconds: float, tokens: fl
   return out
 
 
-def check_finite(step: int, loss: float) -> None:
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping (the last good checkpoint is kept)")
+def check_finite(step: int, metrics: Mapping[str, float]) -> None:
+  """Raises if the loss, the gradient norm or the updated parameters' norm is not finite."""
+  for name in ("loss", "grad_norm", "param_norm"):
+    value = float(metrics[name])
+    if not math.isfinite(value):
+      raise NonFiniteLossError(f"{name} is {value} at step {step}; stopping (the last good checkpoint is kept)")
 
 
 class Progress:

@@ -46,7 +46,7 @@ def make_schedule(cfg: OptimConfig) -> optax.Schedule:
   elif cfg.schedule == "rsqrt":
     # Constant through warmup, then lr * sqrt(warmup / step) (T5's inverse square root decay).
     def main(step):
-      return lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step + warmup, max(warmup, 1)))
+      return lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, max(warmup, 1)))
     return main
   else:
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant, cosine or rsqrt")

@@ -33,13 +33,13 @@ def _chunks(items: Sequence, size: int):
 
 def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig, *, batch_size: int = 32,
                      max_prompt_tokens: int = 512, mesh=None, rules=None, seed: int = 0) -> GenerateFn:
-  """Prompts -> generated texts. Over-long prompts keep their last `max_prompt_tokens` tokens."""
+  """Prompts -> generated texts. Over-long prompts are cut as in training (their beginning stays)."""
   is_t5 = isinstance(model, t5.T5)
   cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                             bos_id=None if is_t5 else (tokenizer.bos_id if tokenizer.bos_id >= 0 else None))
 
   def generate_fn(prompts: Sequence[str]) -> list[str]:
-    ids = [tokenizer.encode(p)[-max_prompt_tokens:].tolist() or [tokenizer.eos_id] for p in prompts]
+    ids = [_prompt_ids(tokenizer, p, max_prompt_tokens, is_t5) for p in prompts]
     out: list[str] = []
     for n, chunk in enumerate(_chunks(ids, batch_size)):
       padded = list(chunk) + [chunk[0]] * (batch_size - len(chunk))  # one compiled shape per bucket
@@ -61,11 +61,11 @@ def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt
     ctx = sharding.activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext()
     with ctx:
       logits = step.forward(model, params, batch)
-    ce, _ = losses.cross_entropy(logits, batch["decoder_target_tokens"])
-    return -jnp.sum(ce * batch["decoder_loss_weights"], axis=-1)
+    _, nll = losses.cross_entropy(logits, batch["decoder_target_tokens"])
+    return -jnp.sum(nll * batch["decoder_loss_weights"], axis=-1)
 
   def features(prompt: str, continuation: str):
-    p = tokenizer.encode(prompt)[-max_prompt_tokens:]
+    p = tokenizer.encode(prompt)[:max_prompt_tokens]
     c = tokenizer.encode(continuation)[:max_continuation_tokens]
     if is_t5:
       return transforms.seq2seq_features(p, c, eos_id=tokenizer.eos_id, max_input_len=max_prompt_tokens,
@@ -87,6 +87,13 @@ def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt
     return np.concatenate(out)[:len(feats)]
 
   return loglik_fn
+
+
+def _prompt_ids(tokenizer, prompt: str, max_tokens: int, is_t5: bool) -> list[int]:
+  ids = tokenizer.encode(prompt)
+  if is_t5:  # the encoder saw inputs + end-of-text in training
+    return transforms.encoder_inputs(ids, eos_id=tokenizer.eos_id, max_input_len=max_tokens).tolist()
+  return ids[:max_tokens].tolist() or [tokenizer.eos_id]
 
 
 def _pad_stack(rows: list[np.ndarray], multiple: int = 16) -> jnp.ndarray:

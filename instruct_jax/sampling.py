@@ -38,6 +38,13 @@ class DecodeConfig:
   pad_id: int = 0
   bos_id: int | None = None  # decoder-only: prepended to every prompt when set
 
+  def __post_init__(self):
+    if self.length_penalty < 0:
+      raise ValueError(f"length_penalty must be >= 0 (beam search's early stop relies on it), got "
+                       f"{self.length_penalty}")
+    if self.max_new_tokens < 1 or self.num_beams < 1:
+      raise ValueError(f"max_new_tokens and num_beams must be >= 1, got {self.max_new_tokens}, {self.num_beams}")
+
 
 def _is_t5(model) -> bool:
   return isinstance(model, t5.T5)

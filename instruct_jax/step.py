@@ -128,8 +128,7 @@ def eval_step(params, batch: Batch, *, model: nn.Module, mesh: Mesh, rules):
 
 
 def _zero_sums():
-  return {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(()),
-          "z_loss_sum": jnp.zeros(())}
+  return {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(())}
 
 
 def _has_dropout(model: nn.Module) -> bool:

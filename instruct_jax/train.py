@@ -100,11 +100,34 @@ def start_from_pretrained(config) -> bool:
 
 
 def load_pretrained(config, mesh, rules):
-  """Weights and model config from config.init_from, in this run's dtypes, layout and shardings."""
+  """Weights and model config from config.init_from, in this run's dtypes and shardings.
+
+  A converted directory keeps the layer layout (unrolled or scanned) it was converted with; Hugging Face
+  and T5X sources are laid out as config.model.scan_layers says.
+  """
   m = config.model
-  return convert.load_pretrained(config.init_from, mesh, rules, dtype=m.get("dtype", "float32"),
-                                 param_dtype=m.get("param_dtype", "float32"), scan_layers=m.get("scan_layers", False),
-                                 remat_policy=m.get("remat_policy", "none"))
+  overrides = dict(dtype=m.get("dtype", "float32"), param_dtype=m.get("param_dtype", "float32"),
+                   remat_policy=m.get("remat_policy", "none"))
+  if "dropout_rate" in (m.get("overrides") or {}):
+    overrides["dropout_rate"] = m.overrides["dropout_rate"]
+  if not os.path.isfile(os.path.join(config.init_from, convert.MODEL_CONFIG)):
+    overrides["scan_layers"] = m.get("scan_layers", False)
+  return convert.load_pretrained(config.init_from, mesh, rules, **overrides)
+
+
+def check_tokenizer_matches(pretrained, tokenizer, init_from: str) -> None:
+  """The tokenizer must be the checkpoint's own: its special ids must agree with the checkpoint config."""
+  if pretrained.config.vocab_size < tokenizer.vocab_size:
+    raise ValueError(f"init_from {init_from}: the model's vocabulary ({pretrained.config.vocab_size}) is smaller "
+                     f"than the tokenizer's ({tokenizer.vocab_size}); set config.tokenizer.path to the "
+                     "checkpoint's own tokenizer")
+  hf = pretrained.hf_config or {}
+  for name, ours in (("eos_token_id", tokenizer.eos_id), ("bos_token_id", tokenizer.bos_id)):
+    theirs = hf.get(name)
+    theirs = theirs[0] if isinstance(theirs, list) and theirs else theirs
+    if isinstance(theirs, int) and ours >= 0 and theirs != ours:
+      raise ValueError(f"init_from {init_from}: the checkpoint's {name} is {theirs} but the tokenizer "
+                       f"{tokenizer.model_path} has {ours}; use the checkpoint's own tokenizer")
 
 
 def eval_sets(config) -> list[evaluators.EvalSet]:
@@ -202,11 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Model and optimizer, born sharded (shapes from a pretrained checkpoint when init_from names one).
   pretrained = load_pretrained(config, mesh, rules) if start_from_pretrained(config) else None
   if pretrained is not None:
+    check_tokenizer_matches(pretrained, tokenizer, config.init_from)
     model = convert.model_for(pretrained.config)
-    if model.config.vocab_size < tokenizer.vocab_size:
-      raise ValueError(f"init_from {config.init_from}: the model's vocabulary ({model.config.vocab_size}) is "
-                       f"smaller than the tokenizer's ({tokenizer.vocab_size}); set config.tokenizer.path to "
-                       "the checkpoint's own tokenizer")
   else:
     model = build_model(config.model, padded_vocab(tokenizer.vocab_size))
   optim_cfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
@@ -259,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     done_step, device_metrics, stats = pending
     pending = None
     host = jax.device_get(device_metrics)
-    metrics_lib.check_finite(done_step, float(host["loss"]))
+    metrics_lib.check_finite(done_step, host)
     window.add(host, stats)
     if done_step % config.log_every == 0 or done_step == config.total_steps:
       scalars = window.summarize(pipe.task_names, seen)
@@ -284,7 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.eval_every and (t + 1) % config.eval_every == 0 and t + 1 < config.total_steps and rows:
         _, summary = run_evaluation(model, state.params, tokenizer, config, rows, mesh, rules)
         writer.write(t + 1, evaluators.flat_scalars(summary))
-      if _any_process(preemption.requested):
+      # Every process must agree to stop at the same step; asking the others costs a host sync, so
+      # multi-process runs ask only every log_every steps.
+      if (jax.process_count() == 1 or (t + 1) % config.log_every == 0) and _any_process(preemption.requested):
         finish_pending()
         checkpointer.save(t + 1, state, data_iter, force=True)
         print(f"SIGTERM received: saved checkpoint at step {t + 1} and stopped", flush=True)

@@ -3,9 +3,10 @@
 The loss mask lives here, in the data, as `decoder_loss_weights`; the loss itself stays a pure function
 (`instruct_jax.losses`). Feature names follow the T5X/SeqIO model-feature schema.
 
-Encoder-decoder, for inputs [i1 i2 i3] and targets [o1 o2] with end-of-text E:
+Encoder-decoder, for inputs [i1 i2 i3] and targets [o1 o2] with end-of-text E (the encoder input ends
+with E too, as T5 and Flan-T5 were trained by SeqIO):
 
-    encoder_input_tokens   i1 i2 i3
+    encoder_input_tokens   i1 i2 i3 E
     decoder_input_tokens   0  o1 o2      (targets shifted right; 0 is T5's decoder start id)
     decoder_target_tokens  o1 o2 E
     decoder_loss_weights   1  1  1       (the output and its end-of-text token are scored)
@@ -16,10 +17,13 @@ Decoder-only, with begin-of-text B; the model sees B i1 i2 i3 o1 o2 and predicts
     decoder_target_tokens  i1 i2 i3 o1 o2 E
     decoder_loss_weights   0  0  0  1  1  1   (1 everywhere with train_on_inputs=True)
 
-Truncation never silently removes all target tokens. The instruction is cut first (its end goes, its
-beginning stays); only an output that alone overflows is cut, and a cut output gets no end-of-text token
-(it did not end there, so the model must not learn to stop there). If no output token survives, the
-functions return None and the caller drops and counts the example.
+Truncation keeps the beginning of each part and never silently removes all target tokens. Encoder-decoder
+inputs and targets are cut to their own lengths. A decoder-only row is shared: the instruction keeps at
+least half of the row (or all of itself, if shorter), the output takes the rest, and what overflows is cut
+from the instruction first. A cut output gets no end-of-text token (it did not end there, so the model
+must not learn to stop there). If no output token survives, or there is no instruction, the functions
+return None and the caller drops and counts the example. Prediction (`instruct_jax.predict`) cuts
+prompts the same way.
 """
 from __future__ import annotations
 
@@ -39,21 +43,32 @@ def _with_eos(targets: np.ndarray, room: int, eos_id: int) -> np.ndarray:
   return targets[:room]
 
 
+def encoder_inputs(inputs, *, eos_id: int, max_input_len: int) -> np.ndarray:
+  """The encoder's tokens: the inputs' beginning, then end-of-text (also used to build prompts)."""
+  inputs = _as_ids(inputs)
+  return np.concatenate([inputs[:max_input_len - 1], [eos_id]]).astype(np.int32)
+
+
 def seq2seq_features(inputs, targets, *, eos_id: int, max_input_len: int,
                      max_target_len: int) -> dict[str, np.ndarray] | None:
   """Features for an encoder-decoder model; None if the output would be truncated away."""
   inputs, targets = _as_ids(inputs), _as_ids(targets)
   if eos_id == DECODER_START_ID:
     raise ValueError("eos_id must differ from the decoder start/pad id 0, or the stop token is never learned")
-  if targets.size == 0 or max_target_len < 1:
+  if targets.size == 0 or inputs.size == 0 or max_target_len < 1 or max_input_len < 2:
     return None
   targets = _with_eos(targets, max_target_len, eos_id)
   return {
-      "encoder_input_tokens": inputs[:max_input_len],
+      "encoder_input_tokens": encoder_inputs(inputs, eos_id=eos_id, max_input_len=max_input_len),
       "decoder_input_tokens": np.concatenate([[DECODER_START_ID], targets[:-1]]).astype(np.int32),
       "decoder_target_tokens": targets,
       "decoder_loss_weights": np.ones(targets.size, np.float32),
   }
+
+
+def instruction_budget(max_len: int) -> int:
+  """Tokens of a decoder-only row the instruction may always keep, however long the output."""
+  return max_len // 2
 
 
 def decoder_features(inputs, targets, *, bos_id: int, eos_id: int, max_len: int,
@@ -62,10 +77,10 @@ def decoder_features(inputs, targets, *, bos_id: int, eos_id: int, max_len: int,
   inputs, targets = _as_ids(inputs), _as_ids(targets)
   if eos_id == 0:
     raise ValueError("eos_id must differ from the pad id 0, or the stop token is never learned")
-  if targets.size == 0 or max_len < 1:
+  if targets.size == 0 or inputs.size == 0 or max_len < 2:
     return None
   # The model predicts len(inputs) + len(targets) + 1 positions (the +1 is end-of-text).
-  n_inputs = min(inputs.size, max(max_len - targets.size - 1, 0))
+  n_inputs = min(inputs.size, max(max_len - targets.size - 1, instruction_budget(max_len)))
   targets = _with_eos(targets, max_len - n_inputs, eos_id)
   seq = np.concatenate([[bos_id], inputs[:n_inputs], targets]).astype(np.int32)
   weights = np.ones(seq.size - 1, np.float32)

@@ -102,7 +102,7 @@ class Decoder(nn.Module):
       logits = embedder.attend(x)
     else:
       logits = layers.Dense((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "BLD,DV->BLV",
-                            name="logits_dense", **kw)(x)
+                            name="logits_dense", out_dtype=jnp.float32, **kw)(x)
     return constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
 

@@ -60,7 +60,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens_BL, axis=0).astype(self.dtype)
 
   def attend(self, x_BLD):
-    return jnp.einsum("BLD,VD->BLV", x_BLD, self.embedding.astype(self.dtype))
+    return jnp.einsum("BLD,VD->BLV", x_BLD, self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
 
 
 class Dense(nn.Module):
@@ -74,6 +74,7 @@ class Dense(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_scale: float = 1.0
+  out_dtype: Dtype | None = None  # e.g. fp32 logits from bf16 inputs (accumulated in fp32)
 
   @nn.compact
   def __call__(self, x):
@@ -81,7 +82,8 @@ class Dense(nn.Module):
     fan_in = math.prod(n for letter, n in zip(k_spec, self.shape) if letter in x_spec)
     init = nn.initializers.normal(self.init_scale * fan_in ** -0.5)
     kernel = param_with_axes(self, "kernel", init, self.shape, self.axes, self.param_dtype)
-    return jnp.einsum(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype))
+    return jnp.einsum(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype),
+                      preferred_element_type=self.out_dtype)
 
 
 class GatedMLP(nn.Module):

@@ -165,7 +165,7 @@ class Decoder(nn.Module):
       logits = self.embedder.attend(y * cfg.d_model ** -0.5)
     else:
       logits = layers.Dense((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "BLD,DV->BLV", dtype=cfg.dtype,
-                            param_dtype=cfg.param_dtype, name="logits_dense")(y)
+                            param_dtype=cfg.param_dtype, out_dtype=jnp.float32, name="logits_dense")(y)
     return constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
 

@@ -88,6 +88,11 @@ def test_label_smoothing_matches_explicit_soft_targets(smoothing):
   soft = jax.nn.one_hot(targets, V) * (1 - smoothing) + (1 - jax.nn.one_hot(targets, V)) * smoothing / (V - 1)
   explicit = -jnp.sum(soft * jax.nn.log_softmax(logits), -1) + jnp.sum(soft * jnp.log(soft), -1)
   np.testing.assert_allclose(ce, explicit, rtol=1e-5, atol=1e-6)
+  _, nll = losses.cross_entropy(logits, targets, label_smoothing=smoothing)
+  np.testing.assert_allclose(nll, -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0],
+                             rtol=1e-5)  # the metric NLL is the plain one
+  with pytest.raises(ValueError, match="label_smoothing"):
+    losses.cross_entropy(logits, targets, label_smoothing=1.0)
   # A prediction equal to the smoothed distribution scores zero.
   ce_best, _ = losses.cross_entropy(jnp.log(soft), targets, label_smoothing=smoothing)
   np.testing.assert_allclose(ce_best, 0.0, atol=1e-5)
@@ -97,9 +102,9 @@ def test_z_loss_adds_squared_log_partition():
   logits = jax.random.normal(jax.random.key(9), (1, 4, 8)) + 3.0
   targets = jnp.zeros((1, 4), jnp.int32)
   plain, _ = losses.cross_entropy(logits, targets)
-  with_z, z = losses.cross_entropy(logits, targets, z_loss=1e-2)
+  with_z, nll = losses.cross_entropy(logits, targets, z_loss=1e-2)
   np.testing.assert_allclose(with_z - plain, 1e-2 * jax.nn.logsumexp(logits, -1) ** 2, rtol=1e-5)
-  np.testing.assert_allclose(z, with_z - plain, rtol=1e-5)
+  np.testing.assert_allclose(nll, plain, rtol=1e-6)  # the metric NLL leaves the z-loss out
 
 
 def test_accuracy_counts_only_scored_tokens():
