@@ -82,8 +82,26 @@ class Dense(nn.Module):
     fan_in = math.prod(n for letter, n in zip(k_spec, self.shape) if letter in x_spec)
     init = nn.initializers.normal(self.init_scale * fan_in ** -0.5)
     kernel = param_with_axes(self, "kernel", init, self.shape, self.axes, self.param_dtype)
-    return jnp.einsum(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype),
-                      preferred_element_type=self.out_dtype)
+    return _matmul(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype), self.out_dtype)
+
+
+def _matmul(einsum_str: str, x, kernel, out_dtype):
+  """einsum of the form (lead + contracted), (contracted + rest) -> (lead + rest) as ONE 2-D matmul.
+
+  XLA's CPU backend runs the weight gradient of a 3-D einsum such as "BLD,DF->BLF" (a contraction over
+  both B and L) off its fast matmul path; flattened, forward and backward are plain 2-D matmuls (the
+  T5-small train step is ~1.4x faster on CPU). Other shapes fall back to einsum.
+  """
+  x_spec, k_spec = einsum_str.split("->")[0].split(",")
+  out_spec = einsum_str.split("->")[1]
+  n = len(set(x_spec) & set(k_spec))
+  lead, contracted, rest = x_spec[:len(x_spec) - n], x_spec[len(x_spec) - n:], k_spec[n:]
+  if k_spec[:n] != contracted or out_spec != lead + rest:
+    return jnp.einsum(einsum_str, x, kernel, preferred_element_type=out_dtype)
+  lead_shape, rest_shape = x.shape[:len(lead)], kernel.shape[n:]
+  y = jnp.dot(x.reshape(math.prod(lead_shape), -1), kernel.reshape(-1, math.prod(rest_shape)),
+              preferred_element_type=out_dtype)
+  return y.reshape(*lead_shape, *rest_shape)
 
 
 class GatedMLP(nn.Module):
@@ -184,16 +202,18 @@ class Attention(nn.Module):
     q_BLHK = constrain(q_BLHK, ("act_batch", "act_length", "act_heads", None))
     if self.scale_logits:
       q_BLHK = q_BLHK * (K ** -0.5)
-    B, L = q_BLHK.shape[:2]
-    q_BLNGK = q_BLHK.reshape(B, L, N, H // N, K)
-    logits_BNGLS = jnp.einsum("BLNGK,BSNK->BNGLS", q_BLNGK, k_BSNK).astype(jnp.float32)
+    if H != N:  # grouped-query attention: query head n * G + g reads key/value head n
+      k_BSHK, v_BSHK = jnp.repeat(k_BSNK, H // N, axis=2), jnp.repeat(v_BSNK, H // N, axis=2)
+    else:
+      k_BSHK, v_BSHK = k_BSNK, v_BSNK
+    logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
     if bias_1HLS is not None:
-      logits_BNGLS += bias_1HLS.reshape(bias_1HLS.shape[0], N, H // N, *bias_1HLS.shape[2:]).astype(jnp.float32)
-    logits_BNGLS = jnp.where(mask_B1LS[:, :, None], logits_BNGLS, NEG_INF)
-    probs_BNGLS = jax.nn.softmax(logits_BNGLS, axis=-1).astype(self.dtype)
-    probs_BNGLS = nn.Dropout(self.dropout_rate)(probs_BNGLS, deterministic=self.deterministic)
-    out_BLNGK = jnp.einsum("BNGLS,BSNK->BLNGK", probs_BNGLS, v_BSNK.astype(self.dtype))
-    out_BLHK = constrain(out_BLNGK.reshape(B, L, H, K), ("act_batch", "act_length", "act_heads", None))
+      logits_BHLS += bias_1HLS.astype(jnp.float32)
+    logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, NEG_INF)
+    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(self.dtype)
+    probs_BHLS = nn.Dropout(self.dropout_rate)(probs_BHLS, deterministic=self.deterministic)
+    out_BLHK = jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS, v_BSHK.astype(self.dtype))
+    out_BLHK = constrain(out_BLHK, ("act_batch", "act_length", "act_heads", None))
     return Dense((H, K, D), ("heads", "head_dim", "embed"), "BLHK,HKD->BLD", name="out", **kw)(out_BLHK)
 
   def _update_cache(self, k_BSNK, v_BSNK, mask_B1LS):
