@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -56,13 +57,7 @@ def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt
   is_t5 = isinstance(model, t5.T5)
   bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.pad_id
 
-  @jax.jit
-  def score(params, batch):
-    ctx = sharding.activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext()
-    with ctx:
-      logits = step.forward(model, params, batch)
-    _, nll = losses.cross_entropy(logits, batch["decoder_target_tokens"])
-    return -jnp.sum(nll * batch["decoder_loss_weights"], axis=-1)
+  rules_key = None if rules is None else tuple(sorted(rules.items()))
 
   def features(prompt: str, continuation: str):
     p = tokenizer.encode(prompt)[:max_prompt_tokens]
@@ -83,10 +78,20 @@ def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt
     for chunk in _chunks(feats, batch_size):
       chunk = list(chunk) + [chunk[0]] * (batch_size - len(chunk))
       batch = {k: _pad_stack([f[k] for f in chunk]) for k in chunk[0]}
-      out.append(np.asarray(score(params, batch)))
+      out.append(np.asarray(_score(params, batch, model=model, mesh=mesh, rules=rules_key)))
     return np.concatenate(out)[:len(feats)]
 
   return loglik_fn
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mesh", "rules"))
+def _score(params, batch, *, model, mesh, rules):
+  """Sum of log p(continuation + EOS) per row; jitted once per model and shape, not per evaluation."""
+  ctx = sharding.activation_sharding(mesh, dict(rules)) if mesh is not None else contextlib.nullcontext()
+  with ctx:
+    logits = step.forward(model, params, batch)
+  _, nll = losses.cross_entropy(logits, batch["decoder_target_tokens"])
+  return -jnp.sum(nll * batch["decoder_loss_weights"], axis=-1)
 
 
 def _prompt_ids(tokenizer, prompt: str, max_tokens: int, is_t5: bool) -> list[int]:
