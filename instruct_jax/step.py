@@ -1,4 +1,4 @@
-"""Train state born sharded, and the pure train and eval steps (jitted once, with shardings and donation).
+"""Train state born sharded, and the pure train step (jitted once, with shardings and donation).
 
 The train step normalises the loss over the whole optimizer step before the forward pass (see losses.py),
 so k microbatches of gradient accumulation give the same update as one batch k times the size.
@@ -115,16 +115,6 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: nn.Module, tx: op
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                "learning_rate": schedule(state.step), **sums}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def eval_step(params, batch: Batch, *, model: nn.Module, mesh: Mesh, rules):
-  """Token-mean loss sums on a batch (no dropout)."""
-  with sharding.activation_sharding(mesh, rules):
-    logits = forward(model, params, batch)
-    weights = batch["decoder_loss_weights"]
-    _, sums = losses.loss_and_metrics(logits, batch["decoder_target_tokens"], weights, scale_BL=weights,
-                                      denominator=jnp.sum(weights))
-    return sums
 
 
 def _zero_sums():
