@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from instruct_jax import checkpoint as ckpt_lib
 from instruct_jax import metrics as metrics_lib
 from instruct_jax import optim, predict, sampling, sharding, step
+from instruct_jax.data import builtin
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import render as render_lib
@@ -75,9 +76,8 @@ def load_tokenizer(config, workdir: str, catalogues) -> tokenizer_lib.Tokenizer:
     rcfg = pipeline_lib.PipelineConfig.from_config(config.data).render
     texts = render_lib.sample_texts(rates, tasks, rcfg, n=config.tokenizer.train_examples, seed=config.seed)
     if config.eval.get("held_out_cluster"):  # the tokenizer may see held-out text; the model never trains on it
-      texts += render_lib.sample_texts({n: 1.0 for n in evaluators.builtin_eval_sets(
-          held_out_cluster=config.eval.held_out_cluster, seen_templates=(), unseen_templates=(),
-          num_examples=1)[-1].tasks}, tasks, render_lib.RenderConfig(), n=2000, seed=config.seed)
+      held_out = {f"builtin/{n}": 1.0 for n in builtin.CLUSTERS[config.eval.held_out_cluster]}
+      texts += render_lib.sample_texts(held_out, tasks, render_lib.RenderConfig(), n=2000, seed=config.seed)
     tokenizer_lib.train(texts, vocab_size=config.tokenizer.vocab_size, out_dir=out_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("tokenizer")

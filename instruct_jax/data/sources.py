@@ -85,12 +85,15 @@ def read_jsonl_numbered(path: str, *, strict: bool = True,
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
         continue
+      message = None
       try:
         record = json.loads(line)
+      except json.JSONDecodeError as e:
+        message = f"{path}:{lineno}: malformed JSON line: {e.msg} at column {e.colno}"
+      else:
         if not isinstance(record, dict):
-          raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-      except ValueError as e:  # json.JSONDecodeError is a ValueError.
-        message = f"{path}:{lineno}: malformed JSON line: {e}"
+          message = f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
+      if message is not None:
         if strict:
           raise DataError(message) from None
         stats.skip("bad_lines", message)

@@ -22,6 +22,7 @@ import sys
 from absl import app
 from absl import flags
 
+from instruct_jax.data import sources
 from instruct_jax.evals import metrics
 
 _MAX_IDS_SHOWN = 5
@@ -29,23 +30,6 @@ _MAX_IDS_SHOWN = 5
 
 class InputError(ValueError):
   """Bad references or predictions; the message names the file, line and field."""
-
-
-def _read_jsonl(path: str) -> list[tuple[int, dict]]:
-  """(line number, object) for each non-blank line of a JSONL file."""
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from e
-      if not isinstance(record, dict):
-        raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-      records.append((line_no, record))
-  return records
 
 
 def _field(path: str, line_no: int, record: dict, name: str, *, optional: bool = False):
@@ -69,7 +53,7 @@ def _check_unique(path: str, line_no: int, instance_id: str, first_lines: dict[s
 def load_references(path: str) -> list[dict]:
   """Reads and validates a references JSONL file (see the module docstring)."""
   references, first_lines = [], {}
-  for line_no, record in _read_jsonl(path):
+  for line_no, record in sources.read_jsonl_numbered(path):
     instance_id = _field(path, line_no, record, "id")
     if "references" not in record:
       raise InputError(f"{path}:{line_no}: missing field 'references'")
@@ -90,7 +74,7 @@ def load_references(path: str) -> list[dict]:
 def load_predictions(path: str) -> dict[str, str]:
   """Reads and validates a predictions JSONL file into {id: prediction}."""
   predictions, first_lines = {}, {}
-  for line_no, record in _read_jsonl(path):
+  for line_no, record in sources.read_jsonl_numbered(path):
     instance_id = _field(path, line_no, record, "id")
     prediction = _field(path, line_no, record, "prediction")
     _check_unique(path, line_no, instance_id, first_lines)
