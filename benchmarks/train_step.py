@@ -5,6 +5,7 @@
 Runs instruct_jax's jitted step on all local devices (data parallel), then, with --torch, Hugging Face
 transformers' T5ForConditionalGeneration (or LlamaForCausalLM) with torch.optim.AdamW on the same shapes, fp32.
 Tokens counted are batch x (inputs + targets) per step, all non-padding (random full-length rows).
+Both run in this one process, so both get the same malloc setting (see --system_malloc).
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import argparse
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from instruct_jax import optim, sharding, step
+from instruct_jax import host, optim, sharding, step
 from instruct_jax.models import decoder, t5
 
 
@@ -32,10 +34,11 @@ def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, s
 
 
 def bench_jax(args) -> float:
+  kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype))
   if args.model == "t5":
-    model = t5.T5(t5.config_for(args.size, remat_policy=args.remat))
+    model = t5.T5(t5.config_for(args.size, **kw))
   else:
-    model = decoder.Decoder(decoder.config_for(args.size, remat_policy=args.remat))
+    model = decoder.Decoder(decoder.config_for(args.size, **kw))
   mesh = sharding.make_mesh({"data": -1})
   rules = sharding.get_rules("data_parallel")
   ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-4, schedule="constant", grad_clip_norm=0.0)
@@ -45,16 +48,20 @@ def bench_jax(args) -> float:
   batch = jax.device_put(_batch(args.model, args.batch, args.inputs, args.targets, model.config.vocab_size),
                          sharding.batch_sharding(mesh, rules))
   t0 = time.perf_counter()
-  state, m = train(state, batch, jax.random.key(0))
+  compiled = train.lower(state, batch, jax.random.key(0)).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  state, m = compiled(state, batch, jax.random.key(0))
   jax.block_until_ready(m)
-  print(f"jax: compile + first step {time.perf_counter() - t0:.1f} s")
+  print(f"jax: compile + first step {time.perf_counter() - t0:.1f} s; XLA counts "
+        f"{cost['flops'] / 1e9:,.1f} GFLOP per step")
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
-    state, m = train(state, batch, jax.random.key(0))
+    state, m = compiled(state, batch, jax.random.key(0))
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return float(np.median(times)), float(cost["flops"])
 
 
 def bench_torch(args) -> float:
@@ -109,13 +116,27 @@ def main():
   p.add_argument("--targets", type=int, default=64)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--remat", default="none")
+  p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay fp32): bfloat16 on GPU/TPU")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="peak TFLOP/s of one device (989 for an H100's dense bf16); prints MFU")
   p.add_argument("--torch", action="store_true", help="also time the PyTorch/transformers reference")
+  p.add_argument("--system_malloc", action="store_true",
+                 help="leave glibc malloc as it is (by default both implementations run with "
+                      "instruct_jax.host.keep_freed_memory(), as the trainer does)")
   args = p.parse_args()
+  if not args.system_malloc:
+    host.keep_freed_memory()
   tokens = args.batch * (args.inputs + args.targets)
   print(f"devices: {jax.devices()}; {args.model}-{args.size}, batch {args.batch} x ({args.inputs} + "
-        f"{args.targets}) = {tokens} tokens/step")
-  t_jax = bench_jax(args)
-  print(f"instruct_jax: {t_jax:.2f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps})")
+        f"{args.targets}) = {tokens} tokens/step; malloc: {'system' if args.system_malloc else 'keep freed'}")
+  t_jax, flops = bench_jax(args)
+  print(f"instruct_jax: {t_jax:.2f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
+        f"{flops / t_jax / 1e9:,.1f} GFLOP/s")
+  if args.peak_tflops:
+    # With --remat none XLA's count is the model's FLOPs (every row is full length, so no padding).
+    what = "MFU" if args.remat == "none" else "hardware FLOPs utilisation (remat recomputes)"
+    print(f"{what}: {flops / t_jax / (args.peak_tflops * 1e12 * jax.device_count()):.1%} of "
+          f"{args.peak_tflops:g} TFLOP/s x {jax.device_count()} device(s)")
   if args.torch:
     import torch
     t_torch = bench_torch(args)

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from instruct_jax import checkpoint as ckpt_lib
 from instruct_jax import metrics as metrics_lib
-from instruct_jax import optim, predict, sampling, sharding, step
+from instruct_jax import host, optim, predict, sampling, sharding, step
 from instruct_jax.data import builtin
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
@@ -381,6 +381,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() and let JAX find the other "
                     "processes (TPU VM pods, SLURM, GKE); the launchers in launch/ set this.")
+  flags.DEFINE_bool("keep_freed_memory", True, "Let glibc malloc keep freed memory for the next step instead "
+                    "of returning it to the OS (instruct_jax/host.py; ~12% faster CPU steps; the process "
+                    "holds its peak memory).")
 
 
 def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
@@ -404,6 +407,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  if f.keep_freed_memory:
+    host.keep_freed_memory()
   maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
   train_and_evaluate(f.config, f.workdir)
 
