@@ -99,8 +99,9 @@ def start_from_pretrained(config) -> bool:
   return not any(name.isdigit() for name in (os.listdir(ckpts) if os.path.isdir(ckpts) else []))
 
 
-def load_pretrained(config, mesh, rules):
-  """Weights and model config from config.init_from, in this run's dtypes and shardings.
+def load_pretrained(config, mesh, rules, *, weights: bool = True):
+  """Weights and model config from config.init_from, in this run's dtypes and shardings (weights=False:
+  the config only).
 
   A converted directory keeps the layer layout (unrolled or scanned) it was converted with; Hugging Face
   and T5X sources are laid out as config.model.scan_layers says.
@@ -112,7 +113,7 @@ def load_pretrained(config, mesh, rules):
     overrides["dropout_rate"] = m.overrides["dropout_rate"]
   if not os.path.isfile(os.path.join(config.init_from, convert.MODEL_CONFIG)):
     overrides["scan_layers"] = m.get("scan_layers", False)
-  return convert.load_pretrained(config.init_from, mesh, rules, **overrides)
+  return convert.load_pretrained(config.init_from, mesh, rules, weights=weights, **overrides)
 
 
 def check_tokenizer_matches(pretrained, tokenizer, init_from: str) -> None:
@@ -222,8 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = iter(pipe.dataset)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
-  # Model and optimizer, born sharded (shapes from a pretrained checkpoint when init_from names one).
-  pretrained = load_pretrained(config, mesh, rules) if start_from_pretrained(config) else None
+  # Model and optimizer, born sharded (shapes from a pretrained checkpoint when init_from names one; its
+  # weights are read below, only if there is no checkpoint of this run to resume).
+  pretrained = load_pretrained(config, mesh, rules, weights=False) if start_from_pretrained(config) else None
   if pretrained is not None:
     check_tokenizer_matches(pretrained, tokenizer, config.init_from)
     model = convert.model_for(pretrained.config)
@@ -247,8 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start = 0
     if pretrained is not None:
-      state = state.replace(params=jax.tree.map(lambda p, s: jax.device_put(p, s), pretrained.params,
-                                                state_sh.params))
+      weights = load_pretrained(config, mesh, rules).params
+      state = state.replace(params=jax.tree.map(lambda p, s: jax.device_put(p, s), weights, state_sh.params))
       print(f"Initialised weights from {config.init_from}", flush=True)
     elif config.get("init_from"):
       params = ckpt_lib.restore_params(trainer_checkpoints(config.init_from),

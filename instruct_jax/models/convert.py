@@ -51,7 +51,7 @@ _RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "dropout_rate")  # fr
 @dataclasses.dataclass
 class Pretrained:
   config: ModelConfig
-  params: Any
+  params: Any  # None when loaded with weights=False (the config alone)
   source: str
   hf_config: dict | None = None  # the source's config.json, reused by export_hf
   bytes_read: int = 0  # checkpoint payload bytes read while placing (imports only)
@@ -111,11 +111,12 @@ def read_hf_config(src: str | os.PathLike) -> dict:
 
 
 def import_hf(src: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle: bool = False,
-              allow_unknown_fields: bool = False, **overrides) -> Pretrained:
+              allow_unknown_fields: bool = False, weights: bool = True, **overrides) -> Pretrained:
   """Reads a Hugging Face checkpoint directory into parameters placed sharded on `mesh`.
 
   `overrides` set T5Config / DecoderConfig fields the checkpoint does not fix: dtype, param_dtype (the
   dtype parameters are stored in; default float32), scan_layers, remat_policy, dropout_rate.
+  With weights=False only the config (and the tensor names it needs) is read; params is None.
   """
   hf = read_hf_config(src)
   family = FAMILIES[hf["model_type"]]
@@ -123,14 +124,18 @@ def import_hf(src: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle: bool =
   names = source.names()
   config = family.config_from_hf(hf, names, str(pathlib.Path(src) / "config.json"),
                                  allow_unknown_fields=allow_unknown_fields, **_normalise(overrides))
+  if not weights:
+    return Pretrained(config, None, str(src), hf)
   params = _place(source, config, family.tensor_maps(config, hf, names), mesh, rules, family.ignorable)
   return Pretrained(config, params, str(src), hf, source.bytes_read)
 
 
-def import_t5x(src: str | os.PathLike, mesh: Mesh, rules, **overrides) -> Pretrained:
+def import_t5x(src: str | os.PathLike, mesh: Mesh, rules, *, weights: bool = True, **overrides) -> Pretrained:
   """Reads a T5X T5 v1.1 / Flan-T5 checkpoint (see convert_t5x) into sharded parameters."""
   source = convert_t5x.T5XSource(src)
   config = convert_t5x.config_from_t5x(source, **_normalise(overrides))
+  if not weights:
+    return Pretrained(config, None, str(src))
   params = _place(source, config, convert_t5x.tensor_maps(config), mesh, rules, lambda name: False)
   return Pretrained(config, params, str(src), None, source.bytes_read)
 
@@ -192,7 +197,7 @@ def save_imported(pretrained: Pretrained, dst: str | os.PathLike, *, tokenizer_s
   _copy_tokenizer(tokenizer_src, dst)
 
 
-def load_imported(path: str | os.PathLike, mesh: Mesh, rules, **overrides) -> Pretrained:
+def load_imported(path: str | os.PathLike, mesh: Mesh, rules, *, weights: bool = True, **overrides) -> Pretrained:
   """Restores an imported directory onto `mesh`; only dtype, param_dtype, remat and dropout may change."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).absolute()
@@ -209,25 +214,29 @@ def load_imported(path: str | os.PathLike, mesh: Mesh, rules, **overrides) -> Pr
     raise ConversionError(f"{where}: {fixed} are fixed by the imported checkpoint (re-import the source to "
                           f"change them); changeable: {list(_RUNTIME_FIELDS)}")
   config = dataclasses.replace(config, **_normalise(overrides))
+  if not weights:
+    return Pretrained(config, None, str(path), blob.get("hf_config"))
   params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, abstract_params(config, mesh, rules))
   return Pretrained(config, params, str(path), blob.get("hf_config"))
 
 
 def load_pretrained(path: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle: bool = False,
-                    allow_unknown_fields: bool = False, **overrides) -> Pretrained:
+                    allow_unknown_fields: bool = False, weights: bool = True, **overrides) -> Pretrained:
   """An imported directory, a Hugging Face directory or a T5X checkpoint, whichever `path` is.
 
   This is what a trainer's `config.init_from` points at; `overrides` are config fields (dtype,
   param_dtype, scan_layers, remat_policy, dropout_rate, ...) as the chosen loader accepts them.
+  weights=False reads only the model config (params is None): the trainer does that first and reads the
+  weights only when it is not resuming from its own checkpoint.
   """
   path = pathlib.Path(path)
   if (path / MODEL_CONFIG).is_file():
-    return load_imported(path, mesh, rules, **overrides)
+    return load_imported(path, mesh, rules, weights=weights, **overrides)
   if (path / "config.json").is_file():
     return import_hf(path, mesh, rules, allow_pickle=allow_pickle, allow_unknown_fields=allow_unknown_fields,
-                     **overrides)
+                     weights=weights, **overrides)
   if convert_t5x.is_t5x(path):
-    return import_t5x(path, mesh, rules, **overrides)
+    return import_t5x(path, mesh, rules, weights=weights, **overrides)
   raise ConversionError(f"{path}: neither an imported directory ({MODEL_CONFIG}), a Hugging Face directory "
                         "(config.json) nor a T5X checkpoint ('checkpoint' file)")
 

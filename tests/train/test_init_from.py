@@ -1,4 +1,5 @@
 """config.init_from: start training from a Hugging Face directory or a converted one (weights only)."""
+import shutil
 import subprocess
 import sys
 
@@ -39,3 +40,17 @@ def test_training_starts_from_pretrained_weights(spm_and_hf, tmp_path, route):
   assert f"Initialised weights from {src}" in out
   losses = _losses(work)
   assert sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))
+
+
+def test_resume_reads_the_pretrained_config_but_not_its_weights(spm_and_hf, tmp_path):
+  spm, hf_dir = spm_and_hf
+  src = tmp_path / "converted"
+  subprocess.run([sys.executable, "-m", "instruct_jax.convert", "--from", "hf", "--src", str(hf_dir), "--dst",
+                  str(src)], cwd=ROOT, env=_env(), check=True, capture_output=True, text=True)
+  work = tmp_path / "work"
+  flags = (f"--config.init_from={src}", f"--config.tokenizer.path={spm}")
+  _run(_cmd(work, *flags, "--config.total_steps=8"))
+  shutil.rmtree(src / "params")  # a resumed run must not read the pretrained weights again
+  out = _run(_cmd(work, *flags, "--config.total_steps=12")).stdout
+  assert "Resumed from checkpoint step 8" in out and "Initialised weights" not in out
+  assert sorted(_losses(work)) == list(range(1, 13))
