@@ -33,7 +33,8 @@ def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, s
   return {"decoder_input_tokens": seq[:, :-1], "decoder_target_tokens": seq[:, 1:], "decoder_loss_weights": w}
 
 
-def bench_jax(args) -> float:
+def bench_jax(args) -> tuple[float, float]:
+  """Median seconds per step and XLA's FLOP count for one device's share of the step."""
   kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype))
   if args.model == "t5":
     model = t5.T5(t5.config_for(args.size, **kw))
@@ -53,8 +54,9 @@ def bench_jax(args) -> float:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   state, m = compiled(state, batch, jax.random.key(0))
   jax.block_until_ready(m)
+  # cost_analysis() describes the partitioned program, i.e. one device's share of the step.
   print(f"jax: compile + first step {time.perf_counter() - t0:.1f} s; XLA counts "
-        f"{cost['flops'] / 1e9:,.1f} GFLOP per step")
+        f"{cost['flops'] / 1e9:,.1f} GFLOP per device per step ({jax.device_count()} device(s))")
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
@@ -131,13 +133,14 @@ def main():
         f"{args.targets}) = {tokens} tokens/step; malloc: {'system' if args.system_malloc else 'keep freed'}")
   t_jax, flops = bench_jax(args)
   print(f"instruct_jax: {t_jax:.2f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
-        f"{flops / t_jax / 1e9:,.1f} GFLOP/s")
+        f"{flops / t_jax / 1e9:,.1f} GFLOP/s per device")
   if args.peak_tflops:
     # With --remat none XLA's count is the model's FLOPs (every row is full length, so no padding).
     what = "MFU" if args.remat == "none" else "hardware FLOPs utilisation (remat recomputes)"
-    print(f"{what}: {flops / t_jax / (args.peak_tflops * 1e12 * jax.device_count()):.1%} of "
-          f"{args.peak_tflops:g} TFLOP/s x {jax.device_count()} device(s)")
+    print(f"{what}: {flops / t_jax / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops:g} TFLOP/s per device")
   if args.torch:
+    if args.dtype != "float32":
+      print(f"note: the PyTorch reference runs in float32, instruct_jax in {args.dtype}")
     import torch
     t_torch = bench_torch(args)
     print(f"pytorch {torch.__version__} (threads {torch.get_num_threads()}): {t_torch:.2f} s/step, "

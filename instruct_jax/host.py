@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.util
+import os
 import platform
 
 from absl import logging
@@ -37,6 +39,24 @@ def keep_freed_memory() -> bool:
     return False
   libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
   for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)):
-    if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success
-      raise OSError(f"mallopt({param}, {value}) failed (errno {ctypes.get_errno()})")
+    if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success; a speed setting, so only warn
+      logging.warning("keep_freed_memory: mallopt(%d, %d) failed (errno %d)", param, value, ctypes.get_errno())
+      return False
   return True
+
+
+# Packages that give JAX a GPU or TPU backend (PJRT plugins live in the jax_plugins namespace).
+_ACCELERATOR_PACKAGES = ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+
+
+def cpu_only() -> bool:
+  """True when JAX can only run on the CPU here, decided without starting JAX.
+
+  JAX_PLATFORMS=cpu says so; otherwise no GPU or TPU plugin package is installed. The trainer turns
+  `keep_freed_memory` on by default only then: it was measured on CPU, and on an accelerator host the
+  kept memory (checkpoint imports, restores) is host RAM that the input pipeline may want.
+  """
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms == "cpu"
+  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PACKAGES)

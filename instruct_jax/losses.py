@@ -87,10 +87,7 @@ def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominato
   ce_BL, nll_BL = cross_entropy(logits_BLV, targets_BL, z_loss=z_loss, label_smoothing=label_smoothing)
   loss = jnp.sum(scale_BL * ce_BL) / jnp.maximum(denominator, 1e-9)
   w = weights_BL.astype(jnp.float32)
-  # The target is predicted when its logit is the largest (a tie counts as correct). Compared with
-  # `argmax == target` this reuses logsumexp's max and skips an index-tracking pass over [B, L, V].
-  target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-  correct = (target_logit_BL >= jnp.max(logits_BLV, axis=-1)).astype(jnp.float32)
+  correct = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
   metrics = {
       "weight_sum": jnp.sum(w),
       "correct": jnp.sum(w * correct),

@@ -383,9 +383,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() and let JAX find the other "
                     "processes (TPU VM pods, SLURM, GKE); the launchers in launch/ set this.")
-  flags.DEFINE_bool("keep_freed_memory", True, "Let glibc malloc keep freed memory for the next step instead "
+  flags.DEFINE_bool("keep_freed_memory", None, "Let glibc malloc keep freed memory for the next step instead "
                     "of returning it to the OS (instruct_jax/host.py; ~12% faster CPU steps; the process "
-                    "holds its peak memory).")
+                    "holds its peak memory). Default: on when JAX can only use the CPU.")
 
 
 def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
@@ -409,7 +409,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  if f.keep_freed_memory:
+  if f.keep_freed_memory or (f.keep_freed_memory is None and host.cpu_only()):
     host.keep_freed_memory()
   maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
   train_and_evaluate(f.config, f.workdir)

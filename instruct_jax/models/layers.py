@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from instruct_jax.sharding import constrain
@@ -102,10 +103,13 @@ def _matmul(einsum_str: str, x, kernel, out_dtype):
   lead_shape, rest_shape = x.shape[:len(lead)], kernel.shape[n:]
   x2, k2 = x.reshape(math.prod(lead_shape), -1), kernel.reshape(-1, math.prod(rest_shape))
   if jax.default_backend() == "cpu":
-    y = _dot_cpu(x2, k2, out_dtype)
+    y = checkpoint_name(_dot_cpu(x2, k2, out_dtype), MATMUL_NAME)
   else:
     y = jnp.dot(x2, k2, preferred_element_type=out_dtype)
   return y.reshape(*lead_shape, *rest_shape)
+
+
+MATMUL_NAME = "weight_matmul"  # names _dot_cpu's outputs so remat policies can keep them (stack.py)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -13,11 +13,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from instruct_jax.models import layers
+
+_cp = jax.checkpoint_policies
+# On CPU the weight matmuls are custom_vjp calls (layers.MATMUL_NAME), which the dot policies cannot see;
+# saving that name as well keeps those policies' meaning on every backend.
+_weight_matmuls = _cp.save_only_these_names(layers.MATMUL_NAME)
 REMAT_POLICIES = {
     "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
+    "full": _cp.nothing_saveable,  # recompute the whole layer in the backward pass
+    "dots": _cp.save_from_both_policies(_cp.checkpoint_dots, _weight_matmuls),  # keep matmul outputs
+    "dots_no_batch": _cp.save_from_both_policies(_cp.dots_with_no_batch_dims_saveable,  # weight matmuls only
+                                                 _weight_matmuls),
 }
 
 

@@ -1,8 +1,9 @@
 """The CPU-speed formulations compute the same values and gradients as the plain ones they replace.
 
-`layers._matmul` (2-D matmul whose weight gradient reads a transposed copy of x on CPU), `add_shared_bias`
-(bias gradient as a matmul) and the loss's accuracy count (target logit == max instead of argmax) exist only
-to make the CPU train step faster; these tests pin that they change nothing else.
+`layers._matmul` (2-D matmul whose weight gradient reads a transposed copy of x on CPU) and `add_shared_bias`
+(bias gradient as a matmul) exist only to make the CPU train step faster; these tests pin that they change
+nothing else (values, gradients, dtypes, what remat policies keep). `host.keep_freed_memory` is tested by
+its effect on page faults.
 """
 import platform
 import subprocess
@@ -13,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instruct_jax import losses
 from instruct_jax.models import layers
 
 
@@ -58,22 +58,6 @@ def test_shared_bias_gradient_equals_broadcast_add():
     np.testing.assert_allclose(g_ours, g_plain, rtol=1e-5, atol=1e-6)
 
 
-def test_correct_count_matches_argmax_and_counts_ties():
-  logits = jax.random.normal(jax.random.key(2), (4, 6, 11))
-  targets = jax.random.randint(jax.random.key(3), (4, 6), 0, 11)
-  targets = targets.at[0].set(jnp.argmax(logits[0], -1))  # some rows right for sure
-  weights = jnp.ones((4, 6))
-  scale, denom = losses.token_scale_and_denominator(weights, None, "tokens")
-  _, sums = losses.loss_and_metrics(logits, targets, weights, scale_BL=scale, denominator=denom)
-  assert float(sums["correct"]) == float(jnp.sum(jnp.argmax(logits, -1) == targets)) >= 6
-  tie = jnp.zeros((1, 1, 5)).at[0, 0, 1].set(1.0).at[0, 0, 3].set(1.0)  # tokens 1 and 3 share the max
-  for target in (1, 3):
-    scale, denom = losses.token_scale_and_denominator(jnp.ones((1, 1)), None, "tokens")
-    _, sums = losses.loss_and_metrics(tie, jnp.full((1, 1), target), jnp.ones((1, 1)), scale_BL=scale,
-                                      denominator=denom)
-    assert float(sums["correct"]) == 1.0
-
-
 _FAULTS = """
 import resource, sys
 import numpy as np
@@ -98,3 +82,39 @@ def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in_again():
   # glibc's default maps every 256 MiB buffer afresh (hundreds of faults even with huge pages).
   assert faults["system"] >= 100, faults
   assert faults["keep"] * 10 <= faults["system"], faults
+
+
+def _count_dots(jaxpr) -> int:
+  """dot_general equations in a jaxpr, sub-jaxprs (remat, scan, custom calls) included."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += eqn.primitive.name == "dot_general"
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          n += _count_dots(inner)
+  return n
+
+
+def test_remat_dot_policies_still_keep_the_cpu_matmul_outputs():
+  from instruct_jax.models import t5
+  batch = {"encoder_input_tokens": jnp.ones((2, 8), jnp.int32), "decoder_input_tokens": jnp.ones((2, 4), jnp.int32)}
+  counts = {}
+  for policy in ("none", "dots", "dots_no_batch", "full"):
+    model = t5.T5(t5.config_for("tiny", remat_policy=policy))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), **batch))
+    grad = jax.grad(lambda p: jnp.sum(model.apply(p, **batch)))
+    counts[policy] = _count_dots(jax.make_jaxpr(grad)(params).jaxpr)
+  # "dots" keeps every matmul output, so the backward pass recomputes none; "dots_no_batch" recomputes only
+  # attention's batched matmuls; "full" recomputes them all.
+  assert counts["dots"] == counts["none"] < counts["dots_no_batch"] < counts["full"], counts
+
+
+def test_cpu_only_reads_jax_platforms_before_jax_starts(monkeypatch):
+  from instruct_jax import host
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert host.cpu_only()
+  for platforms in ("cuda", "tpu", "cpu,cuda"):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    assert not host.cpu_only()
