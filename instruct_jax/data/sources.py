@@ -122,43 +122,50 @@ def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, An
   return data
 
 
-class JsonlSource:
+class _FileSource:
+  """One file per split, each read once (by `_read`) and kept."""
+  kind = "file"
+
+  def __init__(self, files: Mapping[str, str | os.PathLike]):
+    self.files = {k: os.fspath(v) for k, v in files.items()}
+    self._cache: dict[str, list[dict[str, Any]]] = {}
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    return tuple(self.files)
+
+  def load(self, split: str) -> list[dict[str, Any]]:
+    if split not in self._cache:
+      self._cache[split] = self._read(_split_file(self.files, split, f"{self.kind} source {self.files}"))
+    return self._cache[split]
+
+  def _read(self, path: str) -> list[dict[str, Any]]:
+    raise NotImplementedError
+
+
+class JsonlSource(_FileSource):
   """JSONL files, one per split: `JsonlSource({"train": "a.jsonl", "validation": "b.jsonl"})`."""
+  kind = "JSONL"
 
   def __init__(self, files: Mapping[str, str | os.PathLike], *, strict: bool = True):
-    self.files = {k: os.fspath(v) for k, v in files.items()}
+    super().__init__(files)
     self.strict = strict
     self.stats = ReadStats()
-    self._cache: dict[str, list[dict[str, Any]]] = {}
 
-  @property
-  def splits(self) -> tuple[str, ...]:
-    return tuple(self.files)
-
-  def load(self, split: str) -> list[dict[str, Any]]:
-    if split not in self._cache:
-      path = _split_file(self.files, split, f"JSONL source {self.files}")
-      self._cache[split] = read_jsonl(path, strict=self.strict, stats=self.stats)
-    return self._cache[split]
+  def _read(self, path: str) -> list[dict[str, Any]]:
+    return read_jsonl(path, strict=self.strict, stats=self.stats)
 
 
-class JsonSource:
+class JsonSource(_FileSource):
   """JSON files (a list of records, or an object holding one under `records_key`), one per split."""
+  kind = "JSON"
 
   def __init__(self, files: Mapping[str, str | os.PathLike], *, records_key: str | None = None):
-    self.files = {k: os.fspath(v) for k, v in files.items()}
+    super().__init__(files)
     self.records_key = records_key
-    self._cache: dict[str, list[dict[str, Any]]] = {}
 
-  @property
-  def splits(self) -> tuple[str, ...]:
-    return tuple(self.files)
-
-  def load(self, split: str) -> list[dict[str, Any]]:
-    if split not in self._cache:
-      path = _split_file(self.files, split, f"JSON source {self.files}")
-      self._cache[split] = read_json(path, records_key=self.records_key)
-    return self._cache[split]
+  def _read(self, path: str) -> list[dict[str, Any]]:
+    return read_json(path, records_key=self.records_key)
 
 
 def _text_field(record: Mapping[str, Any], field: str, where: str, *, required: bool) -> str:
@@ -191,27 +198,21 @@ def normalise_instruction_record(record: Mapping[str, Any], where: str) -> list[
   return [{"instruction": instruction, "input": inp, "output": out, "system": system} for inp, out in pairs]
 
 
-class InstructionSource:
+class InstructionSource(_FileSource):
   """Alpaca / Self-Instruct records from JSON or JSONL files, one file per split.
 
   Missing or non-string fields raise `DataError` naming file, line (or record) and field; records
   whose output is empty are skipped and counted in `stats.empty_outputs`.
   """
 
+  kind = "instruction"
+
   def __init__(self, files: Mapping[str, str | os.PathLike], *, strict: bool = True):
-    self.files = {k: os.fspath(v) for k, v in files.items()}
+    super().__init__(files)
     self.strict = strict
     self.stats = ReadStats()
-    self._cache: dict[str, list[dict[str, str]]] = {}
 
-  @property
-  def splits(self) -> tuple[str, ...]:
-    return tuple(self.files)
-
-  def load(self, split: str) -> list[dict[str, str]]:
-    if split in self._cache:
-      return self._cache[split]
-    path = _split_file(self.files, split, f"instruction source {self.files}")
+  def _read(self, path: str) -> list[dict[str, str]]:
     if path.endswith(".jsonl"):
       numbered = read_jsonl_numbered(path, strict=self.strict, stats=self.stats)
       raw = [record for _, record in numbered]
@@ -226,7 +227,6 @@ class InstructionSource:
           self.stats.skip("empty_outputs", f"{loc}: empty output")
           continue
         out.append(r)
-    self._cache[split] = out
     return out
 
 
