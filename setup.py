@@ -27,12 +27,15 @@ setuptools.setup(
         "tensorboard>=2.16,<3",
         "tensorflow-datasets>=4.9.8,<5",
         "tensorstore>=0.1.60",
+        "tokenizers>=0.20,<1",
         "tqdm>=4.60",
     ],
     extras_require={
         # torch/transformers: parity tests and the PyTorch reference benchmark only.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45,<6", "nbclient>=0.10", "ipykernel>=6",
-                 "matplotlib>=3.7"],
-        "bench": ["torch==2.13.0", "transformers>=4.45,<6"],
+        # importlib_resources: TFDS resolves the code path of a builder defined inside a package (the tests' own)
+        # with it, and does not declare it.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6", "nbclient>=0.10", "ipykernel>=6",
+                 "matplotlib>=3.7", "importlib_resources>=6"],
+        "bench": ["torch==2.13.0", "transformers>=5,<6"],
     },
 )

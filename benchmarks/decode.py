@@ -14,15 +14,15 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from instruct_jax import sampling, step
-from instruct_jax.models import decoder, t5
+from instruct_jax import sampling
+from instruct_jax.models import build, decoder, t5
 
 
 def models():
-  yield "t5", t5.T5(t5.config_for("tiny", vocab_size=1024, d_model=128, d_ff=384, num_heads=4, head_dim=32,
-                                  num_encoder_layers=3, num_decoder_layers=3))
-  yield "decoder", decoder.Decoder(decoder.config_for("tiny", vocab_size=1024, d_model=128, d_ff=384, num_heads=4,
-                                                      num_kv_heads=2, head_dim=32, num_layers=4))
+  yield "t5", build.from_config(t5.config_for("tiny", vocab_size=1024, d_model=128, d_ff=384, num_heads=4,
+                                              head_dim=32, num_encoder_layers=3, num_decoder_layers=3))
+  yield "decoder", build.from_config(decoder.config_for("tiny", vocab_size=1024, d_model=128, d_ff=384, num_heads=4,
+                                                        num_kv_heads=2, head_dim=32, num_layers=4))
 
 
 def timed(model, params, prompts, new_tokens, use_cache, repeats=2):
@@ -46,7 +46,7 @@ def main():
   prompts = [rng.integers(3, 1000, args.prompt).tolist() for _ in range(args.batch)]
   print(f"devices {jax.devices()}; batch {args.batch}, prompt {args.prompt} tokens")
   for name, model in models():
-    params = nn.meta.unbox(model.init(jax.random.key(0), **step.dummy_batch(model))["params"])
+    params = nn.meta.unbox(model.init(jax.random.key(0)))
     n = args.new_tokens
     cached = timed(model, params, prompts, n, True)
     full = timed(model, params, prompts, n, False, repeats=1)

@@ -16,11 +16,11 @@ import time
 import flax.linen as nn
 import jax
 
-from instruct_jax import predict, sampling, step
+from instruct_jax import predict, sampling
 from instruct_jax.data import mixtures, render
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
-from instruct_jax.models import t5
+from instruct_jax.models import build, t5
 
 
 def main():
@@ -33,9 +33,9 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     tok = tokenizer_lib.train(render.sample_texts(rates, tasks, render.RenderConfig(), n=5000), vocab_size=1000,
                               out_dir=tmp)
-  model = t5.T5(t5.config_for("tiny", vocab_size=1024, d_model=128, d_ff=384, num_heads=4, head_dim=32,
-                              num_encoder_layers=3, num_decoder_layers=3))
-  params = nn.meta.unbox(model.init(jax.random.key(0), **step.dummy_batch(model))["params"])
+  model = build.from_config(t5.config_for("tiny", vocab_size=1024, d_model=128, d_ff=384, num_heads=4, head_dim=32,
+                                          num_encoder_layers=3, num_decoder_layers=3))
+  params = nn.meta.unbox(model.init(jax.random.key(0)))
   sets = evaluators.builtin_eval_sets(held_out_cluster="check", seen_templates=range(8), unseen_templates=(8, 9, 10),
                                       num_examples=args.num_examples)
   rows = evaluators.render_eval_examples(sets, tasks)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax import host, optim, sharding, step
-from instruct_jax.models import decoder, t5
+from instruct_jax.models import build, decoder, t5
 
 
 def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, seed: int = 0):
@@ -36,10 +36,7 @@ def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, s
 def bench_jax(args) -> tuple[float, float]:
   """Median seconds per step and XLA's FLOP count for one device's share of the step."""
   kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype))
-  if args.model == "t5":
-    model = t5.T5(t5.config_for(args.size, **kw))
-  else:
-    model = decoder.Decoder(decoder.config_for(args.size, **kw))
+  model = build.from_config((t5 if args.model == "t5" else decoder).config_for(args.size, **kw))
   mesh = sharding.make_mesh({"data": -1})
   rules = sharding.get_rules("data_parallel")
   ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-4, schedule="constant", grad_clip_norm=0.0)

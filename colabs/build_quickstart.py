@@ -131,7 +131,7 @@ EVAL = """\
 from instruct_jax import train
 from instruct_jax.evals import evaluators
 
-eval_rows = evaluators.render_eval_examples(train.eval_sets(config), tasks)
+eval_rows = evaluators.config_rows(config.eval, tasks, mixture_catalogue)
 conditions = list(dict.fromkeys(row["condition"] for row in eval_rows))
 for condition in conditions:
   row = next(r for r in eval_rows if r["condition"] == condition)
@@ -230,6 +230,8 @@ NEXT_MD = """\
   (any field can be overridden, e.g. `--config.total_steps=3000`).
 - Template ablations: change `config.data.render` (`num_templates`, `few_shot_rate`, `options_rate`, ...)
   above and rerun.
+- Fine-tune a pretrained checkpoint and export it back to Hugging Face: `configs/finetune.py` and the
+  README's "Fine-tune a pretrained model" section.
 - Larger models and other hardware: the configs in `configs/` and the launchers in `launch/`.
 """
 

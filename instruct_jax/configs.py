@@ -1,10 +1,203 @@
-"""Loading Python config files (`get_config(arg)`) by path, as configs that build on others do."""
+"""Run configs: `base()` holds every key the code reads; config files start from it and change what they need.
+
+    def get_config(arg=None):                 # a config file, e.g. configs/quickstart.py
+      c = instruct_jax.configs.base()
+      c.model.kind, c.model.size = "encoder_decoder", "small"
+      return c
+
+Every key below carries a one-line comment; nothing in instruct_jax reads a key that is not here, and
+`validate` refuses a config with a key that is not here (a typo in a config file or on the command line),
+naming it and the closest known key. Two sections are open maps whose keys the user names:
+`model.overrides` (model config fields, checked against the model's dataclass) and
+`data_paths.instruction_files` (task name -> file). Keys that are None by default are typed placeholders,
+so `--config.data.mixing_cap=3000` parses as an int.
+"""
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import pathlib
+from collections.abc import Iterable, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_dict, config_flags
+
+from instruct_jax import errors
+
+OPEN_MAPS = ("model.overrides", "data_paths.instruction_files")
+
+
+class ConfigError(errors.UserError, ValueError):
+  """A config that cannot be run as written; the message names the key (and flag) at fault."""
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every config key with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # seeds parameter init, data order, template choices and dropout
+  c.total_steps = 1000  # optimizer steps of the whole run (a resumed run continues to this step)
+  c.num_microbatches = 1  # gradient accumulation: split each batch into this many sequential microbatches
+  c.log_every = 50  # steps between metric lines (TensorBoard, metrics.jsonl, the progress line)
+  c.checkpoint_every = 500  # steps between checkpoints (0: only at the end and on SIGTERM)
+  c.keep_checkpoints = 3  # newest checkpoints kept on disk
+  c.eval_every = 0  # steps between evaluations during training (0: only before and after)
+  c.init_from = ""  # start from these weights: an imported, Hugging Face or T5X directory, or a run's workdir
+
+  c.model = ml_collections.ConfigDict()
+  c.model.kind = ""  # "encoder_decoder" (T5) or "decoder" (LLaMA-style); "": the kind of init_from
+  c.model.size = ""  # named shape (t5: tiny small base large xl xxl; decoder: tiny 1b 7b); "": init_from's shape
+  c.model.overrides = ml_collections.ConfigDict()  # model config fields over the size (d_model=..., num_layers=...)
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+  c.model.param_dtype = "float32"  # dtype the parameters (and optimizer moments) are stored in
+  c.model.remat_policy = "none"  # none | dots | dots_no_batch | full (recompute in the backward pass)
+  c.model.scan_layers = False  # one scanned layer instead of N unrolled ones (faster compiles for big models)
+  c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default (0) or the checkpoint's
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""  # SentencePiece .model, tokenizer.json or a directory; "": init_from's, else trained
+  c.tokenizer.vocab_size = 1000  # pieces of a tokenizer trained here (when there is no path and no init_from)
+  c.tokenizer.train_examples = 20000  # rendered mixture examples a trained tokenizer learns from
+
+  c.data = ml_collections.ConfigDict()
+  c.data.mixture = "builtin"  # mixture or task name (python -m instruct_jax.data.preview lists what it holds)
+  c.data.inputs_length = 512  # encoder tokens per row (t5); the instruction budget of a row (decoder)
+  c.data.targets_length = 128  # decoder tokens per row (t5); the output budget of a row (decoder)
+  c.data.batch_size = 8  # rows per optimizer step, over all hosts
+  c.data.pack = True  # pack several examples per row (segment ids keep them apart)
+  c.data.num_packing_bins = config_dict.placeholder(int)  # rows the packer keeps open (None: the per-host batch)
+  c.data.split = "train"  # split of every task to train on
+  c.data.shuffle = True  # shuffle each task's examples, differently every epoch
+  c.data.train_on_inputs = False  # decoder only: put loss weight on the instruction tokens too
+  c.data.mixing_cap = config_dict.placeholder(int)  # override every mixture's examples-per-task cap
+  c.data.mixing_temperature = config_dict.placeholder(float)  # override every mixture's mixing temperature
+  c.data.read_threads = 0  # threads rendering and tokenizing ahead of the packer
+  c.data.prefetch = 64  # examples rendered ahead
+  c.data.worker_count = 0  # grain worker processes (0: in-process)
+  c.data.host_input = "own_share"  # own_share: each host reads its share; slice_of_global: tests only
+  c.data.render = ml_collections.ConfigDict()
+  c.data.render.num_templates = config_dict.placeholder(int)  # keep the first N standard templates of each task
+  c.data.render.template_ids = config_dict.placeholder(tuple)  # only these template ids (num_templates then
+  #                                                              keeps the first N standard ones among them)
+  c.data.render.template_choice = "random"  # random | round_robin over a task's templates
+  c.data.render.few_shot_rate = 0.0  # share of examples rendered with exemplars of the same task
+  c.data.render.max_shots = 5  # most exemplars in a few-shot prompt
+  c.data.render.min_shots = 1  # fewest exemplars in a few-shot prompt
+  c.data.render.options_rate = 1.0  # share of classification examples that list their answer options
+  c.data.render.inversion_rate = 0.0  # share of examples (of tasks with inverted templates) rendered inverted
+  c.data.render.cot_rate = 0.0  # share of examples (of tasks with rationales) with chain-of-thought targets
+
+  c.data_paths = ml_collections.ConfigDict()
+  c.data_paths.superni_dir = ""  # natural-instructions checkout (tasks/*.json, splits/); adds niv2/ tasks
+  c.data_paths.tfds_data_dir = ""  # TFDS data_dir with prepared (array_record) datasets
+  c.data_paths.instruction_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: Alpaca JSONL
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh; -1: the remaining devices
+  c.sharding = "data_parallel"  # logical-axis rules preset: data_parallel | fsdp | fsdp_tensor
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = "adamw"  # adamw | adafactor
+  c.optim.learning_rate = 1e-3  # peak learning rate
+  c.optim.schedule = "cosine"  # constant | cosine | rsqrt (after linear warmup)
+  c.optim.warmup_steps = 0  # linear warmup from 0
+  c.optim.end_lr_fraction = 0.0  # cosine decays to learning_rate * end_lr_fraction
+  c.optim.b1 = 0.9  # Adam beta1 (Adafactor: momentum when > 0)
+  c.optim.b2 = 0.999  # Adam beta2
+  c.optim.eps = 1e-8  # Adam epsilon
+  c.optim.weight_decay = 0.0  # decoupled weight decay (never on norm scales)
+  c.optim.grad_clip_norm = 1.0  # global-norm gradient clipping (0: off)
+  c.optim.adafactor_decay_rate = 0.8  # Adafactor's second-moment decay exponent
+  c.optim.adafactor_param_scale = True  # Adafactor: scale updates by the parameter RMS (as T5X)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.normalization = "tokens"  # tokens (global token mean) | examples (per packed segment) | sum
+  c.loss.z_loss = 0.0  # weight of the log(Z)^2 penalty on the logits' normaliser
+  c.loss.label_smoothing = 0.0  # label smoothing mass
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = ()  # tasks to evaluate; (): the built-in conditions below
+  c.eval.split = "test"  # split the evaluation tasks are read from
+  c.eval.held_out_cluster = ""  # built-in cluster never trained on, evaluated as its own condition ("": none)
+  c.eval.seen_templates = ()  # template ids of the "seen_templates" condition ((): every template)
+  c.eval.unseen_templates = ()  # template ids of the "unseen_templates" condition ((): no such condition)
+  c.eval.num_examples = 20  # examples per task and condition
+  c.eval.max_new_tokens = 32  # tokens generated per example
+  c.eval.num_beams = 1  # beam search width (1: greedy)
+  c.eval.batch_size = 32  # prompts decoded together
+  c.eval.before_training = True  # also evaluate the starting weights
+  c.eval.rank_classification = True  # score answer options by log-likelihood for tasks that have them
+  return c
+
+
+# ---------------------------------------------------------------- validation
+
+def _leaves(c: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+  out = {}
+  for key, value in c.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and path not in OPEN_MAPS:
+      out.update(_leaves(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def _flag_or_key(key: str, flag_keys: Iterable[str]) -> str:
+  return f"--config.{key}" if key in set(flag_keys) else f"config.{key}"
+
+
+def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()) -> None:
+  """Raises ConfigError if `config` has a key `base()` lacks, or lacks one it has.
+
+  `flag_keys` are the keys set on the command line (`--config.KEY=...`), so the error names the flag.
+  """
+  known, got = _leaves(base()), _leaves(config)
+  for key in sorted(set(got) - set(known)):
+    if any(key.startswith(m + ".") for m in OPEN_MAPS):
+      continue
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(f"{_flag_or_key(key, flag_keys)}: no such config key{hint} (every key is listed in "
+                      "instruct_jax/configs.py base())")
+  missing = sorted(set(known) - set(got))
+  if missing:
+    raise ConfigError(f"config lacks key(s) {missing[:5]}: config files must start from "
+                      "instruct_jax.configs.base() (or a shipped config) instead of building a ConfigDict")
+  for name in OPEN_MAPS:
+    for key, value in got[name].items():
+      if name == "data_paths.instruction_files" and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{_flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
+
+
+def flag_keys(argv: Sequence[str], name: str = "config") -> list[str]:
+  """The config keys set by `--config.KEY=value` arguments of `argv`."""
+  out = []
+  for arg in argv:
+    if arg.startswith(f"--{name}.") or arg.startswith(f"-{name}."):
+      out.append(arg.split("=", 1)[0].split(".", 1)[1])
+  return out
+
+
+# ---------------------------------------------------------------- command lines and config files
+
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS, sys_argv: Sequence[str] | None = None):
+  """--config=FILE[:ARG] with --config.KEY=value overrides; new keys are accepted only to be checked by
+  `validate` (so the open maps can take names, and a typo gets a message naming it)."""
+  return config_flags.DEFINE_config_file(
+      "config", None, "Python config file (get_config); override keys with --config.KEY=value (every key: "
+      "instruct_jax/configs.py).", flag_values=flag_values, lock_config=False, accept_new_attributes=True,
+      sys_argv=None if sys_argv is None else list(sys_argv))
+
+
+def from_command_line(argv: Sequence[str]) -> ml_collections.ConfigDict:
+  """The config a trainer command line asks for: `["--config=configs/tiny.py", "--config.total_steps=5"]`
+  (other arguments are ignored). Checked with `validate`."""
+  argv = ["prog", *[a for a in argv if a.startswith("--config")]]
+  flag_values = flags.FlagValues()
+  holder = define_config_flag(flag_values, argv)
+  flag_values(argv)
+  validate(holder.value, flag_keys=flag_keys(argv))
+  return holder.value
 
 
 def load(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -14,15 +207,34 @@ def load(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.Con
     path, arg = path.split(":", 1)
   file = pathlib.Path(path)
   if not file.is_file():
-    raise FileNotFoundError(f"config file not found: {file}")
+    raise ConfigError(f"config file not found: {file}")
   spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise AttributeError(f"{file} defines no get_config()")
+    raise ConfigError(f"{file} defines no get_config()")
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """get_config of another config file in the same directory as `config_file` (pass __file__)."""
   return load(pathlib.Path(config_file).with_name(name), arg)
+
+
+def from_json(blob: dict) -> ml_collections.ConfigDict:
+  """A config saved as config.json (tuples came back as lists), laid over `base()` for keys it lacks."""
+  c = base()
+  def merge(dst: ml_collections.ConfigDict, src: dict, prefix: str) -> None:
+    for key, value in src.items():
+      path = prefix + key
+      if isinstance(value, dict) and path not in OPEN_MAPS and key in dst:
+        merge(dst[key], value, path + ".")
+      elif path in OPEN_MAPS:
+        dst[key] = ml_collections.ConfigDict(value)
+      elif isinstance(value, list):
+        dst[key] = tuple(value)
+      else:
+        with dst.unlocked():
+          dst[key] = value
+  merge(c, blob, "")
+  return c

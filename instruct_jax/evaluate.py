@@ -1,9 +1,11 @@
-"""Evaluate a trained workdir (or another checkpoint) on its configured evaluation or a list of tasks.
+"""Evaluate a trained workdir on its configured evaluation or on a list of tasks.
 
     python -m instruct_jax.evaluate --workdir /tmp/quickstart
     python -m instruct_jax.evaluate --workdir DIR --tasks niv2/task1393_superglue_copa_text_completion \\
         --superni_dir ../shared/data/natural-instructions --num_examples 100 --output_dir /tmp/eval
 
+The model, tokenizer and newest checkpoint (or --step) come from the workdir; tasks are looked up in the
+workdir's data paths (and --superni_dir), and a mixture name stands for its tasks (e.g. niv2_test).
 Writes predictions.jsonl and metrics.json to --output_dir (default: WORKDIR/eval) and prints a table.
 Task evaluations are also scored by `instruct_jax.evals.score` (SuperNI's exact match and ROUGE-L per
 category and task).
@@ -14,17 +16,18 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from instruct_jax import inference
+from instruct_jax import errors, predict
+from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import score as score_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Another checkpoint directory to evaluate (optional).")
-_TASKS = flags.DEFINE_list("tasks", [], "Tasks to evaluate instead of the config's evaluation.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
+_TASKS = flags.DEFINE_list("tasks", [], "Tasks (or mixtures) to evaluate instead of the config's evaluation.")
 _SUPERNI = flags.DEFINE_string("superni_dir", None, "natural-instructions directory for niv2/ tasks.")
 _NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: the config's).")
 _OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")
@@ -34,25 +37,29 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from instruct_jax import train
-  config = inference.read_config(_WORKDIR.value)
+  config = workdir_lib.read_config(_WORKDIR.value)
+  workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)
   if _NUM.value is not None:
     config.eval.num_examples = _NUM.value
   if _TASKS.value:
-    config.eval.tasks = list(_TASKS.value)
+    config.eval.tasks = tuple(_TASKS.value)
   if _SUPERNI.value:
     config.data_paths.superni_dir = _SUPERNI.value
-  loaded = inference.load(_WORKDIR.value, config=config, checkpoint_dir=_CHECKPOINT.value)
-  catalogue, _ = mixtures_lib.catalogues(tasks_lib.DataPaths(superni_dir=config.data_paths.get("superni_dir") or None))
-  rows = evaluators.render_eval_examples(train.eval_sets(config), catalogue)
+  loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
+  rows = evaluators.config_rows(config.eval, *mixtures_lib.catalogues(
+      tasks_lib.DataPaths.from_config(config.data_paths)))
+  if not rows:
+    raise errors.UserError("nothing to evaluate: the config's evaluation has no examples (pass --tasks and "
+                           "--num_examples)")
   t0 = time.time()
-  scored, summary = train.run_evaluation(loaded.model, loaded.params, loaded.tokenizer, config, rows, loaded.mesh,
-                                         loaded.rules)
+  scored, summary = predict.evaluate(loaded.model, loaded.params, loaded.tokenizer, config.eval, rows,
+                                     max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh,
+                                     rules=loaded.rules)
   seconds = time.time() - t0
   out_dir = _OUT.value or os.path.join(_WORKDIR.value, "eval")
   os.makedirs(out_dir, exist_ok=True)
   evaluators.write_jsonl(os.path.join(out_dir, "predictions.jsonl"), scored)
-  result = {"summary": summary, "examples": len(scored), "seconds": seconds,
+  result = {"summary": summary, "step": loaded.step, "examples": len(scored), "seconds": seconds,
             "examples_per_second": len(scored) / max(seconds, 1e-9)}
   if _TASKS.value:  # SuperNI-style breakdown by category and task
     refs = [{"id": r["id"], "references": r["references"], "task_id": r["task"], "task_category": r["cluster"],
@@ -61,9 +68,9 @@ def main(argv):
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=1)
   print(evaluators.format_table(summary))
-  print(f"{len(scored)} examples in {seconds:.1f} s ({result['examples_per_second']:.1f} examples/s); "
-        f"wrote {out_dir}/predictions.jsonl and metrics.json")
+  print(f"step {loaded.step}: {len(scored)} examples in {seconds:.1f} s ({result['examples_per_second']:.1f} "
+        f"examples/s); wrote {out_dir}/predictions.jsonl and metrics.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

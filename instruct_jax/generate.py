@@ -3,21 +3,29 @@
     python -m instruct_jax.generate --workdir /tmp/quickstart --prompt "Input: 3 1 2\\nTask: sort\\nOutput:"
     python -m instruct_jax.generate --workdir DIR --prompts_file prompts.txt --output out.jsonl --num_beams 4
 
-A prompts file holds one prompt per line, or JSONL records with a "prompt" field.
+The model, its tokenizer and the newest checkpoint (or --step) come from the workdir, whatever checkpoint
+the run started from. Prompts are tokenized as training rows began: T5 encodes the prompt followed by
+end-of-text; a decoder-only model reads begin-of-text followed by the prompt (no end-of-text) and
+continues it; decoding stops at end-of-text. A prompts file holds one prompt per line, or JSONL records
+with a "prompt" field.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from instruct_jax import inference, predict, sampling
+from instruct_jax import errors, predict, sampling
+from instruct_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the newest).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file (one prompt per line) or JSONL {prompt}.")
-_OUTPUT = flags.DEFINE_string("output", None, "Write {prompt, output} JSONL here (default: print).")
+_OUTPUT = flags.DEFINE_string("output", None, "Write {prompt, output, ids} JSONL here (default: print); ids are the "
+                               "generated token ids, end-of-text excluded.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens (0: all).")
@@ -29,6 +37,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 def read_prompts(path: str) -> list[str]:
   prompts = []
+  if not os.path.isfile(path):
+    raise errors.UserError(f"--prompts_file {path}: no such file")
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
@@ -37,9 +47,9 @@ def read_prompts(path: str) -> list[str]:
         try:
           record = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+          raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
         if "prompt" not in record:
-          raise ValueError(f"{path}:{n}: record has no 'prompt' field")
+          raise errors.UserError(f"{path}:{n}: record has no 'prompt' field")
         prompts.append(record["prompt"])
       else:
         prompts.append(line.rstrip("\n").replace("\\n", "\n"))
@@ -52,23 +62,23 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   prompts = list(_PROMPT.value) + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
   if not prompts:
-    raise app.UsageError("give --prompt or --prompts_file")
-  loaded = inference.load(_WORKDIR.value)
+    raise errors.UserError("give --prompt or --prompts_file")
+  loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                               top_p=_TOP_P.value, num_beams=_BEAMS.value)
   generate_fn = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg,
                                          batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length,
-                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value)
+                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value, with_ids=True)
   outputs = generate_fn(prompts)
   out = open(_OUTPUT.value, "w", encoding="utf-8") if _OUTPUT.value else sys.stdout
-  for p, o in zip(prompts, outputs):
+  for p, (text, ids) in zip(prompts, outputs):
     if _OUTPUT.value:
-      out.write(json.dumps({"prompt": p, "output": o}, ensure_ascii=False) + "\n")
+      out.write(json.dumps({"prompt": p, "output": text, "ids": ids}, ensure_ascii=False) + "\n")
     else:
-      print(f"=== {p!r}\n{o}")
+      print(f"=== {p!r}\n{text}")
   if _OUTPUT.value:
     out.close()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

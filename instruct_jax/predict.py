@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax import losses, sampling, sharding, step
-from instruct_jax.data import transforms
-from instruct_jax.models import t5
+from instruct_jax.evals import evaluators
 
 GenerateFn = Callable[[Sequence[str]], list[str]]
 LoglikFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -33,19 +32,20 @@ def _chunks(items: Sequence, size: int):
 
 
 def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig, *, batch_size: int = 32,
-                     max_prompt_tokens: int = 512, mesh=None, rules=None, seed: int = 0) -> GenerateFn:
-  """Prompts -> generated texts. Over-long prompts are cut as in training (their beginning stays)."""
-  is_t5 = isinstance(model, t5.T5)
-  cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                            bos_id=None if is_t5 else (tokenizer.bos_id if tokenizer.bos_id >= 0 else None))
+                     max_prompt_tokens: int = 512, mesh=None, rules=None, seed: int = 0,
+                     with_ids: bool = False) -> GenerateFn:
+  """Prompts -> generated texts (with_ids: (text, new token ids) pairs). Prompts are tokenized as training rows
+  begin (`Model.prompt_ids`: T5 inputs end with EOS, decoder prompts start with BOS) and over-long ones are
+  cut as in training; the new ids stop before end-of-text."""
+  cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
-  def generate_fn(prompts: Sequence[str]) -> list[str]:
-    ids = [_prompt_ids(tokenizer, p, max_prompt_tokens, is_t5) for p in prompts]
-    out: list[str] = []
+  def generate_fn(prompts: Sequence[str]) -> list:
+    ids = [model.prompt_ids(tokenizer, p, max_prompt_tokens) for p in prompts]
+    out = []
     for n, chunk in enumerate(_chunks(ids, batch_size)):
       padded = list(chunk) + [chunk[0]] * (batch_size - len(chunk))  # one compiled shape per bucket
       new = sampling.generate(model, params, padded, cfg, rng=jax.random.key(seed + n), mesh=mesh, rules=rules)
-      out.extend(tokenizer.decode(t) for t in new[:len(chunk)])
+      out.extend((tokenizer.decode(t), t) if with_ids else tokenizer.decode(t) for t in new[:len(chunk)])
     return out
 
   return generate_fn
@@ -54,19 +54,13 @@ def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig
 def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt_tokens: int = 512,
                    max_continuation_tokens: int = 64, mesh=None, rules=None) -> LoglikFn:
   """(prompt, continuation) pairs -> sum of log-probabilities of the continuation and end-of-text."""
-  is_t5 = isinstance(model, t5.T5)
-  bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.pad_id
-
   rules_key = None if rules is None else tuple(sorted(rules.items()))
 
   def features(prompt: str, continuation: str):
     p = tokenizer.encode(prompt)[:max_prompt_tokens]
     c = tokenizer.encode(continuation)[:max_continuation_tokens]
-    if is_t5:
-      return transforms.seq2seq_features(p, c, eos_id=tokenizer.eos_id, max_input_len=max_prompt_tokens,
-                                         max_target_len=max_continuation_tokens + 1)
-    return transforms.decoder_features(p, c, bos_id=bos, eos_id=tokenizer.eos_id,
-                                       max_len=max_prompt_tokens + max_continuation_tokens + 1)
+    return model.example_features(p, c, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
+                                  max_continuation_tokens=max_continuation_tokens)
 
   def loglik_fn(prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
     if len(prompts) != len(continuations):
@@ -94,13 +88,6 @@ def _score(params, batch, *, model, mesh, rules):
   return -jnp.sum(nll * batch["decoder_loss_weights"], axis=-1)
 
 
-def _prompt_ids(tokenizer, prompt: str, max_tokens: int, is_t5: bool) -> list[int]:
-  ids = tokenizer.encode(prompt)
-  if is_t5:  # the encoder saw inputs + end-of-text in training
-    return transforms.encoder_inputs(ids, eos_id=tokenizer.eos_id, max_input_len=max_tokens).tolist()
-  return ids[:max_tokens].tolist() or [tokenizer.eos_id]
-
-
 def _pad_stack(rows: list[np.ndarray], multiple: int = 16) -> jnp.ndarray:
   n = max(len(r) for r in rows)
   n = -(-n // multiple) * multiple
@@ -123,3 +110,17 @@ def make_sampling_generate_fn(model, params, tokenizer, *, batch_size: int = 16,
     return cache[key](prompts)
 
   return generate_fn
+
+
+def evaluate(model, params, tokenizer, eval_cfg, rows: list[dict], *, max_prompt_tokens: int, mesh=None,
+             rules=None) -> tuple[list[dict], dict]:
+  """Generates and scores evaluation `rows` (config section `eval_cfg`); returns (scored rows, summary)."""
+  decode_cfg = sampling.DecodeConfig(max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams)
+  gen = make_generate_fn(model, params, tokenizer, decode_cfg, batch_size=eval_cfg.batch_size,
+                         max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
+  loglik = None
+  if eval_cfg.rank_classification:
+    loglik = make_loglik_fn(model, params, tokenizer, batch_size=eval_cfg.batch_size,
+                            max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
+  scored = evaluators.evaluate(rows, gen, loglik)
+  return scored, evaluators.summarize(scored)

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from instruct_jax import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
 Rules = Mapping[str, MeshAxes]
@@ -42,29 +44,44 @@ RULES: dict[str, dict[str, MeshAxes]] = {
 }
 
 
+class MeshError(errors.UserError, ValueError):
+  """A mesh or sharding preset that cannot be built (unknown axis, or not this many devices)."""
+
+
 def get_rules(preset: str) -> dict[str, MeshAxes]:
   if preset not in RULES:
-    raise ValueError(f"unknown sharding preset {preset!r}; choose one of {sorted(RULES)}")
+    raise MeshError(f"config.sharding={preset!r}: unknown sharding preset; choose one of {sorted(RULES)}")
   return RULES[preset]
+
+
+def mesh_sizes(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Sizes of (data, fsdp, tensor) for `shape` on `num_devices` devices (one size may be -1)."""
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise MeshError(f"config.mesh: unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise MeshError(f"config.mesh: at most one mesh axis may be -1, got {dict(shape)}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise MeshError(f"config.mesh {dict(shape)}: {num_devices} devices do not divide into it")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise MeshError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                    f"this machine has {num_devices}")
+  return tuple(sizes)
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Mesh over (data, fsdp, tensor); one size may be -1 to take the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
-  unknown = set(shape) - set(MESH_AXES)
-  if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
-  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {dict(shape)}")
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh {dict(shape)}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+  return Mesh(np.asarray(devices).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)
+
+
+def abstract_mesh(shape: Mapping[str, int], num_devices: int) -> jax.sharding.AbstractMesh:
+  """A mesh of `num_devices` that need not exist (shapes and shardings only: `--dry_run` for a pod)."""
+  return jax.sharding.AbstractMesh(mesh_sizes(shape, num_devices), MESH_AXES)
 
 
 def logical_to_mesh(logical: Sequence[str | None] | None, rules: Rules, *, name: str = "array") -> P:

@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from instruct_jax import losses, sharding
-from instruct_jax.models import decoder, t5
+from instruct_jax.models import build
 
 Batch = dict[str, jax.Array]
 
@@ -35,41 +35,33 @@ class LossConfig:
   label_smoothing: float = 0.0
 
 
-def input_features(model: nn.Module) -> tuple[str, ...]:
-  if isinstance(model, t5.T5):
-    return t5.INPUT_FEATURES
-  if isinstance(model, decoder.Decoder):
-    return decoder.INPUT_FEATURES
-  raise TypeError(f"unsupported model {type(model).__name__}")
-
-
-def forward(model: nn.Module, params, batch: Batch, *, dropout_rng=None) -> jax.Array:
+def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None) -> jax.Array:
   """fp32 logits [B, L, V] for the decoder targets of `batch`."""
-  feats = {k: batch[k] for k in input_features(model) if k in batch}
-  return model.apply({"params": params}, **feats, deterministic=dropout_rng is None,
-                     rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  return model.apply(params, batch, dropout_rng=dropout_rng)
 
 
-def dummy_batch(model: nn.Module, length: int = 8) -> Batch:
-  return {k: jnp.ones((1, length), jnp.int32) for k in input_features(model)}
-
-
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules, rng):
-  """Parameters and optimizer state created directly in their shardings; returns (state, shardings)."""
-  def init_boxed(rng):
-    return model.init({"params": rng}, **dummy_batch(model))["params"]
-
+def _init_state_fn(model: build.Model, tx: optax.GradientTransformation):
   def init_state(rng):
-    params = nn.meta.unbox(init_boxed(rng))
+    params = nn.meta.unbox(model.init(rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init_state
 
-  boxed = jax.eval_shape(init_boxed, rng)
+
+def abstract_train_state(model: build.Model, tx: optax.GradientTransformation, mesh, rules, rng):
+  """(state as ShapeDtypeStructs, its shardings); `mesh` may be an AbstractMesh (nothing is allocated)."""
+  boxed = jax.eval_shape(model.init, rng)
   params_sh = sharding.param_shardings(boxed, mesh, rules)
-  abstract = jax.eval_shape(init_state, rng)
-  replicated = NamedSharding(mesh, P())
+  abstract = jax.eval_shape(_init_state_fn(model, tx), rng)
   state_sh = TrainState(
-      step=replicated, params=params_sh,
+      step=NamedSharding(mesh, P()), params=params_sh,
       opt_state=sharding.like_params_shardings(abstract.opt_state, abstract.params, params_sh, mesh))
+  return abstract, state_sh
+
+
+def create_train_state(model: build.Model, tx: optax.GradientTransformation, mesh: Mesh, rules, rng):
+  """Parameters and optimizer state created directly in their shardings; returns (state, shardings)."""
+  init_state = _init_state_fn(model, tx)
+  _, state_sh = abstract_train_state(model, tx, mesh, rules, rng)
   with jax.set_mesh(mesh):
     state = jax.jit(init_state, out_shardings=state_sh)(rng)
   return state, state_sh
@@ -82,7 +74,7 @@ def _split_microbatches(x, k: int):
   return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
 
-def train_step(state: TrainState, batch: Batch, rng, *, model: nn.Module, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: optax.GradientTransformation,
                loss_cfg: LossConfig, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1):
   """One optimizer step; pure. Returns the new state and step metrics (host-side sums and means)."""
   with sharding.activation_sharding(mesh, rules):
@@ -121,8 +113,8 @@ def _zero_sums():
   return {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(())}
 
 
-def _has_dropout(model: nn.Module) -> bool:
-  return getattr(model.config, "dropout_rate", 0.0) > 0
+def _has_dropout(model: build.Model) -> bool:
+  return model.config.dropout_rate > 0
 
 
 def jit_train_step(model, tx, loss_cfg: LossConfig, schedule, mesh: Mesh, rules, state_shardings,

@@ -1,34 +1,40 @@
 """Instruction tuning: `train_and_evaluate(config, workdir)` reads top to bottom; the absl main is at the end.
 
     python -m instruct_jax.train --config configs/quickstart.py --workdir /tmp/quickstart \\
-        [--config.total_steps=200 ...]
+        [--config.total_steps=200 ...] [--dry_run]
 
-mesh -> tokenizer -> data -> model and optimizer born sharded -> jitted step -> resume (or init_from)
--> evaluation before training -> loop (step t+1 dispatched before step t's metrics reach the host;
-metrics, checkpoints, periodic evaluation; SIGTERM saves and exits) -> final checkpoint and evaluation.
+config check -> mesh -> init_from's model config (no weights yet) -> tokenizer -> model -> workdir guard
+-> data -> train state born sharded -> jitted step -> resume (or init_from's weights) -> evaluation before
+training -> loop (step t+1 dispatched before step t's metrics reach the host; metrics, checkpoints,
+periodic evaluation; SIGTERM saves and exits) -> final checkpoint and evaluation.
+
 Restarting with the same workdir resumes from the newest readable checkpoint, data iterator included.
+The workdir records the model (model_config.json) and the tokenizer (tokenizer/), so generate, evaluate
+and convert need nothing but its path. `--dry_run` resolves everything up to the step without compiling
+or writing anything (see `dry_run`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from instruct_jax import checkpoint as ckpt_lib
+from instruct_jax import configs, convert, errors, host, optim, predict, sharding, step
 from instruct_jax import metrics as metrics_lib
-from instruct_jax import host, optim, predict, sampling, sharding, step
+from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import builtin
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
@@ -36,123 +42,101 @@ from instruct_jax.data import render as render_lib
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
-from instruct_jax.models import convert, decoder, t5
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def build_model(model_cfg, vocab_size: int | None):
-  """A T5 or decoder-only module from config.model ({kind, size, dtype, param_dtype, overrides})."""
-  overrides = dict(model_cfg.get("overrides", {}) or {})
-  overrides.update(dtype=DTYPES[model_cfg.get("dtype", "float32")],
-                   param_dtype=DTYPES[model_cfg.get("param_dtype", "float32")],
-                   remat_policy=model_cfg.get("remat_policy", "none"), scan_layers=model_cfg.get("scan_layers", False))
-  if vocab_size is not None:
-    overrides["vocab_size"] = vocab_size
-  if model_cfg.kind == "t5":
-    return t5.T5(t5.config_for(model_cfg.size, **overrides))
-  if model_cfg.kind == "decoder":
-    return decoder.Decoder(decoder.config_for(model_cfg.size, **overrides))
-  raise ValueError(f"config.model.kind must be 't5' or 'decoder', got {model_cfg.kind!r}")
-
-
-def model_kind(config) -> str:
-  return "encoder_decoder" if config.model.kind == "t5" else "decoder"
+from instruct_jax.models import build
 
 
 def padded_vocab(n: int, multiple: int = 128) -> int:
   return -(-n // multiple) * multiple
 
 
-def load_tokenizer(config, workdir: str, catalogues) -> tokenizer_lib.Tokenizer:
-  """config.tokenizer.path, or a SentencePiece model trained once on the mixture into workdir/tokenizer."""
-  if config.tokenizer.get("path"):
-    return tokenizer_lib.Tokenizer(config.tokenizer.path)
-  out_dir = os.path.join(workdir, "tokenizer")
-  path = os.path.join(out_dir, tokenizer_lib.MODEL_FILENAME)
-  if jax.process_index() == 0 and not os.path.exists(path):
+def pretrained_source(config, mesh, rules) -> convert.Pretrained | None:
+  """config.init_from's model config (no weights): a workdir, an imported, Hugging Face or T5X directory."""
+  if not config.init_from:
+    return None
+  try:
+    return convert.load_pretrained(config.init_from, mesh, rules, weights=False)
+  except convert.ConversionError as e:
+    raise convert.ConversionError(f"config.init_from={config.init_from}: {e}") from None
+
+
+def tokenizer_source(config, pretrained) -> str:
+  """Where the run's tokenizer comes from: config.tokenizer.path, else init_from's, else "" (train one)."""
+  if config.tokenizer.path:
+    return config.tokenizer.path
+  return config.init_from if pretrained is not None else ""
+
+
+def load_tokenizer(config, workdir: str, catalogues, pretrained) -> tokenizer_lib.Tokenizer:
+  """The run's tokenizer: on a restart the run's own copy (workdir/tokenizer), else config.tokenizer.path, else
+  init_from's (both only read here; `keep_tokenizer` copies them into the workdir once the run is checked),
+  else a SentencePiece model trained once on the mixture into workdir/tokenizer."""
+  out_dir = os.path.join(workdir, workdir_lib.TOKENIZER)
+  if os.path.isdir(out_dir):
+    return tokenizer_lib.load(out_dir)
+  if config.tokenizer.path:
+    return _load_or_fail(config.tokenizer.path)
+  if pretrained is not None:
+    return convert.load_tokenizer(config.init_from)
+  if jax.process_index() == 0:
     tasks, mixes = catalogues
     rates = mixtures_lib.task_rates(config.data.mixture, tasks, mixes)
     rcfg = pipeline_lib.PipelineConfig.from_config(config.data).render
     texts = render_lib.sample_texts(rates, tasks, rcfg, n=config.tokenizer.train_examples, seed=config.seed)
-    if config.eval.get("held_out_cluster"):  # the tokenizer may see held-out text; the model never trains on it
+    if config.eval.held_out_cluster:  # the tokenizer may see held-out text; the model never trains on it
       held_out = {f"builtin/{n}": 1.0 for n in builtin.CLUSTERS[config.eval.held_out_cluster]}
       texts += render_lib.sample_texts(held_out, tasks, render_lib.RenderConfig(), n=2000, seed=config.seed)
-    tokenizer_lib.train(texts, vocab_size=config.tokenizer.vocab_size, out_dir=out_dir)
+    tmp = out_dir + ".tmp"  # written whole, then renamed: a crash never leaves half a tokenizer
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer_lib.train(texts, vocab_size=config.tokenizer.vocab_size, out_dir=tmp)
+    os.replace(tmp, out_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("tokenizer")
-  return tokenizer_lib.Tokenizer(path)
+  return tokenizer_lib.load(out_dir)
 
 
-def trainer_checkpoints(path: str) -> str:
-  """The checkpoints directory of a trainer workdir, or `path` itself if it is one."""
-  sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
+def keep_tokenizer(tokenizer: tokenizer_lib.Tokenizer, workdir: str) -> None:
+  """A copy of the run's tokenizer in workdir/tokenizer (if not there yet), so the workdir describes itself."""
+  out_dir = os.path.join(workdir, workdir_lib.TOKENIZER)
+  if jax.process_index() == 0 and not os.path.isdir(out_dir):
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save(tmp)
+    os.replace(tmp, out_dir)
 
 
-def start_from_pretrained(config) -> bool:
-  """True when config.init_from names an imported, Hugging Face or T5X checkpoint (not a trainer's)."""
-  path = config.get("init_from")
-  if not path:
-    return False
-  ckpts = trainer_checkpoints(path)
-  return not any(name.isdigit() for name in (os.listdir(ckpts) if os.path.isdir(ckpts) else []))
+def _load_or_fail(path: str) -> tokenizer_lib.Tokenizer:
+  try:
+    return tokenizer_lib.load(path)
+  except tokenizer_lib.TokenizerNotFound as e:
+    raise configs.ConfigError(f"config.tokenizer.path: {e}") from None
 
 
-def load_pretrained(config, mesh, rules, *, weights: bool = True):
-  """Weights and model config from config.init_from, in this run's dtypes and shardings (weights=False:
-  the config only).
-
-  A converted directory keeps the layer layout (unrolled or scanned) it was converted with; Hugging Face
-  and T5X sources are laid out as config.model.scan_layers says.
-  """
-  m = config.model
-  overrides = dict(dtype=m.get("dtype", "float32"), param_dtype=m.get("param_dtype", "float32"),
-                   remat_policy=m.get("remat_policy", "none"))
-  if "dropout_rate" in (m.get("overrides") or {}):
-    overrides["dropout_rate"] = m.overrides["dropout_rate"]
-  if not os.path.isfile(os.path.join(config.init_from, convert.MODEL_CONFIG)):
-    overrides["scan_layers"] = m.get("scan_layers", False)
-  return convert.load_pretrained(config.init_from, mesh, rules, weights=weights, **overrides)
+def resolve_model(config, tokenizer, pretrained, flag_keys: Sequence[str] = ()) -> build.Model:
+  """config.model -> the model: init_from's shape when it names a checkpoint, else kind + size + overrides."""
+  if pretrained is not None:
+    convert.check_tokenizer(pretrained, tokenizer, f"config.init_from={config.init_from}")
+    return build.from_section(config.model, checkpoint=pretrained.config, flag_keys=flag_keys,
+                              source=f"config.init_from={config.init_from}")
+  return build.from_section(config.model, vocab_size=padded_vocab(tokenizer.vocab_size), flag_keys=flag_keys)
 
 
-def check_tokenizer_matches(pretrained, tokenizer, init_from: str) -> None:
-  """The tokenizer must be the checkpoint's own: its special ids must agree with the checkpoint config."""
-  if pretrained.config.vocab_size < tokenizer.vocab_size:
-    raise ValueError(f"init_from {init_from}: the model's vocabulary ({pretrained.config.vocab_size}) is smaller "
-                     f"than the tokenizer's ({tokenizer.vocab_size}); set config.tokenizer.path to the "
-                     "checkpoint's own tokenizer")
-  hf = pretrained.hf_config or {}
-  for name, ours in (("eos_token_id", tokenizer.eos_id), ("bos_token_id", tokenizer.bos_id)):
-    theirs = hf.get(name)
-    theirs = theirs[0] if isinstance(theirs, list) and theirs else theirs
-    if isinstance(theirs, int) and ours >= 0 and theirs != ours:
-      raise ValueError(f"init_from {init_from}: the checkpoint's {name} is {theirs} but the tokenizer "
-                       f"{tokenizer.model_path} has {ours}; use the checkpoint's own tokenizer")
+def guard_workdir(workdir: str, model: build.Model) -> None:
+  """A restart must train the model the workdir already holds (checked before anything is written)."""
+  if not os.path.isfile(os.path.join(workdir, workdir_lib.MODEL_CONFIG)):
+    return
+  recorded = workdir_lib.read_model(workdir).config
+  free = ("dtype", "param_dtype", "remat_policy", "dropout_rate")
+  differ = [f"{f.name} {getattr(recorded, f.name)!r} -> {getattr(model.config, f.name)!r}"
+            for f in dataclasses.fields(recorded)
+            if f.name not in free and getattr(recorded, f.name) != getattr(model.config, f.name)]
+  if differ:
+    raise workdir_lib.WorkdirError(f"{workdir} holds a different model ({', '.join(differ)}); use a new workdir, "
+                                   "or the settings it was started with")
 
 
-def eval_sets(config) -> list[evaluators.EvalSet]:
-  e = config.eval
-  if e.get("tasks"):
-    return [evaluators.EvalSet("tasks", tuple(e.tasks), None, e.get("split", "test"), e.num_examples)]
-  return evaluators.builtin_eval_sets(held_out_cluster=e.get("held_out_cluster"),
-                                      seen_templates=tuple(e.seen_templates),
-                                      unseen_templates=tuple(e.get("unseen_templates", ())),
-                                      num_examples=e.num_examples)
-
-
-def run_evaluation(model, params, tokenizer, config, rows, mesh, rules):
-  """Generates and scores `rows`; returns (scored rows, summary)."""
-  e = config.eval
-  decode_cfg = sampling.DecodeConfig(max_new_tokens=e.max_new_tokens, num_beams=e.get("num_beams", 1))
-  gen = predict.make_generate_fn(model, params, tokenizer, decode_cfg, batch_size=e.batch_size,
-                                 max_prompt_tokens=config.data.inputs_length, mesh=mesh, rules=rules)
-  loglik = None
-  if e.get("rank_classification", True):
-    loglik = predict.make_loglik_fn(model, params, tokenizer, batch_size=e.batch_size,
-                                    max_prompt_tokens=config.data.inputs_length, mesh=mesh, rules=rules)
-  scored = evaluators.evaluate(rows, gen, loglik)
-  return scored, evaluators.summarize(scored)
+def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
+  return pipeline_lib.PipelineConfig.from_config({**config.data.to_dict(), "model_kind": model.kind,
+                                                 "seed": config.seed})
 
 
 def _task_counts(batch: dict[str, np.ndarray], num_tasks: int) -> np.ndarray:
@@ -160,13 +144,6 @@ def _task_counts(batch: dict[str, np.ndarray], num_tasks: int) -> np.ndarray:
   seg, task = batch["decoder_segment_ids"], batch["task_index"]
   starts = (seg > 0) & np.concatenate([np.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
   return np.bincount(task[starts], minlength=num_tasks)
-
-
-def _host_rows(batch: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-  if config.get("host_input", "own_share") != "slice_of_global" or jax.process_count() == 1:
-    return batch
-  n = config.data.batch_size // jax.process_count()
-  return {k: v[jax.process_index() * n:(jax.process_index() + 1) * n] for k, v in batch.items()}
 
 
 def _token_counts(batch: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -193,12 +170,10 @@ class _Preemption:
     self.requested = True
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       flag_keys: Sequence[str] = ()) -> dict[str, Any]:
   """Trains and evaluates; returns {"before": summary|None, "after": summary, "final_step": int, ...}."""
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  configs.validate(config, flag_keys=flag_keys)
   preemption = _Preemption()
 
   # Mesh and sharding rules.
@@ -206,31 +181,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rules = sharding.get_rules(config.sharding)
   logging.info("mesh %s, rules %s", dict(mesh.shape), config.sharding)
 
-  # Tokenizer and data.
-  paths = tasks_lib.DataPaths(superni_dir=config.data_paths.get("superni_dir"),
-                              tfds_data_dir=config.data_paths.get("tfds_data_dir"),
-                              instruction_files=dict(config.data_paths.get("instruction_files", {})))
-  catalogues = mixtures_lib.catalogues(paths)
-  tokenizer = load_tokenizer(config, workdir, catalogues)
-  data_cfg = pipeline_lib.PipelineConfig.from_config({**config.data.to_dict(), "model_kind": model_kind(config),
-                                                     "seed": config.seed})
-  if config.get("host_input", "own_share") == "slice_of_global":
-    # Every host builds the same global batches and keeps its rows: exact across process counts (tests).
-    pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=catalogues[0], mixtures=catalogues[1],
-                                      process_index=0, process_count=1)
-  else:  # each host reads only its share of every task
-    pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=catalogues[0], mixtures=catalogues[1])
+  # The model (init_from's shape, or config.model's) and its tokenizer; nothing is written until they fit.
+  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
+  pretrained = pretrained_source(config, mesh, rules)
+  if pretrained is None:  # a bad model section fails before a tokenizer is trained for it
+    build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size), flag_keys=flag_keys)
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = load_tokenizer(config, workdir, catalogues, pretrained)
+  model = resolve_model(config, tokenizer, pretrained, flag_keys)
+  guard_workdir(workdir, model)
+  keep_tokenizer(tokenizer, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, workdir_lib.CONFIG), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    if not os.path.isfile(os.path.join(workdir, workdir_lib.MODEL_CONFIG)):
+      workdir_lib.write_model(workdir, model, source=config.init_from,
+                              hf_config=pretrained.hf_config if pretrained is not None else None)
+
+  # Data: each host reads its share of every task.
+  data_cfg = pipeline_config(config, model)
+  pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=catalogues[0], mixtures=catalogues[1])
   data_iter = iter(pipe.dataset)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
-  # Model and optimizer, born sharded (shapes from a pretrained checkpoint when init_from names one; its
-  # weights are read below, only if there is no checkpoint of this run to resume).
-  pretrained = load_pretrained(config, mesh, rules, weights=False) if start_from_pretrained(config) else None
-  if pretrained is not None:
-    check_tokenizer_matches(pretrained, tokenizer, config.init_from)
-    model = convert.model_for(pretrained.config)
-  else:
-    model = build_model(config.model, padded_vocab(tokenizer.vocab_size))
+  # Train state born sharded, and the jitted step.
   optim_cfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
   tx, schedule = optim.make_optimizer(optim_cfg), optim.make_schedule(optim_cfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(config.seed))
@@ -238,8 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = step.jit_train_step(model, tx, loss_cfg, schedule, mesh, rules, state_sh,
                                    num_microbatches=config.num_microbatches)
 
-  # Resume, or start from another checkpoint's weights.
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
+  # Resume, or start from init_from's weights (read only when there is nothing of this run to resume).
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), every=config.checkpoint_every,
                                        keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(ckpt_lib.abstract_like(state, state_sh), data_iter)
   if restored is not None:
@@ -249,20 +223,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start = 0
     if pretrained is not None:
-      weights = load_pretrained(config, mesh, rules).params
-      state = state.replace(params=jax.tree.map(lambda p, s: jax.device_put(p, s), weights, state_sh.params))
-      print(f"Initialised weights from {config.init_from}", flush=True)
-    elif config.get("init_from"):
-      params = ckpt_lib.restore_params(trainer_checkpoints(config.init_from),
-                                       ckpt_lib.abstract_like(state.params, state_sh.params))
-      state = state.replace(params=params)
+      weights = convert.load_pretrained(config.init_from, mesh, rules, **build.runtime_fields(model.config)).params
+      state = state.replace(params=jax.tree.map(jax.device_put, weights, state_sh.params))
       print(f"Initialised weights from {config.init_from}", flush=True)
 
   # Evaluation before training.
-  rows = evaluators.render_eval_examples(eval_sets(config), catalogues[0])
+  rows = evaluators.config_rows(config.eval, *catalogues)
+  evaluate = lambda params: predict.evaluate(model, params, tokenizer, config.eval, rows,
+                                             max_prompt_tokens=config.data.inputs_length, mesh=mesh, rules=rules)
   result: dict[str, Any] = {"before": None}
   if start == 0 and config.eval.before_training and rows:
-    _, result["before"] = run_evaluation(model, state.params, tokenizer, config, rows, mesh, rules)
+    _, result["before"] = evaluate(state.params)
     print("Before training:\n" + evaluators.format_table(result["before"]), flush=True)
 
   # The loop.
@@ -280,9 +251,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return
     done_step, device_metrics, stats = pending
     pending = None
-    host = jax.device_get(device_metrics)
-    metrics_lib.check_finite(done_step, host)
-    window.add(host, stats)
+    host_metrics = jax.device_get(device_metrics)
+    metrics_lib.check_finite(done_step, host_metrics)
+    window.add(host_metrics, stats)
     if done_step % config.log_every == 0 or done_step == config.total_steps:
       scalars = window.summarize(pipe.task_names, seen)
       writer.write(done_step, scalars, prefix="train/")
@@ -291,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   try:
     for t in range(start, config.total_steps):
-      host_batch = _host_rows(next(data_iter), config)
+      host_batch = next(data_iter)
       counts = _task_counts(host_batch, len(pipe.task_names))
       seen += counts
       stats = (time.time(), *_token_counts(host_batch), counts)
@@ -304,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         finish_pending()  # never save a state whose loss was not finite
         checkpointer.save(t + 1, state, data_iter)
       if config.eval_every and (t + 1) % config.eval_every == 0 and t + 1 < config.total_steps and rows:
-        _, summary = run_evaluation(model, state.params, tokenizer, config, rows, mesh, rules)
+        _, summary = evaluate(state.params)
         writer.write(t + 1, evaluators.flat_scalars(summary))
       # Every process must agree to stop at the same step; asking the others costs a host sync, so
       # multi-process runs ask only every log_every steps.
@@ -325,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result.update(final_step=final_step, stopped_early=stopped_early, examples_seen=dict(zip(pipe.task_names,
                                                                                           seen.tolist())))
   if not stopped_early and rows:
-    scored, result["after"] = run_evaluation(model, state.params, tokenizer, config, rows, mesh, rules)
+    scored, result["after"] = evaluate(state.params)
     writer.write(final_step, evaluators.flat_scalars(result["after"]))
     if jax.process_index() == 0:
       evaluators.write_jsonl(os.path.join(workdir, "predictions.jsonl"), scored)
@@ -355,10 +326,10 @@ class _Window:
   t_first: float | None = None
   t_last: float | None = None
 
-  def add(self, host: dict, stats) -> None:
+  def add(self, host_metrics: dict, stats) -> None:
     t_dispatch, tokens, nonpad, _ = stats
     self.steps += 1
-    self.sums = dict(host) if self.sums is None else {k: self.sums[k] + host[k] for k in host}
+    self.sums = dict(host_metrics) if self.sums is None else {k: self.sums[k] + host_metrics[k] for k in host_metrics}
     self.tokens += tokens
     self.nonpad += nonpad
     self.t_first = t_dispatch if self.t_first is None else self.t_first
@@ -374,10 +345,115 @@ class _Window:
     return out
 
 
+# ---------------------------------------------------------------- dry run
+
+def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (), num_devices: int | None = None,
+            num_examples: int = 3, rate_examples: int = 1000) -> list[str]:
+  """Resolves the config, mesh, init_from, tokenizer, data and the model's sharded shapes; compiles nothing and
+  writes nothing. Prints a report and returns the problems found (empty: the run can start).
+
+  The mesh is the config's on this machine's devices, or (if this machine has too few) an abstract mesh of
+  `num_devices` (default: the config's fixed axes), so a pod's config is checked on a laptop.
+  """
+  configs.validate(config, flag_keys=flag_keys)
+  problems: list[str] = []
+  out = lambda line="": print(line, flush=True)
+  rules = sharding.get_rules(config.sharding)
+  try:
+    mesh = sharding.make_mesh(dict(config.mesh))
+    where = f"{mesh.devices.size} devices of this machine"
+  except sharding.MeshError:
+    n = num_devices or int(np.prod([max(v, 1) for v in dict(config.mesh).values()]))
+    mesh = sharding.abstract_mesh(dict(config.mesh), n)
+    where = f"{n} devices (abstract: this machine has {jax.device_count()})"
+  out(f"mesh      {dict(mesh.shape)} over {where}; sharding rules {config.sharding!r}")
+
+  pretrained = pretrained_source(config, mesh, rules)  # the model config only: the mesh is not used
+  out(f"init_from {config.init_from or '(none: weights start from random init)'}"
+      + (f" ({convert.source_kind(config.init_from)} checkpoint)" if pretrained is not None else ""))
+  source = tokenizer_source(config, pretrained)
+  tokenizer = None
+  if source:
+    tokenizer = _load_or_fail(source) if config.tokenizer.path else convert.load_tokenizer(source)
+    out(f"tokenizer {tokenizer.model_path}: {tokenizer.vocab_size} ids (pad {tokenizer.pad_id}, eos "
+        f"{tokenizer.eos_id}, bos {tokenizer.bos_id})")
+    model = resolve_model(config, tokenizer, pretrained, flag_keys)
+  else:
+    out(f"tokenizer trained on the first run into WORKDIR/{workdir_lib.TOKENIZER} (at most "
+        f"{config.tokenizer.vocab_size} pieces, from {config.tokenizer.train_examples} examples)")
+    model = build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size),
+                               flag_keys=flag_keys)
+  fields = ", ".join(f"{f.name}={getattr(model.config, f.name)}" for f in dataclasses.fields(model.config)
+                     if f.name not in ("dtype", "param_dtype"))
+  out(f"model     {model.kind} {model.num_params() / 1e6:,.1f}M parameters; {fields}; compute "
+      f"{config.model.dtype}, parameters {config.model.param_dtype}")
+
+  optim_cfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
+  tx = optim.make_optimizer(optim_cfg)
+  abstract, state_sh = step.abstract_train_state(model, tx, mesh, rules, jax.random.key(0))
+  per_device = lambda tree, sh: sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
+                                    for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sh)))
+  gib = 1024 ** 3
+  p_bytes, o_bytes = per_device(abstract.params, state_sh.params), per_device(abstract.opt_state, state_sh.opt_state)
+  out(f"memory    per device: parameters {p_bytes / gib:.2f} GiB + optimizer state {o_bytes / gib:.2f} GiB = "
+      f"{(p_bytes + o_bytes) / gib:.2f} GiB (activations not counted)")
+  flat = zip(jax.tree_util.tree_flatten_with_path(abstract.params)[0], jax.tree.leaves(state_sh.params))
+  for (path, a), sh in sorted(flat, key=lambda x: -x[0][1].size)[:4]:  # the largest parameters, and where they go
+    out(f"  {jax.tree_util.keystr(path):56s} {str(a.shape):22s} {str(sh.spec):28s} per device "
+        f"{sh.shard_shape(a.shape)}")
+
+  data_cfg = pipeline_config(config, model)
+  try:
+    tasks, mixes = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
+    examples, task_names, rates = pipeline_lib.rendered_examples(data_cfg, tasks, mixes)
+    counts = np.zeros(len(task_names))
+    shown = 0
+    for i in range(rate_examples):
+      ex = examples[i]
+      if ex is None:
+        continue
+      counts[ex["task_index"]] += 1
+      if shown < num_examples:
+        shown += 1
+        tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
+                  f"{len(tokenizer.encode(ex['targets']))} tokens)")
+        out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
+            f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}")
+    out(f"data      mixture {config.data.mixture!r}: {len(task_names)} tasks; rate (realised over "
+        f"{int(counts.sum())} examples):")
+    order = sorted(range(len(task_names)), key=lambda i: -rates[task_names[i]])
+    for i in order[:20]:
+      out(f"  {task_names[i]:40s} {rates[task_names[i]]:7.4f} ({counts[i] / max(counts.sum(), 1):.4f})")
+    if len(order) > 20:
+      out(f"  ... and {len(order) - 20} more tasks")
+    if tokenizer is not None:  # the real pipeline: tokenized, packed, one host's first batch
+      pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=tasks, mixtures=mixes)
+      batch = next(iter(pipe.dataset))
+      seg = batch["decoder_segment_ids"]
+      out(f"batch     {', '.join(f'{k} {tuple(v.shape)}' for k, v in batch.items() if k.endswith('tokens'))}; "
+          f"{np.mean([len(np.unique(r[r > 0])) for r in seg]):.1f} examples per row, "
+          f"{100 * np.mean(seg > 0):.0f}% of decoder slots used")
+  except (errors.UserError, ValueError, FileNotFoundError) as e:  # unprepared TFDS data, unknown mixtures, ...
+    problems.append(f"data: {e}")
+  tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
+  out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
+      f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
+  for p in problems:
+    out(f"PROBLEM   {p}")
+  out("dry run: " + ("OK, nothing was compiled or written" if not problems else f"{len(problems)} problem(s)"))
+  return problems
+
+
+# ---------------------------------------------------------------- command line
+
 def _define_flags() -> None:
-  """Flags exist only when the trainer runs as a program (other CLIs import this module)."""
-  config_flags.DEFINE_config_file("config", None, "Python config file (get_config).", lock_config=True)
+  """Flags exist only when the trainer runs as a program."""
+  configs.define_config_flag()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation output.")
+  flags.DEFINE_bool("dry_run", False, "Resolve the config, mesh, checkpoint, tokenizer, data and the model's "
+                    "sharded shapes, print them, and exit without compiling or writing anything.")
+  flags.DEFINE_integer("dry_run_devices", None, "Devices of the abstract mesh a dry run uses when this machine "
+                       "has fewer than the config's mesh needs (default: the mesh's fixed axes).")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -403,18 +479,28 @@ def maybe_initialize_distributed(coordinator: str | None, num_processes: int | N
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  if f.config is None or f.workdir is None:
-    raise app.UsageError("--config and --workdir are required")
+  if f.config is None:
+    raise errors.UserError("--config is required (e.g. --config configs/quickstart.py)")
+  try:  # ml_collections reports a config file that failed to load only when it is first used
+    config = f.config
+    list(config.keys())
+  except OSError as e:
+    raise errors.UserError(f"--config: {errors.one_line(str(e))}") from None
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  keys = configs.flag_keys(sys.argv)
+  if f.dry_run:
+    sys.exit(1 if dry_run(config, flag_keys=keys, num_devices=f.dry_run_devices) else 0)
+  if f.workdir is None:
+    raise errors.UserError("--workdir is required")
   if f.keep_freed_memory or (f.keep_freed_memory is None and host.cpu_only()):
     host.keep_freed_memory()
   maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
-  train_and_evaluate(f.config, f.workdir)
+  train_and_evaluate(config, f.workdir, flag_keys=keys)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run(main)

@@ -35,6 +35,7 @@ from instruct_jax.data import transforms
 
 META_FEATURES = ("task_index", "template_id", "shots")
 MODEL_KINDS = ("encoder_decoder", "decoder")
+HOST_INPUTS = ("own_share", "slice_of_global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,8 @@ class PipelineConfig:
       fastest on few cores: the work holds the GIL).
     prefetch: examples rendered ahead (grain's prefetch buffer).
     worker_count: grain worker processes (0: in-process; statistics are then complete).
+    host_input: "own_share" (each host reads its share of every task) or "slice_of_global" (every host builds
+      the same global batches and keeps its rows: runs equal across process counts, for tests).
   """
   mixture: str
   model_kind: str = "encoder_decoder"
@@ -77,10 +80,13 @@ class PipelineConfig:
   read_threads: int = 0
   prefetch: int = 64
   worker_count: int = 0
+  host_input: str = "own_share"
 
   def __post_init__(self):
     if self.model_kind not in MODEL_KINDS:
       raise ValueError(f"data.model_kind must be one of {MODEL_KINDS}, got {self.model_kind!r}")
+    if self.host_input not in HOST_INPUTS:
+      raise ValueError(f"config.data.host_input must be one of {HOST_INPUTS}, got {self.host_input!r}")
     for name in ("inputs_length", "targets_length", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
@@ -324,11 +330,16 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
     mixtures = default_mixtures if mixtures is None else mixtures
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
+  if config.batch_size % process_count:
+    raise ValueError(f"data.batch_size {config.batch_size} is not divisible by {process_count} hosts")
+  host_rows = None
+  if config.host_input == "slice_of_global" and process_count > 1:
+    n = config.batch_size // process_count
+    host_rows = slice(process_index * n, (process_index + 1) * n)
+    process_index, process_count = 0, 1  # build the global batches here too; keep this host's rows
   if config.model_kind == "decoder" and tokenizer.bos_id < 0:
     raise ValueError(f"tokenizer {tokenizer.model_path} has no begin-of-text piece, which decoder-only "
                      "models need (T5's vocabulary has none; train one with instruct_jax.data.tokenizer)")
-  if config.batch_size % process_count:
-    raise ValueError(f"data.batch_size {config.batch_size} is not divisible by {process_count} hosts")
   examples, task_names, rates = rendered_examples(config, tasks, mixtures, tokenizer=tokenizer,
                                                   process_index=process_index, process_count=process_count)
   if process_index == 0:
@@ -341,6 +352,8 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
   ds = packing.pack_and_batch(ds, lengths=config.lengths(), batch_size=per_host, pack=config.pack,
                               num_packing_bins=config.num_packing_bins, meta_features=META_FEATURES,
                               seed=config.seed)
+  if host_rows is not None:
+    ds = ds.map(lambda batch: {k: v[host_rows] for k, v in batch.items()})
   if config.worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
   return Pipeline(dataset=ds, examples=examples, task_names=task_names, rates=rates, stats=stats)

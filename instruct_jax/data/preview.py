@@ -73,7 +73,7 @@ def main(argv: Sequence[str]) -> None:
                                    targets_length=f.targets_length, split=f.split, seed=f.seed, render=render_cfg)
   with tempfile.TemporaryDirectory() as tmp:
     if f.tokenizer:
-      tokenizer = tokenizer_lib.Tokenizer(f.tokenizer)
+      tokenizer = tokenizer_lib.load(f.tokenizer)
     else:
       rates = mixtures_lib.task_rates(config.mixture, tasks, mixtures, split=config.split)
       texts = render_lib.sample_texts(rates, tasks, render_cfg, n=2000, seed=config.seed, split=config.split)
@@ -87,7 +87,8 @@ def define_flags() -> None:
   flags.DEFINE_string("mixture", None, "Mixture or task name.", required=True)
   flags.DEFINE_integer("num_examples", 5, "Examples to print.", short_name="n")
   flags.DEFINE_integer("stats_examples", 2000, "Examples the statistics are computed over.")
-  flags.DEFINE_string("tokenizer", None, "sentencepiece model; default: train a throwaway one.")
+  flags.DEFINE_string("tokenizer", None, "SentencePiece .model, tokenizer.json or a directory holding one (e.g. "
+                      "a checkpoint's); default: train a throwaway SentencePiece model.")
   flags.DEFINE_enum("model_kind", "encoder_decoder", pipeline.MODEL_KINDS, "Model kind.")
   flags.DEFINE_integer("inputs_length", 512, "Input token budget.")
   flags.DEFINE_integer("targets_length", 128, "Target token budget.")

@@ -35,9 +35,10 @@ class RenderConfig:
   """Template-diversity knobs (see the module docstring).
 
   Attributes:
-    num_templates: use only the first N standard templates of each task (None: all).
-    template_ids: use only these template ids, of every kind (e.g. held-out templates for evaluation);
-      overrides num_templates.
+    num_templates: use only the first N standard templates of each task (None: all); with template_ids,
+      the first N standard templates among those ids (e.g. ids 0-7 kept for training, 8-10 held out for
+      evaluation, and num_templates=2 trains on templates 0 and 1).
+    template_ids: use only these template ids, of every kind (e.g. held-out templates for evaluation).
     template_choice: "random" or "round_robin".
     few_shot_rate: share of examples rendered few-shot.
     max_shots: most exemplars in a few-shot prompt (Flan uses up to 5).
@@ -83,7 +84,7 @@ def select_templates(task: tasks_lib.Task, cfg: RenderConfig) -> dict[str, list[
   if cfg.template_ids is not None:
     wanted = set(cfg.template_ids)
     by_style = {k: [t for t in v if t.id in wanted] for k, v in by_style.items()}
-  elif cfg.num_templates is not None:
+  if cfg.num_templates is not None:  # the first N standard templates (of the template_ids pool, if set)
     by_style["standard"] = by_style["standard"][:cfg.num_templates]
   if not task.has_rationale:
     by_style["cot"] = []

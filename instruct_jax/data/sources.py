@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from instruct_jax import errors
 
-class DataError(ValueError):
+
+class DataError(errors.UserError, ValueError):
   """Bad input data; the message names the file, line and field where known."""
 
 

@@ -22,6 +22,7 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from instruct_jax import errors
 from instruct_jax.data import builtin
 from instruct_jax.data import sources
 from instruct_jax.data import superni
@@ -91,13 +92,20 @@ def closest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
   return matches
 
 
+class UnknownName(errors.UserError, KeyError):
+  """A task or mixture name the catalogue does not hold (a KeyError whose message reads as a sentence)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
 def lookup(catalogue: Mapping[str, Any], name: str, what: str = "task") -> Any:
-  """`catalogue[name]`, or a KeyError that suggests the closest known names."""
+  """`catalogue[name]`, or an UnknownName (a KeyError) that suggests the closest known names."""
   if name in catalogue:
     return catalogue[name]
   suggestions = closest(name, catalogue)
   hint = f"; did you mean {', '.join(map(repr, suggestions))}?" if suggestions else ""
-  raise KeyError(f"unknown {what} {name!r}{hint} ({len(catalogue)} {what}s known)")
+  raise UnknownName(f"unknown {what} {name!r}{hint} ({len(catalogue)} {what}s known)")
 
 
 # --- Preprocessors -------------------------------------------------------------------------------------
@@ -158,6 +166,12 @@ class DataPaths:
   instruction_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> .json/.jsonl
   builtin_seed: int = 0
 
+  @classmethod
+  def from_config(cls, section) -> "DataPaths":
+    """From a run config's `data_paths` section ("" means unset)."""
+    return cls(superni_dir=section.superni_dir or None, tfds_data_dir=section.tfds_data_dir or None,
+               instruction_files=dict(section.instruction_files))
+
 
 def builtin_tasks(seed: int = 0) -> dict[str, Task]:
   tmpl = templates_lib.load("builtin")
@@ -206,9 +220,20 @@ def superni_split(superni_dir: str | os.PathLike, split: str) -> list[str]:
   return [f"niv2/{line.strip()}" for line in path.read_text().splitlines() if line.strip()]
 
 
+def split_files(value: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
+  """{split: file} from a mapping, "FILE" (the train split) or "train=FILE,test=FILE" (a command line value)."""
+  if not isinstance(value, (str, os.PathLike)):
+    return {k: os.fspath(v) for k, v in dict(value).items()}
+  text = os.fspath(value)
+  parts = [p.strip() for p in text.split(",")]
+  if all("=" in p for p in parts):
+    return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in parts)}
+  return {"train": text}
+
+
 def instruction_task(name: str, files: str | Mapping[str, str], *, strict: bool = True) -> Task:
-  """An Alpaca / Self-Instruct file (or {split: file}) as a task scored by ROUGE-L."""
-  files = {"train": files} if isinstance(files, (str, os.PathLike)) else dict(files)
+  """An Alpaca / Self-Instruct file (or {split: file}, or "train=FILE,test=FILE") as a task scored by ROUGE-L."""
+  files = split_files(files)
   return Task(name=name, source=sources.InstructionSource(files, strict=strict),
               templates=templates_lib.load("instructions")["instructions"], preprocess=preprocess_instruction,
               metric="rouge_l", cluster="instructions")

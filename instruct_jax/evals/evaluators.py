@@ -37,19 +37,38 @@ class EvalSet:
   few_shot_rate: float = 0.0
 
 
-def builtin_eval_sets(*, held_out_cluster: str | None, seen_templates: Sequence[int],
+def builtin_eval_sets(*, held_out_cluster: str | None, seen_templates: Sequence[int] | None,
                       unseen_templates: Sequence[int], num_examples: int) -> list[EvalSet]:
-  """The three conditions of the built-in family (see module docstring)."""
+  """The three conditions of the built-in family (see module docstring); seen_templates None: all."""
   if held_out_cluster is not None and held_out_cluster not in builtin.CLUSTERS:
-    raise ValueError(f"unknown held-out cluster {held_out_cluster!r}; clusters: {sorted(builtin.CLUSTERS)}")
+    raise ValueError(f"config.eval.held_out_cluster={held_out_cluster!r}: unknown cluster; clusters: "
+                     f"{sorted(builtin.CLUSTERS)}")
   train = tuple(f"builtin/{n}" for c, names in builtin.CLUSTERS.items() if c != held_out_cluster for n in names)
-  sets = [EvalSet("seen_templates", train, tuple(seen_templates), num_examples=num_examples)]
+  seen = None if seen_templates is None else tuple(seen_templates)
+  sets = [EvalSet("seen_templates", train, seen, num_examples=num_examples)]
   if unseen_templates:
     sets.append(EvalSet("unseen_templates", train, tuple(unseen_templates), num_examples=num_examples))
   if held_out_cluster is not None:
     held = tuple(f"builtin/{n}" for n in builtin.CLUSTERS[held_out_cluster])
     sets.append(EvalSet("held_out_cluster", held, None, num_examples=num_examples))
   return sets
+
+
+def eval_sets(e, mixtures: Mapping[str, Any] | None = None) -> list[EvalSet]:
+  """The evaluation a config's `eval` section asks for: its tasks (a mixture name stands for its tasks),
+  or the built-in conditions."""
+  if e.tasks:
+    names = []
+    for name in e.tasks:
+      names += list(mixtures[name].members) if mixtures and name in mixtures else [name]
+    return [EvalSet("tasks", tuple(names), None, e.split, e.num_examples)]
+  return builtin_eval_sets(held_out_cluster=e.held_out_cluster or None, seen_templates=tuple(e.seen_templates) or None,
+                           unseen_templates=tuple(e.unseen_templates), num_examples=e.num_examples)
+
+
+def config_rows(eval_section, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Any]) -> list[dict]:
+  """The rendered examples of a run config's `eval` section (its tasks, or the built-in conditions)."""
+  return render_eval_examples(eval_sets(eval_section, mixtures), tasks)
 
 
 def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_lib.Task]) -> list[dict[str, Any]]:

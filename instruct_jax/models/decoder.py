@@ -1,14 +1,16 @@
 """Decoder-only, LLaMA-style language model (Flax linen).
 
 Pre-norm blocks of RMSNorm, grouped-query attention with rotary positions, and a SwiGLU MLP; embeddings
-tied or untied. Rotary positions come from `decoder_positions`, which restart at 0 for every packed
-example. Shape letters: see `instruct_jax.models.layers`.
+tied or untied; optionally Mistral's sliding-window attention (in training and in the KV-cache decoder).
+Rotary positions come from `decoder_positions`, which restart at 0 for every packed example. Shape
+letters: see `instruct_jax.models.layers`.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from instruct_jax.models import layers
@@ -32,6 +34,7 @@ class DecoderConfig(StackConfig):
   norm_eps: float = 1e-5
   tie_embeddings: bool = False
   dropout_rate: float = 0.0
+  sliding_window: int | None = None  # Mistral: attend to the last `sliding_window` positions only (None: all)
 
   kind = "decoder"
 
@@ -90,7 +93,7 @@ class Decoder(nn.Module):
     if mask_B1LS is None:
       segments = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
       mask_B1LS = layers.segment_mask(segments, segments, causal=True, q_positions_BL=positions,
-                                      kv_positions_BS=positions)
+                                      kv_positions_BS=positions, window=cfg.sliding_window)
     embedder = layers.Embed(cfg.vocab_size, cfg.d_model, init_scale=0.02,
                             name="token_embedder", **kw)
     x = nn.Dropout(cfg.dropout_rate)(embedder(decoder_input_tokens), deterministic=deterministic)
@@ -104,6 +107,63 @@ class Decoder(nn.Module):
       logits = layers.Dense((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "BLD,DV->BLV",
                             name="logits_dense", out_dtype=jnp.float32, **kw)(x)
     return constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+
+
+class Stepper:
+  """Incremental decoding for `instruct_jax.sampling`: next-token logits, cached or recomputed.
+
+  Prompts of different lengths are left-padded to a common length P, so every row's next token lands in
+  the same cache slot; each row's positions start at 0 at its first real token (pad_B slots in) and the
+  mask hides the padding slots. `init(prompts_BP, pad_B)` -> (state, logits of the first new token);
+  `step(state, tokens_B, t)` -> (state, logits) after feeding new token t (t from 0). use_cache=False
+  recomputes the whole sequence every step (the reference the cache must match).
+  """
+  left_pad_prompts = True
+
+  def __init__(self, module: Decoder, params, *, prompt_len: int, max_new_tokens: int, pad_id: int,
+               use_cache: bool):
+    del pad_id  # the mask, not the token, hides padding
+    self.module, self.params, self.use_cache = module, params, use_cache
+    self.P, self.T = prompt_len, prompt_len + max_new_tokens
+
+  def _cached(self, cache, tokens_BL, start, pad_B):
+    L = tokens_BL.shape[1]
+    slots_BL = start + jnp.arange(L)[None, :]
+    positions_BL = jnp.maximum(slots_BL - pad_B[:, None], 0)
+    key_slots_S = jnp.arange(self.T)
+    mask = (key_slots_S[None, None, :] <= slots_BL[:, :, None]) & (key_slots_S[None, None, :] >= pad_B[:, None, None])
+    window = self.module.config.sliding_window
+    if window is not None:  # slots are positions shifted by the row's padding
+      mask &= slots_BL[:, :, None] - key_slots_S[None, None, :] < window
+    logits, vars_ = self.module.apply({"params": self.params, "cache": cache}, tokens_BL, None, positions_BL,
+                                      decode=True, mask_B1LS=mask[:, None], mutable=["cache"])
+    return vars_["cache"], logits[:, -1]
+
+  def _full(self, buf_BT, upto, pad_B):
+    idx = jnp.arange(buf_BT.shape[1])[None, :]
+    segments = ((idx >= pad_B[:, None]) & (idx <= upto)).astype(jnp.int32)
+    positions = jnp.maximum(idx - pad_B[:, None], 0)
+    logits = self.module.apply({"params": self.params}, buf_BT, segments, positions)
+    return jax.lax.dynamic_index_in_dim(logits, upto, axis=1, keepdims=False)
+
+  def init(self, prompts_BP, pad_B):
+    B = prompts_BP.shape[0]
+    if self.use_cache:
+      shapes = jax.eval_shape(lambda: self.module.init(jax.random.key(0), jnp.zeros((B, self.T), jnp.int32),
+                                                       decode=True))
+      empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+      cache, logits = self._cached(empty, prompts_BP, 0, pad_B)
+      return {"cache": cache, "pad": pad_B}, logits
+    buf = jnp.zeros((B, self.T), jnp.int32).at[:, :self.P].set(prompts_BP)
+    return {"buf": buf, "pad": pad_B}, self._full(buf, self.P - 1, pad_B)
+
+  def step(self, state, tokens_B, t):
+    state, slot = dict(state), self.P + t
+    if self.use_cache:
+      state["cache"], logits = self._cached(state["cache"], tokens_B[:, None], slot, state["pad"])
+      return state, logits
+    state["buf"] = state["buf"].at[:, slot].set(tokens_B)
+    return state, self._full(state["buf"], slot, state["pad"])
 
 
 def config_for(size: str, **overrides) -> DecoderConfig:

@@ -191,11 +191,18 @@ def apply_rope(x_BLHK, positions_BL, inv_freq_K2):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BLHK.dtype)
 
 
-def segment_mask(q_segments_BL, kv_segments_BS, *, causal: bool, q_positions_BL=None, kv_positions_BS=None):
-  """Boolean [B, 1, L, S]: same non-padding segment, and key not after query when causal."""
+def segment_mask(q_segments_BL, kv_segments_BS, *, causal: bool, q_positions_BL=None, kv_positions_BS=None,
+                 window: int | None = None):
+  """Boolean [B, 1, L, S]: same non-padding segment, and key not after query when causal.
+
+  `window` (causal only; Mistral's sliding window): a query also sees only the `window` most recent
+  positions, itself included (q_position - kv_position < window).
+  """
   mask = (q_segments_BL[:, :, None] == kv_segments_BS[:, None, :]) & (q_segments_BL[:, :, None] > 0)
   if causal:
     mask &= q_positions_BL[:, :, None] >= kv_positions_BS[:, None, :]
+    if window is not None:
+      mask &= q_positions_BL[:, :, None] - kv_positions_BS[:, None, :] < window
   return mask[:, None]
 
 

@@ -68,3 +68,16 @@ class LayerStack(nn.Module):
                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = scanned(cls(cfg, name="layers", **self.layer_kwargs), x, *shared)
     return x
+
+
+def take_rows(state: dict, src_B, scan_layers: bool) -> dict:
+  """Rows `src_B` of every per-row array of a decoding state (beam search's parent pointers).
+
+  A key/value cache of a scanned stack leads with the layer axis, so its rows are axis 1.
+  """
+  cache_axis = 1 if scan_layers else 0
+  out = {k: v[src_B] for k, v in state.items() if k != "cache"}
+  if "cache" in state:
+    out["cache"] = jax.tree.map(lambda x: jnp.take(x, src_B, axis=cache_axis) if x.ndim > cache_axis else x,
+                                state["cache"])
+  return out

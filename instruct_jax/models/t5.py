@@ -211,6 +211,58 @@ class T5(nn.Module):
                        deterministic=deterministic)
 
 
+class Stepper:
+  """Incremental decoding for `instruct_jax.sampling`: next-token logits, cached or recomputed.
+
+  Prompts are right-padded encoder inputs; the encoder runs once and the decoder starts from id 0 in every
+  row. `init(prompts_BP, pad_B)` -> (state, logits of the first new token); `step(state, tokens_B, t)` ->
+  (state, logits) after feeding new token t (t from 0). With use_cache=False the decoder recomputes the
+  whole prefix every step (the reference the cache must match). `state` rows can be reordered with
+  `stack.take_rows` (beam search).
+  """
+  left_pad_prompts = False
+
+  def __init__(self, module: "T5", params, *, prompt_len: int, max_new_tokens: int, pad_id: int, use_cache: bool):
+    self.module, self.params, self.use_cache, self.pad_id = module, params, use_cache, pad_id
+    self.T = max_new_tokens  # decoder positions: the start token, then all but the last new token
+
+  def _cached(self, cache, encoded, enc_mask, tokens_B, t):
+    logits, vars_ = self.module.apply({"params": self.params, "cache": cache}, encoded, enc_mask, tokens_B[:, None],
+                                      t, self.T, method=T5.decode_step, mutable=["cache"])
+    return vars_["cache"], logits[:, -1]
+
+  def _full(self, encoded, enc_mask, buf_BT, t):
+    logits = self.module.apply({"params": self.params}, encoded, buf_BT, enc_mask.astype(jnp.int32),
+                               method=T5.decode)
+    return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
+
+  def _empty_cache(self, B):
+    shapes = jax.eval_shape(lambda: self.module.init(
+        jax.random.key(0), jnp.zeros((B, 1, self.module.config.d_model)), jnp.ones((B, 1), bool),
+        jnp.zeros((B, self.T), jnp.int32), 0, self.T, method=T5.decode_step))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+  def init(self, prompts_BP, pad_B):
+    del pad_B  # right padding: the encoder mask hides it
+    B = prompts_BP.shape[0]
+    enc_mask = prompts_BP != self.pad_id
+    encoded = self.module.apply({"params": self.params}, prompts_BP, enc_mask.astype(jnp.int32), method=T5.encode)
+    start = jnp.zeros((B,), jnp.int32)
+    if self.use_cache:
+      cache, logits = self._cached(self._empty_cache(B), encoded, enc_mask, start, 0)
+      return {"cache": cache, "encoded": encoded, "enc_mask": enc_mask}, logits
+    buf = jnp.zeros((B, self.T), jnp.int32)
+    return {"buf": buf, "encoded": encoded, "enc_mask": enc_mask}, self._full(encoded, enc_mask, buf, 0)
+
+  def step(self, state, tokens_B, t):
+    state = dict(state)  # decoder input t + 1 is new token t
+    if self.use_cache:
+      state["cache"], logits = self._cached(state["cache"], state["encoded"], state["enc_mask"], tokens_B, t + 1)
+      return state, logits
+    state["buf"] = state["buf"].at[:, t + 1].set(tokens_B)
+    return state, self._full(state["encoded"], state["enc_mask"], state["buf"], t + 1)
+
+
 def _segments_or_nonpad(segment_ids, tokens):
   """Segment ids if given (packed data), else 1 on non-padding tokens and 0 on padding (id 0)."""
   return segment_ids if segment_ids is not None else (tokens != 0).astype(jnp.int32)

@@ -32,14 +32,15 @@ def imported(saved, mesh_rules):
   import jax  # pylint: disable=g-import-not-at-top
 
   from instruct_jax import step  # pylint: disable=g-import-not-at-top
-  from instruct_jax.models import convert  # pylint: disable=g-import-not-at-top
+  from instruct_jax import convert  # pylint: disable=g-import-not-at-top
+  from instruct_jax.models import build  # pylint: disable=g-import-not-at-top
   cache = {}
 
   def get(name: str, scan: bool = False):
     if (name, scan) not in cache:
       path, model = saved(name)
       pretrained = convert.import_hf(path, *mesh_rules, scan_layers=scan)
-      fwd = jax.jit(functools.partial(step.forward, convert.model_for(pretrained.config)))
+      fwd = jax.jit(functools.partial(step.forward, build.Model(pretrained.config)))
       cache[(name, scan)] = (pretrained, fwd, model)
     return cache[(name, scan)]
 

@@ -21,9 +21,12 @@ _LLAMA3 = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidde
                num_key_value_heads=2, rope_theta=500.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
                pad_token_id=0, rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
-# Mistral: grouped-query attention with a head width decoupled from hidden_size / heads (8 x 8 != 32).
+# Mistral: grouped-query attention with a head width decoupled from hidden_size / heads (8 x 8 != 32), and a
+# sliding window shorter than the test sequences (12 tokens), so the window shapes every logit after the 5th.
+SLIDING_WINDOW = 5
 _MISTRAL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=8,
-                num_key_value_heads=2, head_dim=8, sliding_window=64, tie_word_embeddings=False, pad_token_id=0)
+                num_key_value_heads=2, head_dim=8, sliding_window=SLIDING_WINDOW, tie_word_embeddings=False,
+                pad_token_id=0)
 
 KINDS = {"t5_flan": "encoder_decoder", "t5_scaled": "encoder_decoder", "t5_v5_tied": "encoder_decoder",
          "llama3": "decoder", "mistral": "decoder"}
@@ -110,3 +113,16 @@ def batch(kind: str, lengths, dec_lengths=None, *, length: int = 12, left_pad: b
 
 def target_mask(b: dict) -> np.ndarray:
   return np.asarray(b["decoder_segment_ids"], bool)
+
+
+SPM_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Instruction tuning teaches a model to follow tasks.",
+             "Sort the numbers: 3 1 2", "Answer the question: what is two plus two? four", "Reverse: a b c"] * 40
+
+
+def train_spm(path: pathlib.Path, *, llama_ids: bool = False) -> pathlib.Path:
+  """A real SentencePiece model of at most VOCAB pieces at `path` (T5's ids, or LLaMA's: unk 0, bos 1, eos 2)."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  ids = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1) if llama_ids else dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_TEXTS), model_prefix=str(path.with_suffix("")),
+                                 vocab_size=80, hard_vocab_limit=False, minloglevel=2, **ids)
+  return path

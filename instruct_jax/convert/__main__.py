@@ -1,0 +1,92 @@
+"""Convert checkpoints between Hugging Face, T5X and instruct_jax (imported directories and training workdirs).
+
+    # Hugging Face dir (config.json + safetensors) -> imported dir (orbax params + model_config.json)
+    python -m instruct_jax.convert --from hf --src flan-t5-base/ --dst ckpt/flan-t5-base
+    # T5X checkpoint (e.g. a local copy of a public Flan-T5 release) -> imported dir
+    python -m instruct_jax.convert --from t5x --src flan_t5_base/checkpoint_1184000 --dst ckpt/flan-t5-base
+    # a training workdir (its newest checkpoint, or --step N) or an imported dir -> a Hugging Face dir
+    python -m instruct_jax.convert --to hf --src /tmp/finetune [--step 800] --dst out/my-model-hf
+
+--from and --to default to `instruct_jax`; `--from t5x --to hf` converts without an intermediate dir.
+An export writes the weights, config.json, generation_config.json and the tokenizer files, so that
+`AutoModelForSeq2SeqLM` / `AutoModelForCausalLM` and `AutoTokenizer.from_pretrained(dst)` load it.
+Imports place parameters sharded over all local devices (--sharding preset over an fsdp mesh) while
+reading, so host memory holds the parameters once; exports write one tensor at a time.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from instruct_jax import convert, errors, sharding
+
+_FROM = flags.DEFINE_enum("from", "instruct_jax", ["hf", "t5x", "instruct_jax"], "Format of --src.")
+_TO = flags.DEFINE_enum("to", "instruct_jax", ["hf", "instruct_jax"], "Format written to --dst.")
+_SRC = flags.DEFINE_string("src", None, "Source directory.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir --src (default: the newest).")
+_DST = flags.DEFINE_string("dst", None, "Destination directory.", required=True)
+_SCAN = flags.DEFINE_bool("scan_layers", False, "Import into the scanned layout (one stacked `layers` tree).")
+_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"],
+                                 "dtype the imported parameters are stored in.")
+_EXPORT_DTYPE = flags.DEFINE_enum("export_dtype", None, ["float32", "bfloat16", "float16"],
+                                  "dtype of exported tensors (default: the parameters' dtype).")
+_MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "Largest exported safetensors file, in GiB.")
+_SHARDING = flags.DEFINE_string("sharding", "fsdp", "Sharding preset used while importing.")
+_ALLOW_PICKLE = flags.DEFINE_bool("allow_pickle", False,
+                                  "Load pickled pytorch_model.bin weights (torch.load(weights_only=True)).")
+_ALLOW_UNKNOWN = flags.DEFINE_bool("allow_unknown_config_fields", False,
+                                   "Warn about, instead of refusing, config.json fields the converter does not know.")
+
+
+def _read(mesh, rules) -> convert.Pretrained:
+  src, kind = _SRC.value, flags.FLAGS["from"].value
+  if kind == "hf":
+    return convert.import_hf(src, mesh, rules, allow_pickle=_ALLOW_PICKLE.value,
+                             allow_unknown_fields=_ALLOW_UNKNOWN.value, scan_layers=_SCAN.value,
+                             param_dtype=_PARAM_DTYPE.value)
+  if kind == "t5x":
+    return convert.import_t5x(src, mesh, rules, scan_layers=_SCAN.value, param_dtype=_PARAM_DTYPE.value)
+  kind = convert.source_kind(src)
+  if kind not in ("imported", "workdir"):
+    raise convert.ConversionError(f"--src {src} is a {kind} checkpoint; pass --from {kind}")
+  return convert.load_pretrained(src, mesh, rules, step=_STEP.value)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  kind, to = flags.FLAGS["from"].value, _TO.value
+  if kind == to:
+    raise app.UsageError(f"--from and --to are both {kind!r}; pass --from hf|t5x to import or --to hf to export")
+  if to == "hf":  # the exporter fetches parameters to the host one by one: keep them on the CPU
+    mesh, rules = sharding.make_mesh({"data": 1}, jax.devices("cpu")[:1]), sharding.get_rules("data_parallel")
+  else:
+    mesh, rules = sharding.make_mesh({"fsdp": -1}), sharding.get_rules(_SHARDING.value)
+  start = time.perf_counter()
+  pretrained = _read(mesh, rules)
+  n = sum(x.size for x in jax.tree.leaves(pretrained.params))
+  step = f" (step {pretrained.step})" if pretrained.step is not None else ""
+  print(f"read {pretrained.source}{step}: {type(pretrained.config).__name__}, {n / 1e6:.1f}M parameters in "
+        f"{time.perf_counter() - start:.1f}s")
+  if to == "hf":
+    try:
+      tokenizer = convert.load_tokenizer(_SRC.value)
+    except convert.ConversionError as e:
+      tokenizer = None
+      print(f"note: no tokenizer exported ({e})")
+    files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
+                              dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),
+                              max_shard_bytes=int(_MAX_SHARD_GB.value * 1024**3), tokenizer=tokenizer,
+                              tokenizer_src=_SRC.value)
+    print(f"wrote {_DST.value}: {', '.join(files)}")
+  else:
+    convert.save_imported(pretrained, _DST.value, tokenizer_src=_SRC.value)
+    print(f"wrote {_DST.value} in {time.perf_counter() - start:.1f}s")
+
+
+if __name__ == "__main__":
+  errors.run(main)

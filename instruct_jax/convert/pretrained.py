@@ -1,0 +1,384 @@
+"""Pre-trained checkpoints in and out: Hugging Face and T5X import, Hugging Face export, imported dirs.
+
+    pretrained = import_hf("flan-t5-base/", mesh, rules)        # config.json + safetensors
+    pretrained = import_t5x("flan_t5_base/checkpoint_1184000", mesh, rules)
+    save_imported(pretrained, "imported/", tokenizer_src="flan-t5-base/")
+    pretrained = load_pretrained(path, mesh, rules)             # imported, HF or T5X dir, or a run's workdir
+    export_hf(pretrained.config, params, "out_hf/", tokenizer=tok)   # loads with transformers' from_pretrained
+
+Supported: T5 v1.1 / Flan-T5 / mT5 (model_type t5, mt5) and LLaMA / Llama-2 / Llama-3 / Mistral
+(model_type llama, mistral). Imports place each parameter on the mesh as they read it, in the unrolled
+or the scanned layout (`scan_layers=True`). The command line is `python -m instruct_jax.convert`.
+
+An imported directory holds `model_config.json` (the instruct_jax config, plus the source config.json
+for a later export), `params/` (an orbax checkpoint of the parameters) and the tokenizer files. A
+training workdir (`instruct_jax.workdir`) has the same model_config.json and keeps its parameters in
+`checkpoints/<step>/`. Tokenizers: SentencePiece (`spiece.model`, `tokenizer.model`) and Hugging Face
+`tokenizer.json` (Llama-3), read by `instruct_jax.data.tokenizer`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+from safetensors.numpy import save_file
+
+from instruct_jax import workdir as workdir_lib
+from instruct_jax.convert import hf_llama, hf_t5, t5x, tensors
+from instruct_jax.convert.tensors import ConversionError
+from instruct_jax.data import tokenizer as tokenizer_lib
+from instruct_jax.models import build
+
+ModelConfig = build.ModelConfig
+FAMILIES = {"t5": hf_t5, "mt5": hf_t5, "llama": hf_llama, "mistral": hf_llama}
+MODEL_CONFIG = workdir_lib.MODEL_CONFIG
+PARAMS_DIR = "params"
+TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "generation_config.json")
+
+
+@dataclasses.dataclass
+class Pretrained:
+  config: ModelConfig
+  params: Any  # None when loaded with weights=False (the config alone)
+  source: str
+  hf_config: dict | None = None  # the source's config.json, reused by export_hf
+  bytes_read: int = 0  # checkpoint payload bytes read while placing (imports only)
+  step: int | None = None  # the checkpoint step, when the source is a training workdir
+
+  @property
+  def model(self) -> build.Model:
+    return build.Model(self.config)
+
+
+def _normalise(overrides: dict) -> dict:
+  return {k: (jnp.dtype(v) if k in ("dtype", "param_dtype") else v) for k, v in overrides.items()}
+
+
+def _check_paths(maps, shapes, what: str) -> None:
+  if set(maps) != set(shapes):
+    extra, missing = sorted(set(maps) - set(shapes)), sorted(set(shapes) - set(maps))
+    raise ConversionError(f"{what}: tensor maps and model parameters differ (maps only: {extra[:3]}, "
+                          f"params only: {missing[:3]})")
+
+
+def _place(source, config: ModelConfig, maps, mesh: Mesh, rules, ignorable) -> Any:
+  abstract = build.Model(config).abstract_params(mesh, rules)
+  shapes = tensors.param_paths(abstract)
+  _check_paths(maps, shapes, str(source.directory))
+  tensors.check_tensors(source, maps, shapes)
+  tensors.check_unused(source, maps, ignorable)
+  return tensors.place_params(source, maps, abstract, jax.tree.map(lambda a: a.sharding, abstract))
+
+
+def read_hf_config(src: str | os.PathLike) -> dict:
+  path = pathlib.Path(src) / "config.json"
+  if not path.is_file():
+    raise ConversionError(f"{src}: no config.json; not a Hugging Face checkpoint directory")
+  try:
+    hf = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ConversionError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
+  if hf.get("model_type") not in FAMILIES:
+    raise ConversionError(f"{path}: model_type {hf.get('model_type')!r} is not supported; supported model "
+                          f"types: {sorted(FAMILIES)}")
+  return hf
+
+
+def import_hf(src: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle: bool = False,
+              allow_unknown_fields: bool = False, weights: bool = True, **overrides) -> Pretrained:
+  """Reads a Hugging Face checkpoint directory into parameters placed sharded on `mesh`.
+
+  `overrides` set T5Config / DecoderConfig fields the checkpoint does not fix: dtype, param_dtype (the
+  dtype parameters are stored in; default float32), scan_layers, remat_policy, dropout_rate.
+  With weights=False only the config (and the tensor names it needs) is read; params is None.
+  """
+  hf = read_hf_config(src)
+  family = FAMILIES[hf["model_type"]]
+  source = tensors.TensorSource(src, allow_pickle=allow_pickle)
+  names = source.names()
+  config = family.config_from_hf(hf, names, str(pathlib.Path(src) / "config.json"),
+                                 allow_unknown_fields=allow_unknown_fields, **_normalise(overrides))
+  if not weights:
+    return Pretrained(config, None, str(src), hf)
+  params = _place(source, config, family.tensor_maps(config, hf, names), mesh, rules, family.ignorable)
+  return Pretrained(config, params, str(src), hf, source.bytes_read)
+
+
+def import_t5x(src: str | os.PathLike, mesh: Mesh, rules, *, weights: bool = True, **overrides) -> Pretrained:
+  """Reads a T5X T5 v1.1 / Flan-T5 checkpoint (see convert.t5x) into sharded parameters."""
+  source = t5x.T5XSource(src)
+  config = t5x.config_from_t5x(source, **_normalise(overrides))
+  if not weights:
+    return Pretrained(config, None, str(src))
+  params = _place(source, config, t5x.tensor_maps(config), mesh, rules, lambda name: False)
+  return Pretrained(config, params, str(src), None, source.bytes_read)
+
+
+# ---------------------------------------------------------------- imported directories and workdirs
+
+def _copy_tokenizer(src, dst: pathlib.Path) -> None:
+  if src is None:
+    return
+  for name in TOKENIZER_FILES:
+    if (pathlib.Path(src) / name).is_file():
+      shutil.copyfile(pathlib.Path(src) / name, dst / name)
+
+
+def save_imported(pretrained: Pretrained, dst: str | os.PathLike, *, tokenizer_src=None) -> None:
+  """Writes `pretrained` as an imported directory (orbax params + model_config.json + tokenizer files)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  dst = pathlib.Path(dst).absolute()
+  if (dst / PARAMS_DIR).exists():
+    raise ConversionError(f"{dst / PARAMS_DIR} already exists; refusing to overwrite it")
+  dst.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(dst / PARAMS_DIR, pretrained.params)
+  checkpointer.wait_until_finished()
+  blob = {**build.config_to_json(pretrained.config), "source": pretrained.source, "hf_config": pretrained.hf_config}
+  (dst / MODEL_CONFIG).write_text(json.dumps(blob, indent=2) + "\n")
+  if tokenizer_src is not None and workdir_lib.is_workdir(tokenizer_src):
+    workdir_lib.tokenizer(tokenizer_src).save(dst)
+  else:
+    _copy_tokenizer(tokenizer_src, dst)
+
+
+def _with_runtime(config: ModelConfig, where: str, overrides: dict) -> ModelConfig:
+  """`config` with the runtime fields of `overrides`; any other field that differs is an error."""
+  fixed = sorted(k for k, v in overrides.items()
+                 if k not in build.RUNTIME_FIELDS and getattr(config, k, None) != v)
+  if fixed:
+    raise ConversionError(f"{where}: {fixed} are fixed by the checkpoint (re-import the source to change them); "
+                          f"changeable: {list(build.RUNTIME_FIELDS)}")
+  return dataclasses.replace(config, **_normalise(overrides))
+
+
+def _restore_relaid(stored: ModelConfig, wanted: ModelConfig, mesh: Mesh, rules, restore: Callable) -> Any:
+  """Parameters restored in the stored layer layout, then (if it differs) relaid out as `wanted` says."""
+  if stored.scan_layers == wanted.scan_layers:
+    return restore(build.Model(wanted).abstract_params(mesh, rules))
+  as_stored = dataclasses.replace(wanted, scan_layers=stored.scan_layers)
+  params = restore(build.Model(as_stored).abstract_params(mesh, rules))
+  relaid = build.relayout(params, as_stored, scan_layers=wanted.scan_layers)
+  target = build.Model(wanted).abstract_params(mesh, rules)
+  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), relaid, target)
+
+
+def load_imported(path: str | os.PathLike, mesh: Mesh, rules, *, weights: bool = True, **overrides) -> Pretrained:
+  """Restores an imported directory onto `mesh`; only the runtime fields (build.RUNTIME_FIELDS) may change
+  (a different scan_layers relays the parameters out)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path).absolute()
+  where = str(path / MODEL_CONFIG)
+  try:
+    blob = json.loads((path / MODEL_CONFIG).read_text())
+  except FileNotFoundError as e:
+    raise ConversionError(f"{path}: no {MODEL_CONFIG}; not an imported checkpoint directory") from e
+  except json.JSONDecodeError as e:
+    raise ConversionError(f"{where}: line {e.lineno}: invalid JSON ({e.msg})") from e
+  stored = build.config_from_json(blob, where)
+  config = _with_runtime(stored, where, overrides)
+  if not weights:
+    return Pretrained(config, None, str(path), blob.get("hf_config"))
+  params = _restore_relaid(stored, config, mesh, rules,
+                           lambda abstract: ocp.StandardCheckpointer().restore(path / PARAMS_DIR, abstract))
+  return Pretrained(config, params, str(path), blob.get("hf_config"))
+
+
+def load_workdir(path: str | os.PathLike, mesh: Mesh, rules, *, weights: bool = True, step: int | None = None,
+                 **overrides) -> Pretrained:
+  """The model of a training workdir and the parameters of `step` (default: its newest checkpoint)."""
+  path = pathlib.Path(path).absolute()
+  stored = workdir_lib.read_model(path).config
+  config = _with_runtime(stored, str(path / MODEL_CONFIG), overrides)
+  hf_config = workdir_lib.read_model_blob(path).get("hf_config")
+  step = workdir_lib.resolve_step(path, step)
+  if not weights:
+    return Pretrained(config, None, str(path), hf_config, step=step)
+  from instruct_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  params = _restore_relaid(stored, config, mesh, rules, lambda abstract: ckpt_lib.restore_params(
+      path / workdir_lib.CHECKPOINTS, abstract, step))
+  return Pretrained(config, params, str(path), hf_config, step=step)
+
+
+def source_kind(path: str | os.PathLike) -> str:
+  """"workdir", "imported", "hf" or "t5x": what kind of checkpoint `path` is (ConversionError if none)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ConversionError(f"{path}: no such file or directory")
+  if workdir_lib.is_workdir(path):
+    return "workdir"
+  if (path / MODEL_CONFIG).is_file():
+    return "imported"
+  if (path / "config.json").is_file():
+    return "hf"
+  if t5x.is_t5x(path):
+    return "t5x"
+  raise ConversionError(f"{path}: neither a training workdir, an imported directory ({MODEL_CONFIG}), a Hugging "
+                        "Face directory (config.json) nor a T5X checkpoint ('checkpoint' file)")
+
+
+def load_pretrained(path: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle: bool = False,
+                    allow_unknown_fields: bool = False, weights: bool = True, step: int | None = None,
+                    **overrides) -> Pretrained:
+  """A training workdir, an imported directory, a Hugging Face directory or a T5X checkpoint, whichever
+  `path` is: what `config.init_from` and `convert --src` point at.
+
+  `overrides` are runtime config fields (dtype, param_dtype, scan_layers, remat_policy, dropout_rate); the
+  shape is the checkpoint's. weights=False reads only the model config (params is None): the trainer does
+  that first and reads the weights only when it is not resuming from its own checkpoint. `step` picks a
+  workdir's checkpoint (default: the newest).
+  """
+  kind = source_kind(path)
+  if kind == "workdir":
+    return load_workdir(path, mesh, rules, weights=weights, step=step, **overrides)
+  if step is not None:
+    raise ConversionError(f"{path}: a step can only be chosen for a training workdir, not a {kind} checkpoint")
+  if kind == "imported":
+    return load_imported(path, mesh, rules, weights=weights, **overrides)
+  if kind == "hf":
+    return import_hf(path, mesh, rules, allow_pickle=allow_pickle, allow_unknown_fields=allow_unknown_fields,
+                     weights=weights, **overrides)
+  return import_t5x(path, mesh, rules, weights=weights, **overrides)
+
+
+# ---------------------------------------------------------------- export
+
+def _to_tensor(layer: np.ndarray, tmap: tensors.TensorMap) -> np.ndarray:
+  """One layer of a parameter -> its checkpoint tensor (the inverse of the import mapping)."""
+  if tmap.split is None:
+    flat = layer.reshape(-1)
+  else:
+    flat = layer.reshape(math.prod(layer.shape[:tmap.split]), -1)
+  if tmap.transpose:
+    flat = flat.T
+  return np.ascontiguousarray(flat / tmap.scale if tmap.scale != 1.0 else flat)
+
+
+def _export_tensors(params, maps, dtype) -> Iterator[tuple[str, Callable[[], np.ndarray], int]]:
+  """(tensor name, producer, bytes) for every checkpoint tensor, grouped by parameter.
+
+  A producer fetches its parameter to the host once and keeps it while that parameter's layers are written.
+  """
+  flat = dict(zip(tensors.param_paths(params), jax.tree.leaves(params)))
+  fetched: dict[str, Any] = {}
+
+  def host(path) -> np.ndarray:
+    if fetched.get("path") != path:
+      x = flat[path]
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        raise ConversionError(f"{'/'.join(path)} spans several processes; export from a single process")
+      fetched.clear()  # drop the previous parameter before fetching the next
+      fetched.update(path=path, value=np.asarray(jax.device_get(x)))
+    return fetched["value"]
+
+  for path, tmap in maps.items():
+    size = math.prod(tmap.source_shape(tuple(flat[path].shape))) * dtype.itemsize
+    for i, name in enumerate(tmap.names):
+      def produce(path=path, tmap=tmap, i=i):
+        value = host(path)
+        return _to_tensor(value[i] if tmap.stacked else value, tmap).astype(dtype)
+      yield name, produce, size
+
+
+def _write_safetensors(out_dir: pathlib.Path, items, max_shard_bytes: int) -> list[str]:
+  """model.safetensors, or model-0000k-of-0000n.safetensors + index; one shard in host memory at a time."""
+  shards, sizes = [[]], [0]
+  for name, produce, size in items:
+    if shards[-1] and sizes[-1] + size > max_shard_bytes:
+      shards.append([])
+      sizes.append(0)
+    shards[-1].append((name, produce))
+    sizes[-1] += size
+  n = len(shards)
+  files = [tensors.SAFETENSORS_SINGLE] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+                                                          for k in range(n)]
+  weight_map = {}
+  for filename, shard in zip(files, shards):
+    save_file({name: produce() for name, produce in shard}, out_dir / filename, metadata={"format": "pt"})
+    weight_map.update({name: filename for name, _ in shard})
+    logging.info("wrote %s (%d tensors)", out_dir / filename, len(shard))
+  if n > 1:
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / tensors.SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    files.append(tensors.SAFETENSORS_INDEX)
+  return files
+
+
+EXPORTERS = {"encoder_decoder": hf_t5, "decoder": hf_llama}
+
+
+def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: dict | None = None,
+              dtype=None, max_shard_bytes: int = 2 * 1024**3, tokenizer: tokenizer_lib.Tokenizer | None = None,
+              tokenizer_src=None) -> list[str]:
+  """Writes config.json + safetensors (sharded above `max_shard_bytes`) that transformers loads.
+
+  `hf_base` (the imported config.json) keeps bookkeeping fields and the model type (e.g. mistral); `dtype`
+  defaults to the parameters' dtype. With `tokenizer`, its files go beside the weights (in the form
+  `AutoTokenizer.from_pretrained` reads: `Tokenizer.save_for_hf`) and config.json and
+  generation_config.json carry its special token ids; `tokenizer_src` (a source directory) contributes its
+  generation_config.json when it has one. Host memory: one parameter plus one output shard at a time.
+  """
+  family = EXPORTERS[config.kind]
+  dst = pathlib.Path(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  maps = family.tensor_maps(config)
+  _check_paths(maps, tensors.param_paths(params), str(dst))
+  np_dtype = np.dtype(jnp.dtype(dtype if dtype is not None else jax.tree.leaves(params)[0].dtype))
+  files = _write_safetensors(dst, _export_tensors(params, maps, np_dtype), max_shard_bytes)
+  ids = family.token_ids(tokenizer) if tokenizer is not None else {}
+  hf = family.hf_config(config, hf_base, np_dtype.name, ids)
+  (dst / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+  files.append("config.json")
+  if tokenizer is not None:
+    files += tokenizer.save_for_hf(dst, family.tokenizer_family(hf))
+  source_generation = pathlib.Path(tokenizer_src or "/nonexistent") / "generation_config.json"
+  if source_generation.is_file():
+    shutil.copyfile(source_generation, dst / "generation_config.json")
+    files.append("generation_config.json")
+  elif ids:
+    (dst / "generation_config.json").write_text(json.dumps({k: v for k, v in ids.items() if v is not None},
+                                                           indent=2) + "\n")
+    files.append("generation_config.json")
+  return sorted(set(files))
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def load_tokenizer(path: str | os.PathLike) -> tokenizer_lib.Tokenizer:
+  """The tokenizer that belongs to a checkpoint: a workdir's tokenizer/, or the tokenizer files of a Hugging
+  Face or imported directory (spiece.model, tokenizer.model or tokenizer.json)."""
+  path = pathlib.Path(path)
+  if workdir_lib.is_workdir(path):
+    return workdir_lib.tokenizer(path)
+  try:
+    return tokenizer_lib.load(path)
+  except tokenizer_lib.TokenizerNotFound as e:
+    raise ConversionError(f"{path} holds no tokenizer ({e}); set config.tokenizer.path to the model's own "
+                          "tokenizer file") from None
+
+
+def check_tokenizer(pretrained: Pretrained, tokenizer: tokenizer_lib.Tokenizer, where: str) -> None:
+  """The tokenizer must fit the checkpoint: ids within its vocabulary, special ids as its config.json says."""
+  if pretrained.config.vocab_size < tokenizer.vocab_size:
+    raise ConversionError(f"{where}: the model's vocabulary ({pretrained.config.vocab_size}) is smaller than the "
+                          f"tokenizer's ({tokenizer.vocab_size}, {tokenizer.model_path}); use the checkpoint's own "
+                          "tokenizer (leave config.tokenizer.path empty to take it from the checkpoint)")
+  hf = pretrained.hf_config or {}
+  for name, ours in (("eos_token_id", tokenizer.eos_id), ("bos_token_id", tokenizer.bos_id)):
+    theirs = hf.get(name)
+    theirs = theirs[0] if isinstance(theirs, list) and theirs else theirs
+    if isinstance(theirs, int) and ours >= 0 and theirs != ours:
+      raise ConversionError(f"{where}: the checkpoint's {name} is {theirs} but the tokenizer {tokenizer.model_path} "
+                            f"has {ours}; use the checkpoint's own tokenizer")

@@ -1,0 +1,54 @@
+"""User errors, and the one-line way every command line reports them.
+
+A `UserError` is a mistake in what the user asked for (a config key, a path, a flag, a checkpoint that does
+not fit): the commands print its message on one line, prefixed "error:", and exit with status 2, instead of
+a traceback. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+
+class UserError(Exception):
+  """A problem with the user's input; its message names the file, line, key or flag at fault."""
+
+
+def exit_with(error: BaseException) -> None:
+  message = str(error).strip() or type(error).__name__
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def one_line(message: str) -> str:
+  """A message that embeds a traceback or a list of attempts, as its first line and its last (the cause)."""
+  lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+  if len(lines) <= 1:
+    return lines[0] if lines else message
+  return f"{lines[0].rstrip(':')}: {lines[-1]}"
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """absl's app.run, reporting UserErrors (also those raised while parsing --config) on one line."""
+  def parse(argv: Sequence[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:  # a bad flag value, or a config file whose get_config() raised
+      exit_with(UserError(f"{one_line(str(e))} (pass --helpfull for the list of flags)"))
+    except OSError as e:  # ml_collections: a --config file that does not exist
+      exit_with(UserError(f"--config: {one_line(str(e))}"))
+    except (KeyError, AttributeError) as e:  # ml_collections: --config.a.b where a has no b
+      exit_with(UserError(f"bad --config override: {one_line(str(e.args[0] if e.args else e))}"))
+    except UserError as e:
+      exit_with(e)
+    return []
+
+  def guarded(argv: Sequence[str]) -> None:
+    try:
+      main(argv)
+    except UserError as e:
+      exit_with(e)
+
+  app.run(guarded, flags_parser=parse)

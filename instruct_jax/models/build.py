@@ -1,0 +1,303 @@
+"""The model factory: a model config -> the model as the rest of instruct_jax uses it.
+
+    model = build.from_config(t5.config_for("small"))             # or build.from_section(config.model, ...)
+    model.module, model.kind, model.input_features                # the Flax module and its feature schema
+    boxed = model.param_shapes(); abstract = model.abstract_params(mesh, rules)
+    ids = model.prompt_ids(tokenizer, "Sort: 3 1 2", max_tokens=64)  # a prompt as the model saw it in training
+    stepper = model.stepper(params, prompt_len=P, max_new_tokens=N, pad_id=0, use_cache=True)
+
+Two kinds exist: "encoder_decoder" (T5 v1.1 / Flan-T5, `models/t5.py`) and "decoder" (LLaMA / Mistral
+style, `models/decoder.py`). This is the only module that maps a kind to code: the trainer, the train step,
+decoding, predict functions and the converters call the methods of `Model` and never ask which kind they
+hold. `from_section` turns a `config.model` section (and, for config.init_from, the checkpoint's own
+model config) into a model config, refusing settings that contradict the checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from instruct_jax import errors, sharding
+from instruct_jax.data import transforms
+from instruct_jax.models import decoder, layers, t5
+
+ModelConfig = t5.T5Config | decoder.DecoderConfig
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Fields that may differ from a checkpoint's: they change how the weights are computed with, not what they are.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "dropout_rate")
+
+
+class ModelConfigError(errors.UserError, ValueError):
+  """A config.model section that names no model, an unknown field, or a shape that contradicts init_from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+  config_cls: type
+  module_cls: type
+  sizes: dict[str, dict]
+  input_features: tuple[str, ...]
+  stepper_cls: type
+
+
+FAMILIES = {
+    "encoder_decoder": _Family(t5.T5Config, t5.T5, t5.SIZES, t5.INPUT_FEATURES, t5.Stepper),
+    "decoder": _Family(decoder.DecoderConfig, decoder.Decoder, decoder.SIZES, decoder.INPUT_FEATURES,
+                       decoder.Stepper),
+}
+KINDS = tuple(FAMILIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A model config together with what its kind implies (hashable: usable as a static jit argument)."""
+  config: ModelConfig
+
+  @property
+  def kind(self) -> str:
+    return self.config.kind
+
+  @property
+  def _family(self) -> _Family:
+    return FAMILIES[self.kind]
+
+  @property
+  def module(self) -> nn.Module:
+    return self._family.module_cls(self.config)
+
+  @property
+  def input_features(self) -> tuple[str, ...]:
+    return self._family.input_features
+
+  @property
+  def left_pad_prompts(self) -> bool:
+    """Whether a batch of prompts is left-padded for decoding (decoder-only) or right-padded (encoder)."""
+    return self._family.stepper_cls.left_pad_prompts
+
+  def dummy_batch(self, length: int = 8) -> dict[str, jax.Array]:
+    return {k: jnp.ones((1, length), jnp.int32) for k in self.input_features}
+
+  def init(self, rng) -> Any:
+    """Parameters with their logical-axis boxes (`nn.meta.unbox` for plain arrays)."""
+    return self.module.init({"params": rng}, **self.dummy_batch())["params"]
+
+  def param_shapes(self) -> Any:
+    """The boxed parameters as ShapeDtypeStructs (nothing is allocated)."""
+    return jax.eval_shape(lambda: self.module.init(jax.random.key(0), **self.dummy_batch(length=1))["params"])
+
+  def param_shardings(self, mesh: Mesh, rules) -> Any:
+    return sharding.param_shardings(self.param_shapes(), mesh, rules)
+
+  def abstract_params(self, mesh: Mesh, rules) -> Any:
+    """ShapeDtypeStructs of the parameters, each with its NamedSharding."""
+    boxed = self.param_shapes()
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed),
+                        sharding.param_shardings(boxed, mesh, rules))
+
+  def num_params(self) -> int:
+    return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(self.param_shapes())))
+
+  def apply(self, params, batch: dict[str, jax.Array], *, dropout_rng=None) -> jax.Array:
+    """fp32 logits [B, L, V] for the decoder targets of `batch` (training and scoring)."""
+    feats = {k: batch[k] for k in self.input_features if k in batch}
+    return self.module.apply({"params": params}, **feats, deterministic=dropout_rng is None,
+                             rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+
+  def stepper(self, params, *, prompt_len: int, max_new_tokens: int, pad_id: int, use_cache: bool):
+    """Incremental decoding (see t5.Stepper and decoder.Stepper) for `instruct_jax.sampling`."""
+    return self._family.stepper_cls(self.module, params, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                                    pad_id=pad_id, use_cache=use_cache)
+
+  def prompt_ids(self, tokenizer, text: str, max_tokens: int) -> list[int]:
+    """A prompt's ids as training rows began (cut to the instruction budget the way training cuts it).
+
+    encoder_decoder: the text's ids then end-of-text (the encoder saw inputs + EOS); decoder: begin-of-text
+    then the text's ids (no EOS: the model continues after them).
+    """
+    ids = tokenizer.encode(text)
+    if self.kind == "encoder_decoder":
+      return transforms.encoder_inputs(ids, eos_id=tokenizer.eos_id, max_input_len=max_tokens).tolist()
+    bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
+    return bos + (ids[:max_tokens].tolist() or [tokenizer.eos_id])
+
+  def example_features(self, prompt_ids, continuation_ids, *, tokenizer, max_prompt_tokens: int,
+                       max_continuation_tokens: int) -> dict | None:
+    """Teacher-forced features scoring `continuation` + EOS after `prompt` (None if nothing to score)."""
+    if self.kind == "encoder_decoder":
+      return transforms.seq2seq_features(prompt_ids, continuation_ids, eos_id=tokenizer.eos_id,
+                                         max_input_len=max_prompt_tokens, max_target_len=max_continuation_tokens + 1)
+    bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.pad_id
+    return transforms.decoder_features(prompt_ids, continuation_ids, bos_id=bos, eos_id=tokenizer.eos_id,
+                                       max_len=max_prompt_tokens + max_continuation_tokens + 1)
+
+
+def from_config(config: ModelConfig) -> Model:
+  if getattr(config, "kind", None) not in FAMILIES:
+    raise TypeError(f"not a model config: {type(config).__name__}")
+  return Model(config)
+
+
+def config_for(kind: str, size: str, **fields) -> ModelConfig:
+  """The config of a named size of `kind`, with `fields` over it."""
+  family = _family_of(kind, "kind")
+  if size not in family.sizes:
+    raise ModelConfigError(f"unknown {kind} size {size!r}; choose one of {sorted(family.sizes)}")
+  return family.config_cls(**{**family.sizes[size], **fields})
+
+
+def _family_of(kind: str, flag: str) -> _Family:
+  if kind not in FAMILIES:
+    raise ModelConfigError(f"config.model.{flag}={kind!r}: choose one of {list(FAMILIES)}")
+  return FAMILIES[kind]
+
+
+def runtime_fields(config: ModelConfig) -> dict[str, Any]:
+  """The RUNTIME_FIELDS of a model config (what a checkpoint is loaded with)."""
+  return {k: getattr(config, k) for k in RUNTIME_FIELDS}
+
+
+def _runtime(section) -> dict[str, Any]:
+  fields = {"dtype": _dtype(section.dtype, "dtype"), "param_dtype": _dtype(section.param_dtype, "param_dtype"),
+            "remat_policy": section.remat_policy, "scan_layers": bool(section.scan_layers)}
+  if section.dropout_rate is not None:
+    fields["dropout_rate"] = float(section.dropout_rate)
+  return fields
+
+
+def _dtype(name: str, key: str):
+  if name not in DTYPES:
+    raise ModelConfigError(f"config.model.{key}={name!r}: choose one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def _check_override_names(family: _Family, overrides: dict, key) -> None:
+  fields = [f.name for f in dataclasses.fields(family.config_cls)]
+  for name in overrides:
+    if name not in fields:
+      close = difflib.get_close_matches(name, fields, n=1)
+      raise ModelConfigError(f"{key('overrides.' + name)}: {family.config_cls.__name__} has no field {name!r}"
+                             + (f"; did you mean {close[0]}?" if close else ""))
+    if name in RUNTIME_FIELDS:
+      raise ModelConfigError(f"{key('overrides.' + name)}: set config.model.{name} instead")
+
+
+def _as_field(value, current):
+  """A config value (ConfigDict, list) in the type of the dataclass field it overrides."""
+  if isinstance(current, layers.RopeScaling) and hasattr(value, "items"):
+    return layers.RopeScaling(**dict(value))
+  return value
+
+
+def from_section(section, *, vocab_size: int | None = None, checkpoint: ModelConfig | None = None,
+                 source: str = "config.init_from", flag_keys=()) -> Model:
+  """The model of a config.model section.
+
+  Without `checkpoint`: kind, size and overrides name the shape (vocab_size, when given, fills the
+  vocabulary unless an override sets it). With `checkpoint` (the model config of config.init_from): the
+  shape is the checkpoint's; kind, size and overrides may be left empty, and where they are set they must
+  agree with it. Runtime fields (dtype, param_dtype, remat_policy, scan_layers, dropout_rate) always come
+  from the section. Errors name `--config.model.KEY` for keys in `flag_keys` (set on the command line).
+  """
+  key = lambda k: f"--config.model.{k}" if f"model.{k}" in flag_keys else f"config.model.{k}"
+  overrides = dict(section.overrides)
+  runtime = _runtime(section)
+  if checkpoint is None:
+    if not section.kind or not section.size:
+      raise ModelConfigError("config.model.kind and config.model.size name the model to train (e.g. "
+                             "--config.model.kind=decoder --config.model.size=1b), unless config.init_from "
+                             "names a checkpoint to start from")
+    family = _family_of(section.kind, "kind")
+    _check_override_names(family, overrides, key)
+    if vocab_size is not None:
+      overrides.setdefault("vocab_size", vocab_size)
+    current = family.config_cls(**family.sizes.get(section.size, {}))
+    overrides = {k: _as_field(v, getattr(current, k)) for k, v in overrides.items()}
+    return Model(config_for(section.kind, section.size, **overrides, **runtime))
+  family = FAMILIES[checkpoint.kind]
+  if section.kind and section.kind != checkpoint.kind:
+    raise ModelConfigError(f"{key('kind')}={section.kind!r} contradicts {source}, a {checkpoint.kind} model; "
+                           "leave config.model.kind empty to take the checkpoint's")
+  if section.size:
+    sized = config_for(checkpoint.kind, section.size)
+    differ = [f"{k} {getattr(sized, k)} vs {getattr(checkpoint, k)}" for k in family.sizes[section.size]
+              if k != "vocab_size" and getattr(sized, k) != getattr(checkpoint, k)]
+    if differ:
+      raise ModelConfigError(f"{key('size')}={section.size!r} contradicts {source} ({', '.join(differ)}); "
+                             "leave config.model.size empty to take the checkpoint's shape")
+  _check_override_names(family, overrides, key)
+  for name, value in overrides.items():
+    value = _as_field(value, getattr(checkpoint, name))
+    if value != getattr(checkpoint, name):
+      raise ModelConfigError(f"{key('overrides.' + name)}={value!r} contradicts {source} ({name} is "
+                             f"{getattr(checkpoint, name)!r} there); the checkpoint fixes the model's shape")
+  return Model(dataclasses.replace(checkpoint, **runtime))
+
+
+# ---------------------------------------------------------------- model_config.json
+
+def config_to_json(config: ModelConfig) -> dict:
+  """{kind, config: {field: value}} with dtypes as names (model_config.json of imported dirs and workdirs)."""
+  fields = {}
+  for f in dataclasses.fields(config):
+    v = getattr(config, f.name)
+    if f.name in ("dtype", "param_dtype"):
+      v = jnp.dtype(v).name
+    elif isinstance(v, layers.RopeScaling):
+      v = dataclasses.asdict(v)
+    fields[f.name] = v
+  return {"kind": config.kind, "config": fields}
+
+
+def config_from_json(blob: dict, where: str) -> ModelConfig:
+  if blob.get("kind") not in FAMILIES:
+    raise ModelConfigError(f"{where}: kind {blob.get('kind')!r}; expected one of {list(FAMILIES)}")
+  cls = FAMILIES[blob["kind"]].config_cls
+  fields = dict(blob.get("config", {}))
+  unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+  if unknown:
+    raise ModelConfigError(f"{where}: unknown config field(s) {unknown} for {cls.__name__}")
+  for k in ("dtype", "param_dtype"):
+    if k in fields:
+      fields[k] = jnp.dtype(fields[k])
+  if isinstance(fields.get("rope_scaling"), dict):
+    try:
+      fields["rope_scaling"] = layers.RopeScaling(**fields["rope_scaling"])
+    except TypeError as e:
+      raise ModelConfigError(f"{where}: rope_scaling: {e}") from e
+  return cls(**fields)
+
+
+# ---------------------------------------------------------------- layer layouts
+
+def relayout(params, config: ModelConfig, *, scan_layers: bool) -> Any:
+  """Parameters of `config`'s layout (unrolled `layer_i` or scanned `layers`) in the other layout.
+
+  Lets a checkpoint saved unrolled train scanned and vice versa. Each stack's per-layer subtrees are
+  stacked on a new leading axis (or split along it); other parameters pass through.
+  """
+  if config.scan_layers == scan_layers:
+    return params
+
+  def convert(tree):
+    if not isinstance(tree, dict):
+      return tree
+    keys = set(tree)
+    unrolled = sorted((k for k in keys if k.startswith("layer_")), key=lambda k: int(k.split("_")[1]))
+    if scan_layers and unrolled and keys == set(unrolled):
+      return {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *[tree[k] for k in unrolled])}
+    if not scan_layers and keys == {"layers"} and _is_stacked(tree["layers"]):
+      n = jax.tree.leaves(tree["layers"])[0].shape[0]
+      return {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], tree["layers"]) for i in range(n)}
+    return {k: convert(v) for k, v in tree.items()}
+
+  return convert(params)
+
+
+def _is_stacked(tree) -> bool:
+  return isinstance(tree, dict) and not any(k.startswith("layer_") for k in tree)

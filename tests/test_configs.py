@@ -1,0 +1,182 @@
+"""Configs that cannot lie: `configs.base()` holds every key the code reads; every shipped config validates and
+passes `--dry_run` at its real size (7B and XXL included); unknown and missing keys, and model settings that
+contradict a checkpoint, are errors that name the key."""
+import ast
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from instruct_jax import configs, train
+from instruct_jax.models import build, decoder
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+SHARED_SUPERNI = ROOT.parent / "shared" / "data" / "natural-instructions"
+SHIPPED = [("base.py", None), ("quickstart.py", None), ("quickstart.py", "decoder"), ("tiny.py", None),
+           ("tiny.py", "decoder"), ("finetune.py", None),
+           *[("flan_t5.py", s) for s in ("small", "base", "large", "xl", "xxl")],
+           *[("decoder_llama.py", s) for s in ("1b", "7b")]]
+PUBLISHED_M = {"7b": 6_738.4}  # LLaMA-2-7B (vocabulary 32000 as configs/decoder_llama.py trains it): 6.74B
+
+
+def test_every_config_file_is_covered():
+  assert {f.name for f in CONFIG_DIR.glob("*.py")} == {name for name, _ in SHIPPED}
+
+
+@pytest.fixture(scope="module")
+def imported_dir(tmp_path_factory):
+  """An imported checkpoint directory (tiny decoder + its SentencePiece tokenizer) for configs/finetune.py."""
+  from instruct_jax import convert  # pylint: disable=g-import-not-at-top
+  from instruct_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("imported")
+  tok = tokenizer_lib.train(["sort the numbers 3 1 2", "reverse the list a b c", "count the items"] * 50,
+                            vocab_size=60, out_dir=out / "spm")
+  model = build.from_config(decoder.config_for("tiny", vocab_size=128))
+  params = jax.tree.map(np.asarray, nn.meta.unbox(model.init(jax.random.key(0))))
+  convert.save_imported(convert.Pretrained(model.config, params, "test"), out / "ckpt")
+  tok.save(out / "ckpt")
+  return out / "ckpt"
+
+
+def _shipped(name: str, arg: str | None, imported_dir) -> list[str]:
+  """Command-line overrides a user adds to run the shipped config (what its docstring asks for)."""
+  if name == "base.py":
+    return ["--config.model.kind=decoder", "--config.model.size=tiny"]
+  if name == "finetune.py":
+    return [f"--config.init_from={imported_dir}", "--config.data.mixture=builtin"]
+  if name == "flan_t5.py":
+    return [f"--config.data_paths.superni_dir={SHARED_SUPERNI}"]
+  return []
+
+
+@pytest.mark.parametrize("name,arg", SHIPPED, ids=[f"{n}:{a}" for n, a in SHIPPED])
+def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir, capsys):
+  if name == "flan_t5.py" and not SHARED_SUPERNI.is_dir():
+    pytest.skip(f"SuperNI data not found at {SHARED_SUPERNI}")
+  doc = (CONFIG_DIR / name).read_text().split(chr(34) * 3)[1]
+  assert "python -m instruct_jax" in doc and "Hardware" in doc and "Runtime" in doc and "Expected result" in doc
+  path = f"{CONFIG_DIR / name}" + (f":{arg}" if arg else "")
+  config = configs.from_command_line([f"--config={path}", *_shipped(name, arg, imported_dir)])
+  problems = train.dry_run(config, num_devices=None)
+  out = capsys.readouterr().out
+  assert problems == [], out
+  assert "dry run: OK" in out and "memory    per device" in out and out.count("example   ") == 3
+  if arg in PUBLISHED_M:
+    assert f"{PUBLISHED_M[arg]:,.1f}M parameters" in out
+
+
+def test_dry_run_on_the_command_line_writes_nothing_and_reports_problems(tmp_path):
+  env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  cmd = [sys.executable, "-m", "instruct_jax.train", f"--config={CONFIG_DIR / 'decoder_llama.py'}:7b", "--dry_run",
+         f"--workdir={tmp_path / 'w'}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # One CPU device here: the 8-way FSDP mesh is abstract, and memory is per device of that mesh.
+  assert "over 8 devices (abstract: this machine has 1)" in proc.stdout
+  params_gib = float(re.search(r"parameters ([\d.]+) GiB", proc.stdout).group(1))
+  assert params_gib == pytest.approx(6_738.4e6 * 4 / 8 / 2**30, rel=1e-3)
+  assert not (tmp_path / "w").exists()
+  proc = subprocess.run(cmd + ["--config.data.mixture=no_such_mixture"], capture_output=True, text=True, env=env,
+                        cwd=tmp_path, timeout=300)
+  assert proc.returncode == 1 and "PROBLEM   data:" in proc.stdout and "no_such_mixture" in proc.stdout
+
+
+def test_validate_names_unknown_and_missing_keys():
+  c = configs.base()
+  configs.validate(c)
+  c.data.mixing_capp = 3
+  with pytest.raises(configs.ConfigError, match=r"^config\.data\.mixing_capp: no such config key; did you mean "
+                                                r"data\.mixing_cap\?"):
+    configs.validate(c)
+  with pytest.raises(configs.ConfigError, match=r"^--config\.data\.mixing_capp: "):
+    configs.validate(c, flag_keys=["data.mixing_capp"])
+  c = configs.base()
+  del c.eval["num_beams"]
+  with pytest.raises(configs.ConfigError, match=r"lacks key\(s\) \['eval.num_beams'\]"):
+    configs.validate(c)
+  c = configs.base()  # the open maps take the user's names
+  c.data_paths.instruction_files.mine = "mine.jsonl"
+  c.model.overrides.d_model = 64
+  configs.validate(c)
+  c.data_paths.instruction_files.other = 3
+  with pytest.raises(configs.ConfigError, match="instruction_files.other: expected a file path"):
+    configs.validate(c)
+
+
+def test_a_workdirs_config_json_reads_back_over_the_base():
+  c = configs.load(CONFIG_DIR / "quickstart.py")
+  blob = json.loads(c.to_json_best_effort())
+  del blob["eval"]["num_beams"]  # an older run's config lacks a newer key
+  back = configs.from_json(blob)
+  assert back.data.render.template_ids == (0, 1, 2, 3, 4, 5, 6, 7) and back.eval.num_beams == 1
+  configs.validate(back)
+
+
+def _section(**fields) -> ml_collections.ConfigDict:
+  s = configs.base().model
+  for k, v in fields.items():
+    s[k] = v
+  return s
+
+
+def test_model_section_errors_name_the_key():
+  with pytest.raises(build.ModelConfigError, match="config.model.kind and config.model.size name the model"):
+    build.from_section(_section())
+  with pytest.raises(build.ModelConfigError, match=r"overrides\.d_modle: DecoderConfig has no field 'd_modle'; "
+                                                   r"did you mean d_model\?"):
+    build.from_section(_section(kind="decoder", size="tiny", overrides=ml_collections.ConfigDict({"d_modle": 8})))
+  with pytest.raises(build.ModelConfigError, match=r"overrides\.dtype: set config\.model\.dtype instead"):
+    build.from_section(_section(kind="decoder", size="tiny", overrides=ml_collections.ConfigDict({"dtype": "x"})))
+  model = build.from_section(_section(kind="decoder", size="tiny", dtype="bfloat16", scan_layers=True), vocab_size=256)
+  assert model.config.vocab_size == 256 and model.config.scan_layers and model.config.dtype == jax.numpy.bfloat16
+
+
+def test_settings_that_contradict_the_checkpoint_are_errors_and_runtime_ones_apply():
+  ckpt = decoder.config_for("tiny", vocab_size=128)
+  with pytest.raises(build.ModelConfigError, match=r"^--config\.model\.size='1b' contradicts SRC \(vocab|d_model"):
+    build.from_section(_section(size="1b"), checkpoint=ckpt, source="SRC", flag_keys=["model.size"])
+  with pytest.raises(build.ModelConfigError, match=r"config\.model\.kind='encoder_decoder' contradicts SRC"):
+    build.from_section(_section(kind="encoder_decoder"), checkpoint=ckpt, source="SRC")
+  with pytest.raises(build.ModelConfigError, match=r"config\.model\.overrides\.num_layers=3 contradicts SRC"):
+    build.from_section(_section(overrides=ml_collections.ConfigDict({"num_layers": 3})), checkpoint=ckpt, source="SRC")
+  agreeing = _section(kind="decoder", size="tiny", overrides=ml_collections.ConfigDict({"num_layers": 2}),
+                      remat_policy="full", dropout_rate=0.1)
+  model = build.from_section(agreeing, checkpoint=ckpt, source="SRC")
+  assert (model.config.remat_policy, model.config.dropout_rate, model.config.d_model) == ("full", 0.1, 64)
+
+
+def test_the_code_reads_only_keys_that_the_base_has():
+  """Every `config.a.b` chain in the programs exists in base(); no `.get(key, default)` on a config."""
+  known = set(configs._leaves(configs.base()))  # pylint: disable=protected-access
+  prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
+  methods = {"to_dict", "to_json_best_effort", "unlocked", "items", "keys", "lock"}
+  files = [ROOT / "instruct_jax" / f for f in ("train.py", "evaluate.py", "generate.py", "workdir.py", "predict.py")]
+  chains = 0
+  for file in files:
+    for node in ast.walk(ast.parse(file.read_text())):
+      if not isinstance(node, ast.Attribute):
+        continue
+      parts, value = [], node
+      while isinstance(value, ast.Attribute):
+        parts.insert(0, value.attr)
+        value = value.value
+      if not (isinstance(value, ast.Name) and value.id in ("config", "eval_cfg")):
+        continue
+      parts = (["eval"] if value.id == "eval_cfg" else []) + parts
+      assert parts[-1] != "get", f"{file.name}: config...get() hides a missing key"
+      path = ".".join(p for p in parts if p not in methods)
+      if not path:  # a method of the whole config
+        continue
+      while path not in prefixes and "." in path and path.rsplit(".", 1)[0] in known:
+        path = path.rsplit(".", 1)[0]  # an attribute of a leaf value (an open map's entry, a string's method)
+      assert path in prefixes, f"{file.name} reads config.{'.'.join(parts)}, which base() lacks"
+      chains += 1
+  assert chains > 30
