@@ -94,7 +94,6 @@ def run_import(src: str, param_dtype: str, scan: bool, devices: int) -> dict:
 
   from instruct_jax import sharding  # pylint: disable=g-import-not-at-top
   from instruct_jax import convert  # pylint: disable=g-import-not-at-top
-  from instruct_jax.models import build  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh({"fsdp": -1})
   rules = sharding.get_rules("fsdp")
   baseline_rss, baseline_anon = _status_kib("VmRSS"), _status_kib("RssAnon")

@@ -38,7 +38,6 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = workdir_lib.read_config(_WORKDIR.value)
-  workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)
   if _NUM.value is not None:
     config.eval.num_examples = _NUM.value
   if _TASKS.value:

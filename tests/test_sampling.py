@@ -107,7 +107,7 @@ def test_sampling_filters():
 
 @pytest.mark.parametrize("kind", helpers.KINDS)
 def test_decoding_on_a_sharded_mesh_matches_one_device(kind):
-  from instruct_jax import sharding, step
+  from instruct_jax import sharding
   model = helpers.tiny_model(kind)
   params = helpers.init_params(model, seed=2)
   cfg = sampling.DecodeConfig(max_new_tokens=6, eos_id=1)

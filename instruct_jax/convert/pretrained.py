@@ -57,10 +57,6 @@ class Pretrained:
   bytes_read: int = 0  # checkpoint payload bytes read while placing (imports only)
   step: int | None = None  # the checkpoint step, when the source is a training workdir
 
-  @property
-  def model(self) -> build.Model:
-    return build.Model(self.config)
-
 
 def _normalise(overrides: dict) -> dict:
   return {k: (jnp.dtype(v) if k in ("dtype", "param_dtype") else v) for k, v in overrides.items()}

@@ -51,7 +51,6 @@ FAMILIES = {
     "decoder": _Family(decoder.DecoderConfig, decoder.Decoder, decoder.SIZES, decoder.INPUT_FEATURES,
                        decoder.Stepper),
 }
-KINDS = tuple(FAMILIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +89,6 @@ class Model:
   def param_shapes(self) -> Any:
     """The boxed parameters as ShapeDtypeStructs (nothing is allocated)."""
     return jax.eval_shape(lambda: self.module.init(jax.random.key(0), **self.dummy_batch(length=1))["params"])
-
-  def param_shardings(self, mesh: Mesh, rules) -> Any:
-    return sharding.param_shardings(self.param_shapes(), mesh, rules)
 
   def abstract_params(self, mesh: Mesh, rules) -> Any:
     """ShapeDtypeStructs of the parameters, each with its NamedSharding."""
