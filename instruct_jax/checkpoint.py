@@ -1,92 +1,255 @@
-"""Orbax checkpoints of the train state together with the data iterator, and the resume logic.
+"""Orbax checkpoints of the train state together with the data iterator, verified by checksums.
 
 A checkpoint step holds two items: `state` (params, optimizer state, step; restored straight into their
 shardings) and `data` (the grain iterator's state, so a resumed run sees the same batches in the same
-order). Orbax writes each step to a temporary directory and renames it when complete, so a crash never
-leaves a half-written checkpoint that looks valid. If the newest checkpoint cannot be read, the one
-before it is used and the failure is reported.
+order). Orbax writes each step to a temporary directory and renames it when complete; once it is, the
+trainer writes `<step>/checksums.json`, the size and SHA-256 of every file of the step (and a digest of
+that list). A step counts as good only when every file it lists is there with its size and hash:
+
+* the trainer restores the newest good step; a step that fails (a truncated, missing or changed file, no
+  manifest because the save never finished) is moved to `<checkpoints>_corrupt/` (never deleted), reported
+  on one line, and the run resumes from the step before, so the retrained step is saved again;
+* readers (generate, evaluate, convert, init_from) skip such a step with a one-line warning and never
+  move anything (a trainer may be writing next to them);
+* a good step that does not fit the run's state is an error, never a silent restart from step 0.
+
+Hashing reads every byte of a step once at save and once per restore (figures in BENCHMARKS.md).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
 import os
+import pathlib
+import shutil
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
+from jax.experimental import multihost_utils
 
+from instruct_jax import errors
+
+MANIFEST = "checksums.json"
+_CHUNK = 1 << 22
+
+
+class CheckpointError(errors.UserError, RuntimeError):
+  """A checkpoint that cannot be used as asked (none good, or one that does not fit the run)."""
+
+
+# ---------------------------------------------------------------- checksums
+
+def _sha256(file: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(file, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _sha256_all(files: list[pathlib.Path]) -> list[str]:
+  """SHA-256 of each file, on several threads (hashlib releases the GIL while it hashes)."""
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    return list(pool.map(_sha256, files))
+
+
+def _files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp"))
+
+
+def _digest(files: dict) -> str:
+  return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(step_dir: str | os.PathLike) -> None:
+  """`step_dir/checksums.json`: size and SHA-256 of every file under the step (written whole, then renamed)."""
+  step_dir = pathlib.Path(step_dir)
+  paths = _files(step_dir)
+  files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": h}
+           for p, h in zip(paths, _sha256_all(paths))}
+  tmp = step_dir / (MANIFEST + ".tmp")
+  tmp.write_text(json.dumps({"version": 1, "files": files, "digest": _digest(files)}, indent=1))
+  with open(tmp, "rb") as f:
+    os.fsync(f.fileno())
+  os.replace(tmp, step_dir / MANIFEST)
+
+
+def verify(step_dir: str | os.PathLike, *, hashes: bool = True) -> str | None:
+  """None if every file `step_dir/checksums.json` lists is there with its size (and hash), else what is wrong.
+
+  hashes=False checks presence and sizes only (cheap; for listings).
+  """
+  step_dir = pathlib.Path(step_dir)
+  manifest = step_dir / MANIFEST
+  if not step_dir.is_dir():
+    return "the step directory is gone"
+  try:
+    blob = json.loads(manifest.read_text())
+    files = blob["files"]
+    if blob.get("digest") != _digest(files):
+      return f"{MANIFEST} does not match its own digest (the manifest was changed)"
+  except FileNotFoundError:
+    return f"no {MANIFEST} (its save did not finish)"
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    return f"{MANIFEST} is unreadable ({type(e).__name__})"
+  for name, expected in files.items():
+    file = step_dir / name
+    if not file.is_file():
+      return f"{name} is missing"
+    size = file.stat().st_size
+    if size != expected["size"]:
+      return f"{name} has {size} bytes, {expected['size']} when saved"
+  if hashes:
+    names = list(files)
+    for name, digest in zip(names, _sha256_all([step_dir / n for n in names])):
+      if digest != files[name]["sha256"]:
+        return f"{name} changed since it was saved (SHA-256 mismatch)"
+  return None
+
+
+def numeric_steps(directory: str | os.PathLike) -> list[int]:
+  """Step directories (names that are integers) under a checkpoint directory, oldest first."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def good_step(directory: str | os.PathLike, step: int | None = None, *, warn: bool = True) -> int | None:
+  """The newest step of `directory` that passes `verify` (or `step`, checked), for readers.
+
+  Steps that fail are skipped with a one-line warning and left in place. Returns None if no step is good;
+  raises CheckpointError if the requested `step` fails.
+  """
+  directory = pathlib.Path(directory)
+  if step is not None:
+    problem = verify(directory / str(step))
+    if problem:
+      raise CheckpointError(f"checkpoint step {step} in {directory} is corrupt: {problem}")
+    return step
+  for s in reversed(numeric_steps(directory)):
+    problem = verify(directory / str(s))
+    if problem is None:
+      return s
+    if warn:
+      print(f"WARNING: skipping checkpoint step {s} in {directory}: {problem}", flush=True)
+  return None
+
+
+def set_aside(step_dir: pathlib.Path, problem: str) -> pathlib.Path:
+  """Moves a bad step to `<checkpoints>_corrupt/<step>-<time>` and says so on one line."""
+  aside_root = step_dir.parent.with_name(step_dir.parent.name + "_corrupt")
+  aside_root.mkdir(exist_ok=True)
+  target = aside_root / f"{step_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+  n = 0
+  while target.exists():
+    n += 1
+    target = aside_root / f"{step_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}.{n}"
+  shutil.move(str(step_dir), str(target))
+  print(f"WARNING: checkpoint step {step_dir.name} is corrupt ({problem}); moved to {target}", flush=True)
+  return target
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------- the trainer's checkpointer
 
 class Checkpointer:
-  """Saves every `every` steps (and on demand), keeps the newest `keep`, restores the newest readable."""
+  """Saves every `every` steps (and on demand) with a checksum manifest, keeps the newest `keep`, restores
+  the newest good step."""
 
   def __init__(self, directory: str | os.PathLike, *, every: int, keep: int = 3):
     self.directory = os.path.abspath(os.fspath(directory))
     self.every = every
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"))
+    self.keep = keep
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+  def _step_dir(self, step: int) -> pathlib.Path:
+    return pathlib.Path(self.directory) / str(step)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def newest_good(self) -> int | None:
+    """The newest step that passes its checksums ("the last good checkpoint")."""
+    return good_step(self.directory, warn=False)
+
   def save(self, step: int, state: Any, data_iterator: Any | None, *, force: bool = False) -> bool:
-    """Saves if `step` is due (or force); returns whether it saved."""
+    """Saves if `step` is due (or force); returns whether it saved. A bad step of that number is set aside."""
     if not force and (self.every <= 0 or step % self.every):
       return False
     if step in self._manager.all_steps():
-      return False
+      problem = verify(self._step_dir(step))
+      if problem is None:
+        return False
+      self._set_aside(step, problem)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
+    _sync("checkpoint-saved")
+    if jax.process_index() == 0:
+      write_manifest(self._step_dir(step))
+    _sync("checkpoint-manifest")
     return True
 
+  def _set_aside(self, step: int, problem: str) -> None:
+    _sync("checkpoint-verified")  # every process has looked at the step before it moves
+    if jax.process_index() == 0:
+      set_aside(self._step_dir(step), problem)
+    _sync("checkpoint-set-aside")
+    self._manager.close()
+    self._manager = self._open()  # forget the step
+
   def restore_latest(self, abstract_state: Any, data_iterator: Any | None) -> tuple[Any, int] | None:
-    """(state, step) from the newest readable checkpoint (data_iterator restored in place), or None if
-    there is no checkpoint at all.
+    """(state, step) from the newest good checkpoint (data_iterator restored in place), or None if there is none.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings, so arrays land on their devices.
-    The model state is read first and the iterator only after it succeeds, so a failed step never moves
-    the iterator. If checkpoints exist but none can be read (a corrupt directory, or a config whose
-    shapes no longer match), this raises rather than silently starting again from step 0.
+    Bad steps are set aside on the way. A good step that cannot be restored into `abstract_state` raises
+    CheckpointError: the config no longer describes the checkpoint, and starting again would be wrong.
     """
-    failures = []
     for step in reversed(self.steps()):
+      problem = verify(self._step_dir(step))
+      if problem:
+        self._set_aside(step, problem)
+        continue
       try:
-        state = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state))["state"]
+        state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         if data_iterator is not None:
-          self._restore_items(step, data=grain.checkpoint.CheckpointRestore(data_iterator))
-        return state, step
-      except Exception as e:  # noqa: BLE001 - an unreadable step falls back to the one before it
-        failures.append(f"step {step}: {type(e).__name__}: {str(e)[:300]}")
-        logging.error("checkpoint %s/%d could not be read (%s)", self.directory, step, failures[-1])
-        print(f"WARNING: checkpoint step {step} in {self.directory} is unreadable ({type(e).__name__}: "
-              f"{str(e)[:200]}); falling back to the previous checkpoint", flush=True)
-    if failures:
-      raise RuntimeError(f"no checkpoint in {self.directory} could be restored into this run's state; fix the "
-                         "config (shapes must match) or move the directory away:\n  " + "\n  ".join(failures))
+          self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # noqa: BLE001 - reported as what it is: this run's state does not fit
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} passes its checksums but does not fit "
+                              f"this run's state ({type(e).__name__}: {errors.one_line(str(e))[:300]}); use the "
+                              "config it was saved with, or a new workdir") from None
+      return state["state"], step
     return None
-
-  def _restore_items(self, step: int, **items):
-    return self._manager.restore(step, args=ocp.args.Composite(**items))
 
   def close(self):
     self._manager.close()
 
 
-def restore_params(directory: str | os.PathLike, abstract_params: Any, step: int | None = None) -> Any:
-  """Only the parameters of a checkpoint written by `Checkpointer` (for init_from, evaluation, decoding)."""
-  directory = os.path.abspath(os.fspath(directory))
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint found in {directory}")
+def restore_params(directory: str | os.PathLike, abstract_params: Any, step: int) -> Any:
+  """Only the parameters of `step` (for init_from, evaluation, decoding); check the step first with
+  `good_step` (readers go through `workdir.resolve_step`, which does)."""
+  manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), item_names=("state", "data"))
   abstract = {"params": abstract_params}
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract), partial_restore=True)))
-  manager.close()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract), partial_restore=True)))
+  finally:
+    manager.close()
   return restored["state"]["params"]
 
 

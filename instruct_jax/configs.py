@@ -42,6 +42,7 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500  # steps between checkpoints (0: only at the end and on SIGTERM)
   c.keep_checkpoints = 3  # newest checkpoints kept on disk
   c.eval_every = 0  # steps between evaluations during training (0: only before and after)
+  c.preemption_exit_code = 143  # exit status after SIGTERM saved a checkpoint (143 = 128 + SIGTERM: not done)
   c.init_from = ""  # start from these weights: an imported, Hugging Face or T5X directory, or a run's workdir
 
   c.model = ml_collections.ConfigDict()
@@ -74,6 +75,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.read_threads = 0  # threads rendering and tokenizing ahead of the packer
   c.data.prefetch = 64  # examples rendered ahead
   c.data.worker_count = 0  # grain worker processes (0: in-process)
+  c.data.strict = True  # a malformed record is an error naming file:line (False: skipped, counted, reported)
+  c.data.truncation_warning = 0.1  # warn when more than this share of a task's examples is cut or dropped
   c.data.host_input = "own_share"  # own_share: each host reads its share; slice_of_global: tests only
   c.data.render = ml_collections.ConfigDict()
   c.data.render.num_templates = config_dict.placeholder(int)  # keep the first N standard templates of each task
@@ -131,12 +134,13 @@ def base() -> ml_collections.ConfigDict:
 
 # ---------------------------------------------------------------- validation
 
-def _leaves(c: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+def leaves(c: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+  """{dotted key: value} of every key (the open maps as one value each)."""
   out = {}
   for key, value in c.items():
     path = f"{prefix}{key}"
     if isinstance(value, ml_collections.ConfigDict) and path not in OPEN_MAPS:
-      out.update(_leaves(value, path + "."))
+      out.update(leaves(value, path + "."))
     else:
       out[path] = value
   return out
@@ -151,7 +155,7 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
 
   `flag_keys` are the keys set on the command line (`--config.KEY=...`), so the error names the flag.
   """
-  known, got = _leaves(base()), _leaves(config)
+  known, got = leaves(base()), leaves(config)
   for key in sorted(set(got) - set(known)):
     if any(key.startswith(m + ".") for m in OPEN_MAPS):
       continue

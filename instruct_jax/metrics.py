@@ -1,7 +1,9 @@
 """Metric writers (TensorBoard event files and metrics.jsonl), step metrics, a progress line, a NaN guard.
 
 TensorBoard files are written with TensorBoard's own event writer and protos (no TensorFlow needed);
-`tensorboard --logdir WORKDIR` reads them. Only process 0 writes.
+`tensorboard --logdir WORKDIR` reads them. Only process 0 writes. A run resumed from step S first drops
+what the previous process logged after S (those steps are trained again), from metrics.jsonl and from the
+event files, so every step appears once.
 """
 from __future__ import annotations
 
@@ -12,10 +14,15 @@ import sys
 import time
 from collections.abc import Mapping
 
+import dataclasses
+import glob
+
 import jax
 import numpy as np
+from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -23,12 +30,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 class MetricWriter:
-  """Scalars to `workdir/tensorboard/<name>` event files and to `workdir/metrics.jsonl`."""
+  """Scalars to `workdir/tensorboard/<name>` event files and to `workdir/metrics.jsonl`.
 
-  def __init__(self, workdir: str, name: str = "train", enabled: bool | None = None):
+  `resume_step`: the step the run starts from; rows and events logged after it by an earlier process are
+  dropped first (see the module docstring).
+  """
+
+  def __init__(self, workdir: str, name: str = "train", enabled: bool | None = None, resume_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     if not self.enabled:
       return
+    if resume_step is not None:
+      truncate_logs(workdir, resume_step)
     self._tb = EventFileWriter(os.path.join(workdir, "tensorboard", name))
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
 
@@ -50,6 +63,47 @@ class MetricWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def truncate_logs(workdir: str, step: int) -> None:
+  """Drops metrics.jsonl rows and TensorBoard scalar events of steps after `step` (each file rewritten whole,
+  then renamed over the old one)."""
+  jsonl = os.path.join(workdir, "metrics.jsonl")
+  if os.path.isfile(jsonl):
+    with open(jsonl, encoding="utf-8") as f:
+      lines = f.readlines()
+    kept = [line.rstrip("\n") + "\n" for line in lines if line.strip() and _row_step(line) <= step]
+    if len(kept) != len(lines):
+      _replace(jsonl, lambda out: out.write("".join(kept).encode()))
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "*", "events.out.tfevents.*")):
+    records = list(event_file_loader.RawEventFileLoader(path).Load())  # the bytes as written, rewritten unchanged
+    kept_records = [r for r in records if _event_kept(r, step)]
+    if len(kept_records) != len(records):
+      def write(out, kept_records=kept_records):
+        writer = RecordWriter(out)
+        for r in kept_records:
+          writer.write(r)
+        writer.flush()
+      _replace(path, write)
+
+
+def _event_kept(record: bytes, step: int) -> bool:
+  event = event_pb2.Event.FromString(record)
+  return not event.HasField("summary") or event.step <= step
+
+
+def _row_step(line: str) -> int:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):  # a torn last line of a killed run
+    return sys.maxsize
+
+
+def _replace(path: str, write) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as out:
+    write(out)
+  os.replace(tmp, path)
 
 
 def _jsonable(v):
@@ -109,3 +163,49 @@ class Progress:
 def _hms(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def task_counts(batch: dict[str, np.ndarray], num_tasks: int) -> np.ndarray:
+  """Examples per task in a (possibly packed) batch: one per (row, segment)."""
+  seg, task = batch["decoder_segment_ids"], batch["task_index"]
+  starts = (seg > 0) & np.concatenate([np.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+  return np.bincount(task[starts], minlength=num_tasks)
+
+
+def token_counts(batch: dict[str, np.ndarray]) -> tuple[int, int]:
+  total = nonpad = 0
+  for prefix in ("encoder", "decoder"):
+    if f"{prefix}_segment_ids" in batch:
+      total += batch[f"{prefix}_segment_ids"].size
+      nonpad += int((batch[f"{prefix}_segment_ids"] > 0).sum())
+  return total, nonpad
+
+
+@dataclasses.dataclass
+class StepWindow:
+  """Step metrics gathered on the host between two log lines."""
+  num_tasks: int
+  steps: int = 0
+  sums: dict | None = None
+  tokens: int = 0
+  nonpad: int = 0
+  t_first: float | None = None
+  t_last: float | None = None
+
+  def add(self, host_metrics: dict, stats) -> None:
+    t_dispatch, tokens, nonpad, _ = stats
+    self.steps += 1
+    self.sums = dict(host_metrics) if self.sums is None else {k: self.sums[k] + host_metrics[k] for k in host_metrics}
+    self.tokens += tokens
+    self.nonpad += nonpad
+    self.t_first = t_dispatch if self.t_first is None else self.t_first
+    self.t_last = time.time()
+
+  def summarize(self, task_names, seen) -> dict[str, float]:
+    n = max(self.steps, 1)
+    means = {k: v / n if k in ("loss", "learning_rate", "grad_norm", "param_norm") else v
+             for k, v in self.sums.items()}
+    out = summarize_step(means, seconds=self.t_last - self.t_first, tokens=self.tokens,
+                                     nonpad_tokens=self.nonpad, task_names=task_names, task_counts=seen)
+    self.steps, self.sums, self.tokens, self.nonpad, self.t_first = 0, None, 0, 0, None
+    return out

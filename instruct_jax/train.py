@@ -8,7 +8,10 @@ config check -> mesh -> init_from's model config (no weights yet) -> tokenizer -
 training -> loop (step t+1 dispatched before step t's metrics reach the host; metrics, checkpoints,
 periodic evaluation; SIGTERM saves and exits) -> final checkpoint and evaluation.
 
-Restarting with the same workdir resumes from the newest readable checkpoint, data iterator included.
+Restarting with the same workdir resumes from the newest good checkpoint (checksums verified; a bad one is
+moved aside), data iterator included. A restart may change only the keys in `workdir.RESUMABLE` (it is refused,
+before anything is written, naming the keys that differ); config.json keeps the settings the run started with
+and resume_history.jsonl the changes. After a SIGTERM save the process exits with config.preemption_exit_code.
 The workdir records the model (model_config.json) and the tokenizer (tokenizer/), so generate, evaluate
 and convert need nothing but its path. `--dry_run` resolves everything up to the step without compiling
 or writing anything (see `dry_run`).
@@ -39,6 +42,7 @@ from instruct_jax.data import builtin
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import render as render_lib
+from instruct_jax.data import report as report_lib
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
@@ -71,8 +75,11 @@ def load_tokenizer(config, workdir: str, catalogues, pretrained) -> tokenizer_li
   init_from's (both only read here; `keep_tokenizer` copies them into the workdir once the run is checked),
   else a SentencePiece model trained once on the mixture into workdir/tokenizer."""
   out_dir = os.path.join(workdir, workdir_lib.TOKENIZER)
-  if os.path.isdir(out_dir):
+  recorded = os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG)) or workdir_lib.checkpoint_steps(workdir)
+  if os.path.isdir(out_dir) and recorded:
     return tokenizer_lib.load(out_dir)
+  if os.path.isdir(out_dir) and jax.process_index() == 0:  # left by a start that failed before it recorded its config
+    shutil.rmtree(out_dir)
   if config.tokenizer.path:
     return _load_or_fail(config.tokenizer.path)
   if pretrained is not None:
@@ -139,27 +146,17 @@ def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
                                                  "seed": config.seed})
 
 
-def _task_counts(batch: dict[str, np.ndarray], num_tasks: int) -> np.ndarray:
-  """Examples per task in a (possibly packed) batch: one per (row, segment)."""
-  seg, task = batch["decoder_segment_ids"], batch["task_index"]
-  starts = (seg > 0) & np.concatenate([np.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
-  return np.bincount(task[starts], minlength=num_tasks)
-
-
-def _token_counts(batch: dict[str, np.ndarray]) -> tuple[int, int]:
-  total = nonpad = 0
-  for prefix in ("encoder", "decoder"):
-    if f"{prefix}_segment_ids" in batch:
-      total += batch[f"{prefix}_segment_ids"].size
-      nonpad += int((batch[f"{prefix}_segment_ids"] > 0).sum())
-  return total, nonpad
+class _PreemptedWaitingForData(Exception):
+  pass
 
 
 class _Preemption:
-  """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps."""
+  """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps; while the loop waits
+  for a batch, SIGTERM stops it there (the iterator is mid-batch, so that stop saves nothing)."""
 
   def __init__(self):
     self.requested = False
+    self.waiting = False
     try:
       signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. a notebook worker): preemption handling is off
@@ -168,12 +165,25 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+    if self.waiting:
+      raise _PreemptedWaitingForData()
+
+  def next_batch(self, iterator):
+    self.waiting = True
+    try:
+      if self.requested:
+        raise _PreemptedWaitingForData()
+      return next(iterator)
+    finally:
+      self.waiting = False
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        flag_keys: Sequence[str] = ()) -> dict[str, Any]:
   """Trains and evaluates; returns {"before": summary|None, "after": summary, "final_step": int, ...}."""
   configs.validate(config, flag_keys=flag_keys)
+  changed = workdir_lib.check_restart(workdir, config, flag_keys)  # a restart's settings, before anything is written
+  restart = os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG))
   preemption = _Preemption()
 
   # Mesh and sharding rules.
@@ -182,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logging.info("mesh %s, rules %s", dict(mesh.shape), config.sharding)
 
   # The model (init_from's shape, or config.model's) and its tokenizer; nothing is written until they fit.
-  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
+  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict))
   pretrained = pretrained_source(config, mesh, rules)
   if pretrained is None:  # a bad model section fails before a tokenizer is trained for it
     build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size), flag_keys=flag_keys)
@@ -191,16 +201,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   model = resolve_model(config, tokenizer, pretrained, flag_keys)
   guard_workdir(workdir, model)
   keep_tokenizer(tokenizer, workdir)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, workdir_lib.CONFIG), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+
+  # Data: each host reads its share of every task; every configured file is read and checked now.
+  data_cfg = pipeline_config(config, model)
+  pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=catalogues[0], mixtures=catalogues[1])
+  report_lib.check_files(config, catalogues[0], pipe.rates)
+  if jax.process_index() == 0:  # the run's settings, recorded once everything they name has been checked
+    workdir_lib.write_config(workdir, config)
     if not os.path.isfile(os.path.join(workdir, workdir_lib.MODEL_CONFIG)):
       workdir_lib.write_model(workdir, model, source=config.init_from,
                               hf_config=pretrained.hf_config if pretrained is not None else None)
-
-  # Data: each host reads its share of every task.
-  data_cfg = pipeline_config(config, model)
-  pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=catalogues[0], mixtures=catalogues[1])
+  data_report = report_lib.TruncationReport(pipe.stats, config.data.truncation_warning)
   data_iter = iter(pipe.dataset)
   batch_sharding = sharding.batch_sharding(mesh, rules)
 
@@ -226,6 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       weights = convert.load_pretrained(config.init_from, mesh, rules, **build.runtime_fields(model.config)).params
       state = state.replace(params=jax.tree.map(jax.device_put, weights, state_sh.params))
       print(f"Initialised weights from {config.init_from}", flush=True)
+  if restart and jax.process_index() == 0:
+    workdir_lib.record_resume(workdir, step=start, changed=changed)
 
   # Evaluation before training.
   rows = evaluators.config_rows(config.eval, *catalogues)
@@ -237,11 +250,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     print("Before training:\n" + evaluators.format_table(result["before"]), flush=True)
 
   # The loop.
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   progress = metrics_lib.Progress(config.total_steps, start, config.log_every)
   rng = jax.random.key(config.seed + 1)
   pending = None  # (step, device metrics, host stats) of the step in flight
-  window = _Window(len(pipe.task_names))
+  window = metrics_lib.StepWindow(len(pipe.task_names))
   seen = np.zeros(len(pipe.task_names), np.int64)
   stopped_early = False
 
@@ -257,15 +270,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if done_step % config.log_every == 0 or done_step == config.total_steps:
       scalars = window.summarize(pipe.task_names, seen)
       writer.write(done_step, scalars, prefix="train/")
+      writer.write(done_step, data_report.scalars())
       writer.flush()
       progress.update(done_step, scalars)
 
   try:
     for t in range(start, config.total_steps):
-      host_batch = next(data_iter)
-      counts = _task_counts(host_batch, len(pipe.task_names))
+      host_batch = preemption.next_batch(data_iter)
+      counts = metrics_lib.task_counts(host_batch, len(pipe.task_names))
       seen += counts
-      stats = (time.time(), *_token_counts(host_batch), counts)
+      stats = (time.time(), *metrics_lib.token_counts(host_batch), counts)
       batch = pipeline_lib.to_global_batch({k: v for k, v in host_batch.items()
                                             if k not in pipeline_lib.META_FEATURES}, batch_sharding)
       state, device_metrics = train_step(state, batch, rng)  # dispatch step t + 1 ...
@@ -288,11 +302,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     finish_pending()
   except metrics_lib.NonFiniteLossError as e:
     writer.close()
+    good = checkpointer.newest_good()
     checkpointer.close()
-    print(f"ERROR: {e}. Last good checkpoint: {checkpointer.steps()[-1:] or 'none'}", file=sys.stderr, flush=True)
+    print(f"ERROR: {e}. Last good checkpoint: {'none' if good is None else f'step {good}'}", file=sys.stderr,
+          flush=True)
     raise
+  except _PreemptedWaitingForData:
+    writer.close()
+    good = checkpointer.newest_good()
+    checkpointer.close()
+    print(f"SIGTERM received while waiting for data: stopped without saving (newest checkpoint: "
+          f"{'none' if good is None else f'step {good}'})", flush=True)
+    return {**result, "final_step": good or 0, "stopped_early": True}
   final_step = int(jax.device_get(state.step))
   checkpointer.save(final_step, state, data_iter, force=True)
+  if jax.process_index() == 0:
+    print(data_report.summary(), flush=True)
   result.update(final_step=final_step, stopped_early=stopped_early, examples_seen=dict(zip(pipe.task_names,
                                                                                           seen.tolist())))
   if not stopped_early and rows:
@@ -313,36 +338,6 @@ def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(multihost_utils.process_allgather(np.array(flag)).any())
-
-
-@dataclasses.dataclass
-class _Window:
-  """Step metrics gathered on the host between two log lines."""
-  num_tasks: int
-  steps: int = 0
-  sums: dict | None = None
-  tokens: int = 0
-  nonpad: int = 0
-  t_first: float | None = None
-  t_last: float | None = None
-
-  def add(self, host_metrics: dict, stats) -> None:
-    t_dispatch, tokens, nonpad, _ = stats
-    self.steps += 1
-    self.sums = dict(host_metrics) if self.sums is None else {k: self.sums[k] + host_metrics[k] for k in host_metrics}
-    self.tokens += tokens
-    self.nonpad += nonpad
-    self.t_first = t_dispatch if self.t_first is None else self.t_first
-    self.t_last = time.time()
-
-  def summarize(self, task_names, seen) -> dict[str, float]:
-    n = max(self.steps, 1)
-    means = {k: v / n if k in ("loss", "learning_rate", "grad_norm", "param_norm") else v
-             for k, v in self.sums.items()}
-    out = metrics_lib.summarize_step(means, seconds=self.t_last - self.t_first, tokens=self.tokens,
-                                     nonpad_tokens=self.nonpad, task_names=task_names, task_counts=seen)
-    self.steps, self.sums, self.tokens, self.nonpad, self.t_first = 0, None, 0, 0, None
-    return out
 
 
 # ---------------------------------------------------------------- dry run
@@ -404,8 +399,10 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
 
   data_cfg = pipeline_config(config, model)
   try:
-    tasks, mixes = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
+    tasks, mixes = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths,
+                                                                            strict=config.data.strict))
     examples, task_names, rates = pipeline_lib.rendered_examples(data_cfg, tasks, mixes)
+    report_lib.check_files(config, tasks, rates)
     counts = np.zeros(len(task_names))
     shown = 0
     for i in range(rate_examples):
@@ -449,6 +446,7 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
 def _define_flags() -> None:
   """Flags exist only when the trainer runs as a program."""
   configs.define_config_flag()
+  flags.adopt_module_key_flags(configs)  # --help lists --config with the trainer's own flags
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation output.")
   flags.DEFINE_bool("dry_run", False, "Resolve the config, mesh, checkpoint, tokenizer, data and the model's "
                     "sharded shapes, print them, and exit without compiling or writing anything.")
@@ -498,7 +496,9 @@ def main(argv):
   if f.keep_freed_memory or (f.keep_freed_memory is None and host.cpu_only()):
     host.keep_freed_memory()
   maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
-  train_and_evaluate(config, f.workdir, flag_keys=keys)
+  result = train_and_evaluate(config, f.workdir, flag_keys=keys)
+  if result["stopped_early"]:
+    sys.exit(config.preemption_exit_code)  # a SIGTERM stop is not a finished run (see config.preemption_exit_code)
 
 
 if __name__ == "__main__":

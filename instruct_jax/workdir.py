@@ -1,6 +1,7 @@
 """A training run's directory: what the trainer writes, and what generate, evaluate, convert and init_from read.
 
-    W/config.json           the run's config, every key (`read_config` lays it over configs.base())
+    W/config.json           the run's config as it started, every key (`read_config` lays it over configs.base())
+    W/resume_history.jsonl  one line per restart: the step it resumed from and the RESUMABLE keys it changed
     W/model_config.json     the model: {kind, config, source, hf_config}, the format of an imported directory
     W/tokenizer/            the run's tokenizer (a copy of the one it was given, or the one trained here)
     W/checkpoints/<step>/   orbax: `state` (params, optimizer state, step) and `data` (the iterator)
@@ -16,6 +17,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -29,6 +32,18 @@ CONFIG = "config.json"
 MODEL_CONFIG = "model_config.json"
 TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
+RESUME_HISTORY = "resume_history.jsonl"
+
+# Keys a restart may change: how long to train, how often to log, save and evaluate, what to evaluate, and
+# how the same computation is laid out (mesh, sharding, remat, reader threads). Every other key changes the
+# model, the tokenizer, the data order or the optimisation, so a restart with another value is refused.
+RESUMABLE = (
+    "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "preemption_exit_code",
+    "eval.tasks", "eval.split", "eval.seen_templates", "eval.unseen_templates", "eval.num_examples",
+    "eval.max_new_tokens", "eval.num_beams", "eval.batch_size", "eval.before_training", "eval.rank_classification",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "sharding", "model.remat_policy", "data.read_threads",
+    "data.prefetch", "data.strict", "data.truncation_warning",
+)
 
 
 class WorkdirError(errors.UserError, ValueError):
@@ -51,11 +66,61 @@ def _require(path: str | os.PathLike) -> pathlib.Path:
 
 
 def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  path = _require(path)
+  return _config_file(_require(path))
+
+
+def _config_file(path: pathlib.Path) -> ml_collections.ConfigDict:
   try:
     return configs.from_json(json.loads((path / CONFIG).read_text()))
   except json.JSONDecodeError as e:
     raise WorkdirError(f"{path / CONFIG}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _comparable(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{dotted key: JSON text} of every key, the open maps' entries one by one."""
+  out = {}
+  for key, value in configs.leaves(config).items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update({f"{key}.{k}": json.dumps(v, sort_keys=True) for k, v in value.to_dict().items()})
+    else:
+      out[key] = json.dumps(list(value) if isinstance(value, tuple) else value, sort_keys=True)
+  return out
+
+
+def check_restart(path: str | os.PathLike, config: ml_collections.ConfigDict,
+                  flag_keys: Sequence[str] = ()) -> dict[str, list]:
+  """Checks a restart's config against the one the workdir recorded; returns the RESUMABLE keys it changes
+  ({key: [recorded, now]}; empty for a new workdir). Raises WorkdirError, naming every other differing key,
+  before anything is written."""
+  path = pathlib.Path(path)
+  if not (path / CONFIG).is_file():
+    return {}
+  recorded, now = _comparable(_config_file(path)), _comparable(config)
+  differ = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+  refused = [k for k in differ if k not in RESUMABLE]
+  if refused:
+    shown = ", ".join(f"{'--config.' if k in set(flag_keys) else ''}{k} {recorded.get(k, '(absent)')} -> "
+                      f"{now.get(k, '(absent)')}" for k in refused[:6])
+    more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+    raise WorkdirError(f"{path} was started with other settings ({shown}{more}); a restart may change only "
+                       f"{', '.join(RESUMABLE[:5])}, eval.*, mesh and layout keys (workdir.RESUMABLE). Use a new "
+                       "workdir, or the settings it was started with" + (
+                           "" if checkpoint_steps(path) else " (it has no checkpoint yet: remove it to start over)"))
+  return {k: [json.loads(recorded[k]) if k in recorded else None, json.loads(now[k])] for k in differ}
+
+
+def write_config(path: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """config.json, once: a restart keeps the settings the run started with (see `record_resume`)."""
+  file = pathlib.Path(path) / CONFIG
+  if not file.is_file():
+    _write_atomically(file, config.to_json_best_effort(indent=2))
+
+
+def record_resume(path: str | os.PathLike, *, step: int, changed: dict[str, list]) -> None:
+  """Appends a restart (the step it resumed from, the RESUMABLE keys it changed) to resume_history.jsonl."""
+  with open(pathlib.Path(path) / RESUME_HISTORY, "a", encoding="utf-8") as f:
+    f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from_step": step,
+                        "changed": changed}) + "\n")
 
 
 def read_model_blob(path: str | os.PathLike) -> dict:
@@ -93,30 +158,39 @@ def tokenizer(path: str | os.PathLike) -> tokenizer_lib.Tokenizer:
 
 
 def checkpoint_steps(path: str | os.PathLike) -> list[int]:
-  directory = pathlib.Path(path) / CHECKPOINTS
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  """Every checkpoint step directory of the workdir, good or not (see `resolve_step`)."""
+  return ckpt_lib.numeric_steps(pathlib.Path(path) / CHECKPOINTS)
 
 
 def resolve_step(path: str | os.PathLike, step: int | None) -> int:
-  """`step`, checked to exist, or the newest checkpoint step of the workdir."""
+  """`step`, checked to exist and to pass its checksums, or the newest good checkpoint step of the workdir.
+
+  A bad step is skipped with a one-line warning (and left where it is: the trainer sets it aside).
+  """
   steps = checkpoint_steps(path)
+  directory = pathlib.Path(path) / CHECKPOINTS
   if not steps:
-    raise WorkdirError(f"{path} has no checkpoints yet ({pathlib.Path(path) / CHECKPOINTS} is empty or absent); "
-                       "train it first")
-  if step is None:
-    return steps[-1]
-  if step not in steps:
+    raise WorkdirError(f"{path} has no checkpoints yet ({directory} is empty or absent); train it first")
+  if step is not None and step not in steps:
     raise WorkdirError(f"{path} has no checkpoint of step {step}; it has steps {steps}")
-  return step
+  try:
+    good = ckpt_lib.good_step(directory, step)
+  except ckpt_lib.CheckpointError as e:
+    raise WorkdirError(str(e)) from None
+  if good is None:
+    raise WorkdirError(f"{path}: none of its checkpoints {steps} passes its checksums (see the warnings above)")
+  return good
 
 
 def restore_params(path: str | os.PathLike, model: build.Model, mesh, rules, step: int | None = None):
-  """(params of `step`, or of the newest checkpoint, laid out on `mesh`; the step)."""
+  """(params of `step`, or of the newest good checkpoint, laid out on `mesh`; the step)."""
   step = resolve_step(path, step)
-  abstract = model.abstract_params(mesh, rules)
-  return ckpt_lib.restore_params(pathlib.Path(path) / CHECKPOINTS, abstract, step), step
+  return _restore(path, model, mesh, rules, step), step
+
+
+def _restore(path, model: build.Model, mesh, rules, step: int):
+  """The params of a step `resolve_step` returned (verified already)."""
+  return ckpt_lib.restore_params(pathlib.Path(path) / CHECKPOINTS, model.abstract_params(mesh, rules), step)
 
 
 def inference_mesh(config: ml_collections.ConfigDict):
@@ -141,9 +215,9 @@ class Loaded:
 def load(path: str | os.PathLike, *, step: int | None = None) -> Loaded:
   """A workdir's model, tokenizer and the parameters of `step` (default: its newest checkpoint)."""
   config = read_config(path)
-  resolve_step(path, step)  # fail on a missing checkpoint before building anything
+  step = resolve_step(path, step)  # fail on a missing or bad checkpoint before building anything
   model = read_model(path)
   tok = tokenizer(path)
   mesh, rules = inference_mesh(config)
-  params, step = restore_params(path, model, mesh, rules, step)
+  params = _restore(path, model, mesh, rules, step)
   return Loaded(config, model, params, tok, mesh, rules, step)

@@ -3,7 +3,7 @@
 # checkout to every worker, install it, and start the same command on all of them at once.
 #
 #   TPU_NAME=my-pod ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 \
-#     launch/tpu_pod.sh configs/flan_t5.py:base gs://my-bucket/runs/flan_t5_base -- --config.total_steps=20000
+#     launch/tpu_pod.sh configs/flan_t5.py:base /mnt/my-bucket/runs/flan_t5_base -- --config.total_steps=20000
 #
 # Every setting comes from the environment (defaults in brackets):
 #   TPU_NAME          pod name                                        [instruct-jax]
@@ -16,7 +16,8 @@
 #                     paths are under the worker's home directory)
 #   JAX_EXTRA         pip extra for JAX on the workers                [tpu]  (installs "jax[tpu]")
 # Arguments: CONFIG WORKDIR [-- TRAINER_ARGS...]; everything after `--` goes to the trainer unchanged.
-# The workdir should be a gs:// path that every worker can write. Workers find each other themselves
+# The workdir must be a path every worker sees as a local filesystem (e.g. a GCS bucket mounted with gcsfuse
+# at the same place on every worker). Workers find each other themselves
 # (the trainer calls jax.distributed.initialize() on a pod). Rerunning with the same workdir resumes.
 set -euo pipefail
 

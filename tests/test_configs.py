@@ -155,7 +155,7 @@ def test_settings_that_contradict_the_checkpoint_are_errors_and_runtime_ones_app
 
 def test_the_code_reads_only_keys_that_the_base_has():
   """Every `config.a.b` chain in the programs exists in base(); no `.get(key, default)` on a config."""
-  known = set(configs._leaves(configs.base()))  # pylint: disable=protected-access
+  known = set(configs.leaves(configs.base()))
   prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
   methods = {"to_dict", "to_json_best_effort", "unlocked", "items", "keys", "lock"}
   files = [ROOT / "instruct_jax" / f for f in ("train.py", "evaluate.py", "generate.py", "workdir.py", "predict.py")]

@@ -19,7 +19,7 @@ from tests.convert import hf_models  # noqa: E402  (needs torch)
 
 FINETUNE = str(ROOT / "configs" / "finetune.py")
 SMALL = ["--config.total_steps=12", "--config.log_every=1", "--config.checkpoint_every=6", "--config.data.batch_size=8",
-         "--config.data.inputs_length=40", "--config.data.targets_length=16", "--config.optim.learning_rate=3e-3",
+         "--config.data.inputs_length=72", "--config.data.targets_length=16", "--config.optim.learning_rate=3e-3",
          "--config.optim.warmup_steps=2"]
 PROMPTS = ["Sort the numbers: 3 1 2", "Reverse: a b c"]
 MAX_NEW = 10

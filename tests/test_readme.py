@@ -57,6 +57,8 @@ def _as_seen_by_the_code(config, key: str):
   last = key.rsplit(".", 1)[-1]
   if key.startswith("data.render."):
     return getattr(pipeline.PipelineConfig.from_config(config.data).render, last)
+  if key == "data.strict":
+    return tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict).strict
   if head == "data":
     return getattr(pipeline.PipelineConfig.from_config(config.data), last)
   if key.startswith("data_paths.instruction_files."):

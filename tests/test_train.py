@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,7 +101,7 @@ def test_sigterm_saves_and_resumes(reference_run, tmp_path):
   _wait_for(lambda: (tmp_path / "metrics.jsonl").exists() and len(_losses(tmp_path)) >= 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == 143, out[-3000:]  # config.preemption_exit_code: a stopped run is not a finished one
   assert "SIGTERM received: saved checkpoint at step" in out
   saved = int(out.split("saved checkpoint at step ")[1].split()[0])
   assert 3 <= saved < STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
@@ -134,17 +135,121 @@ def test_two_processes_match_one(tmp_path):
     assert l2[s] == pytest.approx(l1[s], rel=1e-5), (s, l1, l2)
 
 
-def test_unreadable_latest_checkpoint_falls_back(reference_run, tmp_path):
-  import shutil
+def _flip_a_bit(step_dir: pathlib.Path) -> pathlib.Path:
+  """Flips one bit in the middle of the step's largest array file (its size stays the same)."""
+  target = max((step_dir / "state").rglob("d/*"), key=lambda f: f.stat().st_size)
+  data = bytearray(target.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  target.write_bytes(bytes(data))
+  return target
+
+
+def _tb_steps(workdir, tag="train/loss") -> list[int]:
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(pathlib.Path(workdir) / "tensorboard" / "train"))
+  acc.Reload()
+  return [e.step for e in acc.Scalars(tag)]
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_then_set_aside_and_retrained(reference_run, tmp_path):
   work = tmp_path / "w"
-  shutil.copytree(reference_run / "checkpoints", work / "checkpoints")
-  shutil.copy(reference_run / "tokenizer" / "spm.model", tmp_path / "spm.model")
-  latest = work / "checkpoints" / str(STEPS)
-  for f in latest.rglob("*"):
-    if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
-      f.write_bytes(b"garbage")
-  out = _run(_cmd(work, f"--config.total_steps={STEPS + 2}", f"--config.tokenizer.path={tmp_path / 'spm.model'}"))
-  assert "unreadable" in out.stdout and f"Resumed from checkpoint step {STEPS - 8}" in out.stdout
+  shutil.copytree(reference_run, work)
+  _flip_a_bit(work / "checkpoints" / str(STEPS))
+  # A reader skips the bad step (it leaves it in place: only the trainer moves checkpoints).
+  gen = _run([sys.executable, "-m", "instruct_jax.generate", f"--workdir={work}", "--prompt=Input: 3 1 2",
+              "--max_new_tokens=2"])
+  assert f"skipping checkpoint step {STEPS}" in gen.stdout and "SHA-256 mismatch" in gen.stdout
+  assert (work / "checkpoints" / str(STEPS)).is_dir()
+  # The trainer moves it aside, resumes from the step before, retrains and saves the step again; a resumable
+  # key changed on the way is recorded in the resume history, and config.json keeps the original.
+  out = _run(_cmd(work, "--config.keep_checkpoints=4")).stdout
+  assert f"checkpoint step {STEPS} is corrupt" in out and f"Resumed from checkpoint step {STEPS - 8}" in out
+  assert [p.name.split("-")[0] for p in (work / "checkpoints_corrupt").iterdir()] == [str(STEPS)]
+  assert (work / "checkpoints" / str(STEPS) / "checksums.json").is_file()
+  assert _losses(work)[STEPS] == pytest.approx(_losses(reference_run)[STEPS], rel=1e-6)
+  # Steps replayed after the resume are logged once, in metrics.jsonl and in TensorBoard.
+  rows = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()
+          if "train/loss" in line]
+  assert rows == list(range(1, STEPS + 1))
+  assert _tb_steps(work) == list(range(1, STEPS + 1))
+  history = [json.loads(line) for line in (work / "resume_history.jsonl").read_text().splitlines()]
+  assert history[-1]["resumed_from_step"] == STEPS - 8 and history[-1]["changed"] == {"keep_checkpoints": [10, 4]}
+  assert json.loads((work / "config.json").read_text())["keep_checkpoints"] == 10
+
+
+def _snapshot(workdir: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def test_a_restart_with_another_model_or_tokenizer_is_refused_before_anything_is_written(reference_run, tmp_path):
+  work = tmp_path / "w"
+  shutil.copytree(reference_run, work)
+  before = _snapshot(work)
+  proc = subprocess.run(_cmd(work, "--config.model.overrides.d_model=64", "--config.tokenizer.vocab_size=400"),
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line, = proc.stderr.strip().splitlines()
+  assert "--config.model.overrides.d_model 32 -> 64" in line and "--config.tokenizer.vocab_size 300 -> 400" in line
+  assert _snapshot(work) == before  # the first run is untouched, so generate, evaluate and convert still read it
+
+
+def test_lengths_too_short_for_the_templates_are_a_config_error_and_nothing_is_recorded(tmp_path):
+  proc = subprocess.run(_cmd(tmp_path / "w", "--config.data.inputs_length=1"), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line, = proc.stderr.strip().splitlines()
+  assert "config.data.inputs_length=1 is too short for task" in line and "own words take" in line
+  assert not (tmp_path / "w" / "config.json").exists()  # a corrected rerun of the same workdir is not refused
+
+
+@pytest.mark.slow
+def test_evaluate_and_convert_read_only_good_steps(reference_run, tmp_path):
+  work = tmp_path / "w"
+  shutil.copytree(reference_run, work)
+  _flip_a_bit(work / "checkpoints" / str(STEPS))
+  out = _run([sys.executable, "-m", "instruct_jax.evaluate", f"--workdir={work}", "--num_examples=1",
+              f"--output_dir={tmp_path / 'eval'}"]).stdout
+  assert f"skipping checkpoint step {STEPS}" in out
+  assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["step"] == STEPS - 8
+  convert = [sys.executable, "-m", "instruct_jax.convert", "--to=hf", f"--src={work}"]
+  out = _run(convert + [f"--dst={tmp_path / 'hf'}"]).stdout
+  assert f"skipping checkpoint step {STEPS}" in out and (tmp_path / "hf" / "config.json").is_file()
+  proc = subprocess.run(convert + [f"--step={STEPS}", f"--dst={tmp_path / 'hf2'}"], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and f"checkpoint step {STEPS}" in proc.stderr and "corrupt" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_kill_9_at_ten_random_moments_then_the_same_final_loss(reference_run, tmp_path):
+  """SIGKILL at random moments (one of them while a checkpoint is being written); each restart resumes,
+  and the run ends with the uninterrupted run's final loss, every step logged once."""
+  import random
+  rng = random.Random(17)
+  work = tmp_path / "w"
+  cmd = _cmd(work, "--config.checkpoint_every=2")
+  ckpts = work / "checkpoints"
+  kills = 0
+  while kills < 10:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kills == 0:  # during a save: the moment orbax's temporary step directory appears
+      _wait_for(lambda: any(".orbax-checkpoint-tmp" in p.name for p in ckpts.glob("*")) if ckpts.is_dir() else False,
+                proc)
+    else:
+      time.sleep(rng.uniform(2.0, 14.0))
+    if proc.poll() is not None:  # finished before the kill: the run is complete
+      break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+  _run(cmd)
+  ref, got = _losses(reference_run), _losses(work)
+  assert got[STEPS] == pytest.approx(ref[STEPS], rel=1e-6)
+  rows = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()
+          if "train/loss" in line]
+  assert rows == list(range(1, STEPS + 1))  # each step logged once, whichever process logged it
+  assert _tb_steps(work) == list(range(1, STEPS + 1))
+  assert kills >= 5, kills  # most of the kills landed before the run could finish
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

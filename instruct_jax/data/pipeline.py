@@ -26,16 +26,20 @@ import grain
 import jax
 import numpy as np
 
+from instruct_jax import errors
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import packing
 from instruct_jax.data import render as render_lib
+from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
+from instruct_jax.data import templates as templates_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.data import transforms
 
 META_FEATURES = ("task_index", "template_id", "shots")
 MODEL_KINDS = ("encoder_decoder", "decoder")
 HOST_INPUTS = ("own_share", "slice_of_global")
+NOT_PIPELINE_KEYS = ("strict", "truncation_warning")  # config.data keys the catalogue and the trainer read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +101,8 @@ class PipelineConfig:
   def from_config(cls, cfg: Any) -> PipelineConfig:
     """From a mapping or ml_collections.ConfigDict; unknown fields are an error naming them."""
     d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    for key in NOT_PIPELINE_KEYS:
+      d.pop(key, None)
     render = dict(d.pop("render", {}) or {})
     for name, known in ((None, d), ("render", render)):
       fields = {f.name for f in dataclasses.fields(render_lib.RenderConfig if name else cls)}
@@ -164,11 +170,55 @@ class Stats:
     return "\n".join(lines)
 
 
-class Featurizer:
-  """Rendered example -> tokenized model features plus meta features, or None (dropped, counted)."""
+class LengthError(errors.UserError, ValueError):
+  """Row lengths too short for a task's templates: every example would be cut inside the template's words."""
 
-  def __init__(self, config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, stats: Stats):
+
+def template_words(t: templates_lib.Template) -> str:
+  """A template's prompt with every field empty: the words it adds to any example."""
+  return templates_lib.fill(t.inputs, {f: "" for f in templates_lib.template_fields(t.inputs)}, task="",
+                            template_id=t.id)
+
+
+def check_lengths(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, tasks: Mapping[str, tasks_lib.Task],
+                  task_names: list[str]) -> None:
+  """Raises LengthError if the row lengths cannot hold the words of a template the run uses (plus end-of-text
+  for T5's encoder, plus begin-of-text and one output token for a decoder row), or T5 targets cannot hold one
+  output token and end-of-text."""
+  if config.model_kind == "encoder_decoder":
+    room, what = config.inputs_length - 1, f"config.data.inputs_length={config.inputs_length}"
+    if config.targets_length < 2:
+      raise LengthError(f"config.data.targets_length={config.targets_length} leaves no room for an output token and "
+                        "end-of-text; use at least 2")
+  else:
+    room = config.inputs_length + config.targets_length - 2
+    what = (f"config.data.inputs_length + config.data.targets_length = "
+            f"{config.inputs_length + config.targets_length}")
+  used = {"standard", *(["inverted"] if config.render.inversion_rate > 0 else []),
+          *(["cot"] if config.render.cot_rate > 0 else [])}
+  for name in task_names:
+    styles = render_lib.select_templates(tasks[name], config.render)
+    for t in (t for style, ts in styles.items() if style in used for t in ts):
+      if t.kind == "superni":
+        continue
+      n = tokenizer.encode(template_words(t)).size
+      if n > room:
+        raise LengthError(f"{what} is too short for task {name!r}: template {t.id}'s own words take {n} tokens "
+                          f"before any example text, and the row has room for {room}; raise the length, or leave "
+                          "the template out (config.data.render.template_ids)")
+
+
+class Featurizer:
+  """Rendered example -> tokenized model features plus meta features, or None (dropped, counted).
+
+  A task none of whose first `give_up[task]` examples survives truncation raises DataError: the pipeline
+  would otherwise search forever for an example to pack.
+  """
+
+  def __init__(self, config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, stats: Stats,
+               give_up: list[int] | None = None):
     self.config, self.tokenizer, self.stats = config, tokenizer, stats
+    self.give_up = give_up
 
   def __call__(self, ex: dict[str, Any] | None) -> dict[str, Any] | None:
     if ex is None:
@@ -185,8 +235,14 @@ class Featurizer:
                                              eos_id=self.tokenizer.eos_id, max_len=max_len,
                                              train_on_inputs=cfg.train_on_inputs)
       truncated = inputs.size + targets.size + 1 > max_len
-    self.stats.add(ex["task_index"], inputs.size, targets.size, truncated, features is None)
+    ti = ex["task_index"]
+    self.stats.add(ti, inputs.size, targets.size, truncated, features is None)
     if features is None:
+      if self.give_up is not None and self.stats.examples[ti] == 0 and self.stats.dropped[ti] >= self.give_up[ti]:
+        raise sources.DataError(
+            f"task {self.stats.task_names[ti]!r}: none of its first {int(self.stats.dropped[ti])} examples can be "
+            f"trained on at config.data.inputs_length={cfg.inputs_length}, targets_length={cfg.targets_length} "
+            "(each has an empty instruction or output after tokenization and truncation)")
       return None
     for m in META_FEATURES:
       features[m] = np.int32(ex[m])
@@ -302,6 +358,8 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
   streams = []
   for i, name in enumerate(task_names):
     n = tasks[name].num_examples(config.split)
+    if n == 0:
+      raise sources.DataError(f"task {name!r} has no {config.split!r} examples")
     if n < process_count:
       raise ValueError(f"task {name!r} has {n} {config.split} examples, fewer than {process_count} hosts")
     # Repeated forever, so no task ends the mixture early; reshuffled every epoch.
@@ -344,8 +402,10 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
                                                   process_index=process_index, process_count=process_count)
   if process_index == 0:
     mixtures_lib.log_rates(config.mixture, rates)
+  check_lengths(config, tokenizer, tasks, task_names)
   stats = Stats(task_names)
-  features = examples.map(Featurizer(config, tokenizer, stats))
+  give_up = [min(max(tasks[name].num_examples(config.split) // process_count, 1), 200) for name in task_names]
+  features = examples.map(Featurizer(config, tokenizer, stats, give_up))
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch)
   ds = features.to_iter_dataset(read)
   per_host = config.batch_size // process_count

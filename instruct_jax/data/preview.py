@@ -15,9 +15,9 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
+from instruct_jax import errors
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline
 from instruct_jax.data import render as render_lib
@@ -106,4 +106,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run(main)

@@ -4,9 +4,10 @@ Every source maps a split name to a random-access sequence of dict records (`loa
 shuffle, shard and resume by index. Sources read lazily and cache what they read. SuperNI task files
 live in `superni.py`, the built-in generated tasks in `builtin.py`.
 
-Bad input reports where it is. In strict mode a malformed line raises `DataError` naming the file and
-line; in lenient mode it is skipped and counted in `source.stats`. Instruction records with an empty
-output are always skipped and counted.
+Bad input reports where it is. In strict mode a malformed line (bad JSON, not an object, not UTF-8)
+raises `DataError` naming the file and line; in lenient mode it is skipped and counted in
+`source.stats`. Instruction records with an empty output are always skipped and counted. An empty file,
+or an instruction file in which no record has an output, is an error in either mode.
 """
 from __future__ import annotations
 
@@ -78,15 +79,35 @@ def read_jsonl(path: str, *, strict: bool = True, stats: ReadStats | None = None
   return [record for _, record in read_jsonl_numbered(path, strict=strict, stats=stats)]
 
 
+def _open_lines(path: str):
+  """(1-based line number, text) of a file, each line decoded as UTF-8 on its own so an error names its line."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        yield lineno, raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield lineno, DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); re-encode the file as UTF-8")
+
+
 def read_jsonl_numbered(path: str, *, strict: bool = True,
                         stats: ReadStats | None = None) -> list[tuple[int, dict[str, Any]]]:
-  """Like `read_jsonl`, but each record comes with its 1-based line number."""
+  """Like `read_jsonl`, but each record comes with its 1-based line number.
+
+  A malformed line (bad JSON, not an object, not UTF-8) raises DataError naming file:line in strict mode,
+  and is skipped and counted in lenient mode. A file without a single line of content is an error either way.
+  """
   stats = stats if stats is not None else ReadStats()
   records = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+  lines = 0
+  for lineno, line in _open_lines(path):
+    if isinstance(line, DataError):
+      message = str(line)
+    elif not line.strip():
+      continue
+    else:
       message = None
       try:
         record = json.loads(line)
@@ -95,23 +116,36 @@ def read_jsonl_numbered(path: str, *, strict: bool = True,
       else:
         if not isinstance(record, dict):
           message = f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
-      if message is not None:
-        if strict:
-          raise DataError(message) from None
-        stats.skip("bad_lines", message)
-        continue
-      records.append((lineno, record))
+    lines += 1
+    if message is not None:
+      if strict:
+        raise DataError(message) from None
+      stats.skip("bad_lines", message)
+      continue
+    records.append((lineno, record))
+  if not lines:
+    raise DataError(f"{path}: the file is empty (no records)")
   stats.records += len(records)
   return records
 
 
 def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, Any]]:
   """Reads a JSON file holding a list of objects, or an object whose `records_key` holds that list."""
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-encode the file as UTF-8") from None
+  if not text.strip():
+    raise DataError(f"{path}: the file is empty (no records)")
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
   if records_key is not None:
     if not isinstance(data, dict) or records_key not in data:
       raise DataError(f"{path}: expected an object with field {records_key!r}")
@@ -222,13 +256,18 @@ class InstructionSource(_FileSource):
     else:
       raw = read_json(path)
       where = [f"{path}: record {i}" for i in range(len(raw))]
-    out = []
+    out, empty = [], []
     for record, loc in zip(raw, where):
       for r in normalise_instruction_record(record, loc):
         if not r["output"].strip():
           self.stats.skip("empty_outputs", f"{loc}: empty output")
+          empty.append(loc)
           continue
         out.append(r)
+    if not out:
+      detail = (f"every record's output is empty ({len(empty)}, the first at {empty[0]})" if empty else
+                "no record could be read (see the skipped lines)")
+      raise DataError(f"{path}: {detail}; nothing to train or evaluate on")
     return out
 
 

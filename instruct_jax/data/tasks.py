@@ -165,12 +165,13 @@ class DataPaths:
   tfds_data_dir: str | None = None
   instruction_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> .json/.jsonl
   builtin_seed: int = 0
+  strict: bool = True  # instruction files: a malformed line is an error (False: skipped and counted)
 
   @classmethod
-  def from_config(cls, section) -> "DataPaths":
-    """From a run config's `data_paths` section ("" means unset)."""
+  def from_config(cls, section, *, strict: bool = True) -> "DataPaths":
+    """From a run config's `data_paths` section ("" means unset) and its `data.strict`."""
     return cls(superni_dir=section.superni_dir or None, tfds_data_dir=section.tfds_data_dir or None,
-               instruction_files=dict(section.instruction_files))
+               instruction_files=dict(section.instruction_files), strict=strict)
 
 
 def builtin_tasks(seed: int = 0) -> dict[str, Task]:
@@ -248,6 +249,6 @@ def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
   for name, files in paths.instruction_files.items():
     if name in tasks:
       raise ValueError(f"instruction file name {name!r} clashes with a catalogue task")
-    tasks[name] = instruction_task(name, files)
+    tasks[name] = instruction_task(name, files, strict=paths.strict)
   return tasks
 

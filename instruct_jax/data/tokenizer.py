@@ -525,6 +525,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from instruct_jax import errors  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  errors.run(main)

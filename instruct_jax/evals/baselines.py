@@ -19,11 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import glob
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 
+from instruct_jax import errors
 from instruct_jax.evals import score as score_lib
 
 Baseline = Callable[[Mapping], dict[str, str]]
@@ -116,19 +115,19 @@ def _define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   paths = []
   for pattern in args.task_files:
     matches = sorted(glob.glob(pattern))
     if not matches:
-      raise app.UsageError(f"--task_files: nothing matches {pattern!r}")
+      raise errors.UserError(f"--task_files: nothing matches {pattern!r}")
     paths += matches
   try:
     references = score_lib.load_references(args.references)
     predictions = predict(args.baseline, paths, references, allow_missing=args.allow_missing)
   except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    raise errors.UserError(str(e)) from None
   write_predictions(args.output, predictions)
   print(f"wrote {len(predictions)} {args.baseline} predictions for {len(references)} references "
         f"from {len(paths)} task file(s) to {args.output}")
@@ -136,4 +135,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run(main)

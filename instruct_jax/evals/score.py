@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 
+from instruct_jax import errors
 from instruct_jax.data import sources
 from instruct_jax.evals import metrics
 
@@ -169,7 +168,7 @@ def _write(path: str, text: str) -> None:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   try:
     references = load_references(args.references)
@@ -178,7 +177,7 @@ def main(argv: Sequence[str]) -> None:
     predictions = load_predictions(args.predictions)
     rows = score_instances(references, predictions, source=args.predictions)
   except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    raise errors.UserError(str(e)) from None
   result = summarize(rows)
   print(format_table(result))
   if args.output:
@@ -189,4 +188,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  errors.run(main)

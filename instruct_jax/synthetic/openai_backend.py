@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -61,8 +62,29 @@ def parse_response(payload: Any, chat: bool) -> Completion:
   return Completion(text, finish if isinstance(finish, str) else None)
 
 
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"',}]+"),
+    re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\b(sk-)[A-Za-z0-9_-]{8,}"),
+)
+
+
+def redact(text: str, secret: str | None) -> str:
+  """`text` without the API key and anything shaped like a credential (Authorization values, bearer tokens,
+  sk-... keys), for server text that is printed or raised."""
+  if secret:
+    text = text.replace(secret, "[REDACTED]")
+  for pattern in _SECRET_PATTERNS:
+    text = pattern.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
+  return text
+
+
 class OpenAIBackend:
-  """Completions and chat completions against `base_url` (e.g. http://127.0.0.1:8000/v1)."""
+  """Completions and chat completions against `base_url` (e.g. http://127.0.0.1:8000/v1).
+
+  Server text that reaches an error message or a log line goes through `redact` first: a server that
+  echoes request headers must not put the API key on the terminal or into a log.
+  """
   kind = "openai"
 
   def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
@@ -122,19 +144,22 @@ class OpenAIBackend:
         try:
           payload = json.loads(raw)
         except json.JSONDecodeError:
-          raise BackendError(f"{url}: response is not JSON: {raw[:200]!r}") from None
-        return parse_response(payload, chat)
+          raise BackendError(redact(f"{url}: response is not JSON: {raw[:200]!r}", self._api_key)) from None
+        try:
+          return parse_response(payload, chat)
+        except BackendError as e:
+          raise BackendError(redact(str(e), self._api_key)) from None
       except urllib.error.HTTPError as e:
         if e.code not in RETRY_STATUS:
           detail = e.read()[:300].decode("utf-8", "replace")
-          raise BackendError(f"{url}: HTTP {e.code}: {detail}") from None
+          raise BackendError(redact(f"{url}: HTTP {e.code}: {detail}", self._api_key)) from None
         reason = f"HTTP {e.code}"
         retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
       except (TimeoutError, socket.timeout) as e:
         reason = f"timeout after {self.timeout_s}s ({type(e).__name__})"
       except urllib.error.URLError as e:
         if not isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionError, OSError)):
-          raise BackendError(f"{url}: {e.reason}") from None
+          raise BackendError(redact(f"{url}: {e.reason}", self._api_key)) from None
         reason = f"connection error ({e.reason})"
       except (ConnectionError, http.client.HTTPException) as e:
         reason = f"connection error ({type(e).__name__})"

@@ -119,7 +119,7 @@ PRED = {"id": "a", "prediction": "x"}
     ([REF], ["", PRED, PRED], ["p.jsonl", "duplicate id 'a' on lines 2 and 3"]),
     ([REF], [PRED] + [{"id": f"u{i}", "prediction": ""} for i in range(7)],
      ["p.jsonl: 7 prediction id(s) not in the references", "'u0'", "'u4'", "(and 2 more)"]),
-    ([], [PRED], ["r.jsonl: no references"]),
+    ([], [PRED], ["r.jsonl: the file is empty"]),
 ])
 def test_cli_errors_name_file_line_and_field(tmp_path, refs, preds, expected):
   refs_path = write_jsonl(tmp_path / "r.jsonl", refs)
