@@ -14,6 +14,7 @@ setuptools.setup(
         "flax>=0.10,<0.13",
         "grain>=0.2.10,<0.3",
         "jax>=0.6,<0.11",
+        "matplotlib>=3.7",  # the judge's bar charts (instruct_jax.evals.judge)
         "ml-collections>=1.0,<2",
         "ml-dtypes>=0.4",
         "numpy>=1.26,<3",

@@ -7,7 +7,15 @@ The model, its tokenizer and the newest checkpoint (or --step) come from the wor
 the run started from. Prompts are tokenized as training rows began: T5 encodes the prompt followed by
 end-of-text; a decoder-only model reads begin-of-text followed by the prompt (no end-of-text) and
 continues it; decoding stops at end-of-text. A prompts file holds one prompt per line, or JSONL records
-with a "prompt" field.
+with a "prompt" field, or Alpaca-style JSONL records {"instruction", "input" (optional), "system" (optional),
+...}, rendered the way the run rendered its instruction files (`predict.instruction_prompts`: the same
+preprocessing and template file; --template_id picks the template, default the first standard one the run
+trained with).
+
+--output writes one JSONL record per prompt, in order: the prompt record's own fields (instruction, input,
+any others such as a category; an "output" it had is kept as "reference"), then "prompt" (the text the model
+read), "output", "ids" (the generated token ids, end-of-text excluded) and "finish_reason" ("length" when
+max_new_tokens cut the output, else "stop"). `python -m instruct_jax.evals.judge` reads these files.
 """
 from __future__ import annotations
 
@@ -23,9 +31,12 @@ from instruct_jax import workdir as workdir_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the newest).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
-_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file (one prompt per line) or JSONL {prompt}.")
-_OUTPUT = flags.DEFINE_string("output", None, "Write {prompt, output, ids} JSONL here (default: print); ids are the "
-                               "generated token ids, end-of-text excluded.")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file (one prompt per line), or JSONL records with "
+                                    "a 'prompt' field or an 'instruction' (and optional 'input').")
+_OUTPUT = flags.DEFINE_string("output", None, "Write JSONL here (default: print): each prompt record's fields plus "
+                               "prompt, output, ids (generated token ids, end-of-text excluded), finish_reason.")
+_TEMPLATE = flags.DEFINE_integer("template_id", None, "Instruction template for {instruction, input} records "
+                                 "(default: the first standard one the run trained with).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens (0: all).")
@@ -35,45 +46,73 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts decoded together.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-def read_prompts(path: str) -> list[str]:
-  prompts = []
+def read_prompts(path: str) -> list[dict]:
+  """Prompt records: {"prompt": line} for a text line; a JSONL line as it is (checked to hold a string "prompt"
+  or "instruction", and string "input" / "system" where present)."""
+  records = []
   if not os.path.isfile(path):
     raise errors.UserError(f"--prompts_file {path}: no such file")
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
-      if line.lstrip().startswith("{"):
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-        if "prompt" not in record:
-          raise errors.UserError(f"{path}:{n}: record has no 'prompt' field")
-        prompts.append(record["prompt"])
-      else:
-        prompts.append(line.rstrip("\n").replace("\\n", "\n"))
-  return prompts
+      if not line.lstrip().startswith("{"):
+        records.append({"prompt": line.rstrip("\n").replace("\\n", "\n")})
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+      if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
+        raise errors.UserError(f"{path}:{n}: record has no 'prompt' or 'instruction' field")
+      for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
+        if field in record and not isinstance(record[field], str):
+          raise errors.UserError(f"{path}:{n}: field {field!r} must be a string, got {type(record[field]).__name__}")
+      records.append(record)
+  return records
+
+
+def prompt_texts(records: list[dict], config) -> list[str]:
+  """The text of each record: its "prompt", or its instruction rendered as the run rendered instruction files."""
+  rendered = iter(())
+  instructions = [r for r in records if "prompt" not in r]
+  if instructions:
+    try:
+      rendered = iter(predict.instruction_prompts(instructions, config, template_id=_TEMPLATE.value))
+    except ValueError as e:
+      what = "--template_id" if _TEMPLATE.value is not None else "instruction records"
+      raise errors.UserError(f"{what}: {e}") from None
+  return [r["prompt"] if "prompt" in r else next(rendered) for r in records]
+
+
+def output_record(record: dict, prompt: str, text: str, ids: list[int], finish: str) -> dict:
+  out = {k: v for k, v in record.items() if k not in ("prompt", "output", "ids", "finish_reason")}
+  if "output" in record:
+    out["reference"] = record["output"]
+  return {**out, "prompt": prompt, "output": text, "ids": ids, "finish_reason": finish}
 
 
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  prompts = list(_PROMPT.value) + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
-  if not prompts:
+  records = [{"prompt": p} for p in _PROMPT.value] + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
+                                                       else [])
+  if not records:
     raise errors.UserError("give --prompt or --prompts_file")
+  prompts = prompt_texts(records, workdir_lib.read_config(_WORKDIR.value))
   loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                               top_p=_TOP_P.value, num_beams=_BEAMS.value)
   generate_fn = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg,
                                          batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length,
-                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value, with_ids=True)
+                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value, with_ids=True,
+                                         with_finish=True)
   outputs = generate_fn(prompts)
   out = open(_OUTPUT.value, "w", encoding="utf-8") if _OUTPUT.value else sys.stdout
-  for p, (text, ids) in zip(prompts, outputs):
+  for record, p, (text, ids, finish) in zip(records, prompts, outputs):
     if _OUTPUT.value:
-      out.write(json.dumps({"prompt": p, "output": text, "ids": ids}, ensure_ascii=False) + "\n")
+      out.write(json.dumps(output_record(record, p, text, ids, finish), ensure_ascii=False) + "\n")
     else:
       print(f"=== {p!r}\n{text}")
   if _OUTPUT.value:

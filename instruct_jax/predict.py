@@ -5,6 +5,10 @@ Evaluators and synthetic-data generators receive these functions and never impor
     generate_fn(prompts: list[str]) -> list[str]                      decoding with the KV cache
     loglik_fn(prompts: list[str], continuations: list[str]) -> array  sum of log p(continuation + EOS)
 
+A generate function made `with_finish` also says why each row ended: "length" when it used all of
+max_new_tokens without emitting end-of-text, else "stop". `instruction_prompts` renders Alpaca-style
+{instruction, input} records the way a run trained on its instruction files.
+
 Work is cut into fixed-size batches (the last one padded) and prompt lengths are bucketed, so a long
 evaluation compiles a handful of programs rather than one per batch.
 """
@@ -13,13 +17,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax import losses, sampling, sharding, step
+from instruct_jax.data import pipeline as pipeline_lib
+from instruct_jax.data import render as render_lib
+from instruct_jax.data import sources
+from instruct_jax.data import tasks as tasks_lib
+from instruct_jax.data import templates as templates_lib
 from instruct_jax.evals import evaluators
 
 GenerateFn = Callable[[Sequence[str]], list[str]]
@@ -31,13 +40,30 @@ def _chunks(items: Sequence, size: int):
     yield items[i:i + size]
 
 
+def finish_reason(new_ids: Sequence[int], max_new_tokens: int) -> str:
+  """"length" when a row used its whole budget (so it never emitted end-of-text), else "stop".
+
+  `sampling.generate` cuts a row at its end-of-text, so a row that emitted one is shorter than the budget.
+  """
+  return "length" if len(new_ids) >= max_new_tokens else "stop"
+
+
 def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig, *, batch_size: int = 32,
                      max_prompt_tokens: int = 512, mesh=None, rules=None, seed: int = 0,
-                     with_ids: bool = False) -> GenerateFn:
-  """Prompts -> generated texts (with_ids: (text, new token ids) pairs). Prompts are tokenized as training rows
-  begin (`Model.prompt_ids`: T5 inputs end with EOS, decoder prompts start with BOS) and over-long ones are
-  cut as in training; the new ids stop before end-of-text."""
+                     with_ids: bool = False, with_finish: bool = False) -> GenerateFn:
+  """Prompts -> generated texts; with_ids and/or with_finish: tuples (text[, new token ids][, finish reason]).
+
+  Prompts are tokenized as training rows begin (`Model.prompt_ids`: T5 inputs end with EOS, decoder prompts
+  start with BOS) and over-long ones are cut as in training; the new ids stop before end-of-text. The finish
+  reason is `finish_reason(ids, max_new_tokens)`.
+  """
   cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+
+  def result(ids: list[int]):
+    if not (with_ids or with_finish):
+      return tokenizer.decode(ids)
+    return ((tokenizer.decode(ids),) + ((ids,) if with_ids else ())
+            + ((finish_reason(ids, cfg.max_new_tokens),) if with_finish else ()))
 
   def generate_fn(prompts: Sequence[str]) -> list:
     ids = [model.prompt_ids(tokenizer, p, max_prompt_tokens) for p in prompts]
@@ -45,7 +71,7 @@ def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig
     for n, chunk in enumerate(_chunks(ids, batch_size)):
       padded = list(chunk) + [chunk[0]] * (batch_size - len(chunk))  # one compiled shape per bucket
       new = sampling.generate(model, params, padded, cfg, rng=jax.random.key(seed + n), mesh=mesh, rules=rules)
-      out.extend((tokenizer.decode(t), t) if with_ids else tokenizer.decode(t) for t in new[:len(chunk)])
+      out.extend(result(t) for t in new[:len(chunk)])
     return out
 
   return generate_fn
@@ -95,21 +121,45 @@ def _pad_stack(rows: list[np.ndarray], multiple: int = 16) -> jnp.ndarray:
 
 
 def make_sampling_generate_fn(model, params, tokenizer, *, batch_size: int = 16, max_prompt_tokens: int = 512,
-                              mesh=None, rules=None):
+                              mesh=None, rules=None, with_finish: bool = False):
   """`generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed)`, the shape the synthetic-data
-  ModelBackend takes (`instruct_jax.synthetic.backends.ModelBackend`)."""
+  ModelBackend takes (`instruct_jax.synthetic.backends.ModelBackend`); with_finish: (text, finish reason)
+  pairs, which the backend reports as each completion's finish_reason."""
   cache: dict[tuple, GenerateFn] = {}
 
   def generate_fn(prompts: Sequence[str], *, max_new_tokens: int, temperature: float, top_p: float,
-                  seed: int) -> list[str]:
+                  seed: int) -> list:
     key = (max_new_tokens, temperature, top_p, seed)
     if key not in cache:
       cfg = sampling.DecodeConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
       cache[key] = make_generate_fn(model, params, tokenizer, cfg, batch_size=batch_size,
-                                    max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules, seed=seed)
+                                    max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules, seed=seed,
+                                    with_finish=with_finish)
     return cache[key](prompts)
 
   return generate_fn
+
+
+def instruction_prompts(records: Sequence[Mapping[str, str]], config, *, template_id: int | None = None) -> list[str]:
+  """Alpaca-style {instruction[, input][, system]} records as prompts, rendered the way the run whose config
+  this is rendered its instruction files (`data.tasks.instruction_task`: the same preprocessing, templates and
+  renderer). The template is `template_id`, or the first standard instruction template the run's
+  `data.render` settings allowed (template 0, "{prompt}", unless template_ids / num_templates exclude it)."""
+  rows = [{"instruction": r["instruction"], "input": r.get("input") or "", "system": r.get("system") or "",
+           "output": ""} for r in records]
+  task = tasks_lib.Task(name="prompts", source=sources.MemorySource({"prompts": rows}),
+                        templates=templates_lib.load("instructions")["instructions"],
+                        preprocess=tasks_lib.preprocess_instruction, metric="rouge_l", cluster="instructions")
+  if template_id is None:
+    allowed = render_lib.select_templates(task, pipeline_lib.PipelineConfig.from_config(config.data).render)
+    if not allowed["standard"]:
+      raise ValueError("the run's data.render settings allow no standard instruction template; pass a template id")
+    template_id = allowed["standard"][0].id
+  if not 0 <= template_id < len(task.templates) or task.templates[template_id].kind != "standard":
+    raise ValueError(f"instruction template {template_id} is not a standard template (standard ids: "
+                     f"{[t.id for t in task.templates if t.kind == 'standard']})")
+  cfg = render_lib.RenderConfig(template_ids=(template_id,))
+  return [ex["inputs"] for ex in render_lib.render_split(task, "prompts", cfg)]
 
 
 def evaluate(model, params, tokenizer, eval_cfg, rows: list[dict], *, max_prompt_tokens: int, mesh=None,

@@ -163,6 +163,7 @@ def run(config: BacktranslationConfig, backend: Backend, out_dir: str, *,
     return rd.finish(tally, texts=len(texts))
 
 
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags (backend, output, ...) too
 _TEXTS = flags.DEFINE_string("texts", None, "JSONL of unlabelled texts (\"text\" or \"output\").")
 _SEED_DATA = flags.DEFINE_string("seed_data", None,
                                  "JSONL of seed (instruction, output) pairs for the prompts.")
@@ -172,6 +173,9 @@ _BACKWARD_MODEL = flags.DEFINE_string("backward_model", None,
                                       "Backward model name (default: --model).")
 _BACKWARD_BASE_URL = flags.DEFINE_string("backward_base_url", None,
                                          "Backward model endpoint (default: --base_url).")
+_BACKWARD_WORKDIR = flags.DEFINE_string("backward_workdir", None,
+                                        "With --backend model: the backward model's workdir "
+                                        "(default: --workdir).")
 _EMIT_SEED = flags.DEFINE_bool("emit_seed", False, "Also write the seed pairs (seed_system tag).")
 
 
@@ -184,8 +188,9 @@ def _main(argv: list[str]) -> None:
       min_score=_MIN_SCORE.value, emit_seed=_EMIT_SEED.value, seed=cli.SEED.value)
   forward = cli.build_backend()
   backward = None
-  if _BACKWARD_MODEL.value or _BACKWARD_BASE_URL.value:
-    backward = cli.build_backend(model=_BACKWARD_MODEL.value, base_url=_BACKWARD_BASE_URL.value)
+  if _BACKWARD_MODEL.value or _BACKWARD_BASE_URL.value or _BACKWARD_WORKDIR.value:
+    backward = cli.build_backend(model=_BACKWARD_MODEL.value, base_url=_BACKWARD_BASE_URL.value,
+                                 workdir=_BACKWARD_WORKDIR.value)
   report = run(config, forward, cli.require(cli.OUT.value, "out"), backward_backend=backward,
                progress=cli.PROGRESS.value)
   cli.print_report(report)

@@ -1,31 +1,47 @@
 """Flags and entry-point helpers shared by the synthetic-data commands.
 
-Every command (`python -m instruct_jax.synthetic.<method>`) uses absl flags, defined with
-underscores; `main` also accepts the dashed spellings (`--base-url`, `--num-instructions`,
-`--no-progress`) by rewriting them before absl parses the command line.
+Every command (`python -m instruct_jax.synthetic.<method>`, and `instruct_jax.evals.judge`) uses absl
+flags, defined with underscores; `main` also accepts the dashed spellings (`--base-url`,
+`--num-instructions`, `--no-progress`) by rewriting them before absl parses the command line, and
+reports user errors (a missing flag, a bad workdir) on one line with exit status 2 (`errors.run`).
+
+absl's `--help` lists only the main module's flags: each method module adopts this module's flags
+(`flags.adopt_module_key_flags(cli)`) so that its `--help` shows them too.
+
+Backends: `--backend openai --base_url URL --model NAME` (an OpenAI-compatible server), or
+`--backend model --workdir W [--step N]` (a trained instruct_jax workdir decoded here with the KV
+cache, `--model_batch_size` prompts at a time; see `ModelBackend.from_workdir`).
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
-from instruct_jax.synthetic.backends import Backend
+from instruct_jax import errors
+from instruct_jax.synthetic.backends import Backend, ModelBackend
 from instruct_jax.synthetic.openai_backend import OpenAIBackend
 from instruct_jax.synthetic.runner import Tally
 
 OUT = flags.DEFINE_string("out", None, "Output directory. Re-use it to resume or extend a run.")
-BACKEND = flags.DEFINE_enum("backend", "openai", ["openai"],
-                            "Language-model backend (instruct_jax models: use the Python API, "
-                            "instruct_jax.synthetic.backends.ModelBackend).")
+BACKEND = flags.DEFINE_enum("backend", "openai", ["openai", "model"],
+                            "Language-model backend: openai (an OpenAI-compatible server: --base_url, "
+                            "--model) or model (a trained instruct_jax workdir: --workdir).")
 BASE_URL = flags.DEFINE_string("base_url", None,
                                "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
 MODEL = flags.DEFINE_string("model", None, "Model name sent to the server and kept in provenance.")
 API_KEY_ENV = flags.DEFINE_string("api_key_env", "OPENAI_API_KEY",
                                   "Environment variable holding the API key (never logged or "
                                   "stored); unset means no Authorization header.")
+WORKDIR = flags.DEFINE_string("workdir", None, "With --backend model: the workdir written by "
+                              "instruct_jax.train whose model answers.")
+STEP = flags.DEFINE_integer("step", None, "With --backend model: checkpoint step of --workdir "
+                            "(default: the newest).")
+MODEL_BATCH_SIZE = flags.DEFINE_integer("model_batch_size", 16, "With --backend model: prompts "
+                                        "decoded together.")
 CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.")
 TIMEOUT = flags.DEFINE_float("timeout", 120.0, "Seconds before a request counts as timed out.")
 MAX_RETRIES = flags.DEFINE_integer("max_retries", 6, "Retries on 408/429/5xx/timeouts.")
@@ -35,6 +51,10 @@ NUM_INSTRUCTIONS = flags.DEFINE_integer(
     "docstring). A larger value in the same --out continues the run.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed for every random choice of the run.")
 PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+# The flags that choose and configure a backend (for commands that declare them key flags one by one).
+BACKEND_FLAGS = ("backend", "base_url", "model", "api_key_env", "concurrency", "timeout",
+                 "max_retries", "backoff", "workdir", "step", "model_batch_size")
 
 
 def normalize_argv(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -60,25 +80,36 @@ def normalize_argv(argv: Sequence[str], flag_values: flags.FlagValues = flags.FL
 
 def require(value: Any, flag: str) -> Any:
   if value is None or value == "":
-    raise app.UsageError(f"--{flag} is required")
+    raise errors.UserError(f"--{flag} is required")
   return value
 
 
 def require_positive(value: int | None, flag: str) -> int:
   require(value, flag)
   if value < 1:
-    raise app.UsageError(f"--{flag} must be >= 1, got {value}")
+    raise errors.UserError(f"--{flag} must be >= 1, got {value}")
   return value
 
 
-def build_backend(model: str | None = None, base_url: str | None = None) -> Backend:
-  """The backend named by --backend, from the shared flags (overridable model and URL)."""
+def build_backend(model: str | None = None, base_url: str | None = None,
+                  workdir: str | None = None) -> Backend:
+  """The backend named by --backend, from the shared flags (overridable model and URL for openai,
+  workdir for model)."""
   if BACKEND.value == "openai":
-    return OpenAIBackend(require(base_url or BASE_URL.value, "base_url"),
-                         require(model or MODEL.value, "model"), api_key_env=API_KEY_ENV.value,
-                         concurrency=CONCURRENCY.value, timeout_s=TIMEOUT.value,
-                         max_retries=MAX_RETRIES.value, backoff_s=BACKOFF.value)
-  raise app.UsageError(f"unknown --backend {BACKEND.value!r}")
+    try:
+      return OpenAIBackend(require(base_url or BASE_URL.value, "base_url"),
+                           require(model or MODEL.value, "model"), api_key_env=API_KEY_ENV.value,
+                           concurrency=CONCURRENCY.value, timeout_s=TIMEOUT.value,
+                           max_retries=MAX_RETRIES.value, backoff_s=BACKOFF.value)
+    except ValueError as e:
+      raise errors.UserError(str(e)) from None
+  if BACKEND.value == "model":
+    path = require(workdir or WORKDIR.value, "workdir")
+    if not os.path.isdir(path):  # before jax is imported: a typo fails at once
+      raise errors.UserError(f"--workdir {path}: no such directory")
+    return ModelBackend.from_workdir(path, step=STEP.value, batch_size=require_positive(
+        MODEL_BATCH_SIZE.value, "model_batch_size"))
+  raise errors.UserError(f"unknown --backend {BACKEND.value!r}")
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -93,5 +124,6 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(fn: Callable[[list[str]], None]) -> None:
-  """absl.app.run with dashed flag spellings accepted."""
-  app.run(fn, argv=normalize_argv(sys.argv))
+  """absl.app.run with dashed flag spellings accepted and user errors reported on one line."""
+  sys.argv = normalize_argv(sys.argv)
+  errors.run(fn)

@@ -207,6 +207,7 @@ def _prompt_text(c: Candidate) -> str:
   return f"{c.instruction}\n\n{c.input}" if c.input.strip() else c.instruction
 
 
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags (backend, output, ...) too
 _INPUTS = flags.DEFINE_list("inputs", None, "Comma-separated name=path (or path) JSONL sources.")
 _MIN_CHARS = flags.DEFINE_integer("min_output_chars", 1200, "Shortest output kept (characters).")
 _MAX_CHARS = flags.DEFINE_integer("max_output_chars", 4096, "Longest output kept (characters).")

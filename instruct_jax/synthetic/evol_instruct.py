@@ -182,6 +182,7 @@ def run(config: EvolConfig, backend: Backend, out_dir: str, *,
     return rd.finish(tally, lineages=len(seeds))
 
 
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags (backend, output, ...) too
 _INSTRUCTIONS = flags.DEFINE_string("instructions", None,
                                     "JSONL of seed instructions (\"instruction\", optional "
                                     "\"input\"; the 175-task format works too).")

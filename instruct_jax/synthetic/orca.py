@@ -148,6 +148,7 @@ def run(config: OrcaConfig, backend: Backend, out_dir: str, *,
                      stopped_early=k < config.num_instructions)
 
 
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags (backend, output, ...) too
 _QUERIES = flags.DEFINE_string("queries", None, "JSONL of source queries (see the module doc).")
 
 

@@ -233,6 +233,7 @@ def run(config: SelfInstructConfig, backend: Backend, out_dir: str, *,
 
 # --- command line ---
 
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags (backend, output, ...) too
 _SEED_TASKS = flags.DEFINE_string("seed_tasks", None, "Seed tasks JSONL (175-task format).")
 _REQUESTS_PER_STEP = flags.DEFINE_integer("requests_per_step", 8,
                                           "Generation requests sent together per step.")
