@@ -6,10 +6,13 @@ order). Orbax writes each step to a temporary directory and renames it when comp
 trainer writes `<step>/checksums.json`, the size and SHA-256 of every file of the step (and a digest of
 that list). A step counts as good only when every file it lists is there with its size and hash:
 
-* the trainer restores the newest good step; a step that fails (a truncated, missing or changed file, no
-  manifest because the save never finished) is moved to `<checkpoints>_corrupt/` (never deleted), reported
-  on one line, and the run resumes from the step before, so the retrained step is saved again;
-* readers (generate, evaluate, convert, init_from) skip such a step with a one-line warning and never
+* the trainer restores the newest good step; a step that fails (a truncated, missing or changed file, a
+  manifest that does not match itself) is moved to `<checkpoints>_corrupt/` (never deleted), reported on
+  one line, and the run resumes from the step before, so the retrained step is saved again;
+* a step without a manifest (saved before checksums existed, or killed between orbax's save and the
+  manifest) cannot be checked: the trainer restores it if orbax can read it and writes its manifest,
+  else sets it aside; readers use it with a warning;
+* readers (generate, evaluate, convert, init_from) skip a bad step with a one-line warning and never
   move anything (a trainer may be writing next to them);
 * a good step that does not fit the run's state is an error, never a silent restart from step 0.
 
@@ -28,12 +31,14 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from instruct_jax import errors
 
 MANIFEST = "checksums.json"
+NO_MANIFEST = f"no {MANIFEST}"  # what `verify` says of a step without one (see the module docstring)
 _CHUNK = 1 << 22
 
 
@@ -93,7 +98,7 @@ def verify(step_dir: str | os.PathLike, *, hashes: bool = True) -> str | None:
     if blob.get("digest") != _digest(files):
       return f"{MANIFEST} does not match its own digest (the manifest was changed)"
   except FileNotFoundError:
-    return f"no {MANIFEST} (its save did not finish)"
+    return NO_MANIFEST
   except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
     return f"{MANIFEST} is unreadable ({type(e).__name__})"
   for name, expected in files.items():
@@ -119,22 +124,28 @@ def numeric_steps(directory: str | os.PathLike) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def good_step(directory: str | os.PathLike, step: int | None = None, *, warn: bool = True) -> int | None:
+def good_step(directory: str | os.PathLike, step: int | None = None, *, warn: bool = True,
+              hashes: bool = True) -> int | None:
   """The newest step of `directory` that passes `verify` (or `step`, checked), for readers.
 
-  Steps that fail are skipped with a one-line warning and left in place. Returns None if no step is good;
-  raises CheckpointError if the requested `step` fails.
+  Steps that fail are skipped with a one-line warning and left in place; a step without a manifest (saved
+  before checksums existed, or cut short between orbax's save and its manifest) is used with a warning,
+  since nothing can be checked. Returns None if no step is usable; raises CheckpointError if the requested
+  `step` fails.
   """
   directory = pathlib.Path(directory)
-  if step is not None:
-    problem = verify(directory / str(step))
-    if problem:
-      raise CheckpointError(f"checkpoint step {step} in {directory} is corrupt: {problem}")
-    return step
-  for s in reversed(numeric_steps(directory)):
-    problem = verify(directory / str(s))
+  candidates = [step] if step is not None else list(reversed(numeric_steps(directory)))
+  for s in candidates:
+    problem = verify(directory / str(s), hashes=hashes)
+    if problem == NO_MANIFEST:
+      if warn:
+        print(f"WARNING: checkpoint step {s} in {directory} has no {MANIFEST}; its contents cannot be checked",
+              flush=True)
+      return s
     if problem is None:
       return s
+    if step is not None:
+      raise CheckpointError(f"checkpoint step {step} in {directory} is corrupt: {problem}")
     if warn:
       print(f"WARNING: skipping checkpoint step {s} in {directory}: {problem}", flush=True)
   return None
@@ -159,20 +170,47 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _on_process_0(name: str, fn, *args) -> Any:
+  """fn(*args) on process 0, its result (a small int) on every process; a failure there is raised on every
+  process after the barrier, so no process waits forever for another."""
+  result, failure = 0, None
+  if jax.process_index() == 0:
+    try:
+      result = fn(*args)
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+      failure, result = e, -1
+  if jax.process_count() > 1:
+    result = int(multihost_utils.broadcast_one_to_all(np.int32(result)))
+  if failure is not None:
+    raise failure
+  if result == -1:
+    raise CheckpointError(f"{name} failed on process 0 (see its log)")
+  return result
+
+
 # ---------------------------------------------------------------- the trainer's checkpointer
 
+_GOOD, _UNCHECKED, _BAD = 0, 1, 2
+
+
 class Checkpointer:
-  """Saves every `every` steps (and on demand) with a checksum manifest, keeps the newest `keep`, restores
-  the newest good step."""
+  """Saves every `every` steps (and on demand) with a checksum manifest, keeps the newest `keep` good steps,
+  restores the newest good step.
+
+  orbax's own max_to_keep is off: it deletes old steps as a save finishes, before the new step's manifest is
+  written, so a kill at that moment could leave no good step. Old steps are pruned here, after the manifest.
+  Process 0 verifies and decides; the other processes follow its verdict.
+  """
 
   def __init__(self, directory: str | os.PathLike, *, every: int, keep: int = 3):
     self.directory = os.path.abspath(os.fspath(directory))
     self.every = every
     self.keep = keep
+    self._verified: set[int] = set()  # steps saved or verified by this process: not hashed again
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
   def _step_dir(self, step: int) -> pathlib.Path:
@@ -182,16 +220,27 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def newest_good(self) -> int | None:
-    """The newest step that passes its checksums ("the last good checkpoint")."""
-    return good_step(self.directory, warn=False)
+    """The newest step that passes its checksums' sizes ("the last good checkpoint", for messages)."""
+    return good_step(self.directory, warn=False, hashes=False)
+
+  def _verdict(self, step: int) -> tuple[int, str]:
+    """(_GOOD | _UNCHECKED | _BAD, problem) of a step, decided on process 0."""
+    problem = [""]
+
+    def check() -> int:
+      problem[0] = verify(self._step_dir(step)) or ""
+      return _GOOD if not problem[0] else _UNCHECKED if problem[0] == NO_MANIFEST else _BAD
+    return _on_process_0("verifying a checkpoint", check), problem[0] or "see process 0's log"
 
   def save(self, step: int, state: Any, data_iterator: Any | None, *, force: bool = False) -> bool:
     """Saves if `step` is due (or force); returns whether it saved. A bad step of that number is set aside."""
     if not force and (self.every <= 0 or step % self.every):
       return False
     if step in self._manager.all_steps():
-      problem = verify(self._step_dir(step))
-      if problem is None:
+      if step in self._verified:
+        return False
+      verdict, problem = self._verdict(step)
+      if verdict != _BAD:
         return False
       self._set_aside(step, problem)
     items = {"state": ocp.args.StandardSave(state)}
@@ -200,16 +249,21 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
     _sync("checkpoint-saved")
-    if jax.process_index() == 0:
-      write_manifest(self._step_dir(step))
-    _sync("checkpoint-manifest")
+    _on_process_0("writing checksums.json", lambda: write_manifest(self._step_dir(step)) or 0)
+    self._verified.add(step)
+    self._prune()
     return True
 
+  def _prune(self) -> None:
+    """Deletes steps older than the newest `keep` (after the newest one's manifest exists)."""
+    if self.keep <= 0:
+      return
+    for old in self.steps()[:-self.keep]:
+      self._manager.delete(old)
+      self._verified.discard(old)
+
   def _set_aside(self, step: int, problem: str) -> None:
-    _sync("checkpoint-verified")  # every process has looked at the step before it moves
-    if jax.process_index() == 0:
-      set_aside(self._step_dir(step), problem)
-    _sync("checkpoint-set-aside")
+    _on_process_0("moving a corrupt checkpoint aside", lambda: set_aside(self._step_dir(step), problem) and 0)
     self._manager.close()
     self._manager = self._open()  # forget the step
 
@@ -217,22 +271,33 @@ class Checkpointer:
     """(state, step) from the newest good checkpoint (data_iterator restored in place), or None if there is none.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings, so arrays land on their devices.
-    Bad steps are set aside on the way. A good step that cannot be restored into `abstract_state` raises
-    CheckpointError: the config no longer describes the checkpoint, and starting again would be wrong.
+    Bad steps are set aside on the way. A step without a manifest is restored if orbax can read it, and then
+    gets one (else it is set aside). A good step that cannot be restored raises CheckpointError: the config
+    no longer describes the checkpoint, and starting again would be wrong.
     """
     for step in reversed(self.steps()):
-      problem = verify(self._step_dir(step))
-      if problem:
+      verdict, problem = self._verdict(step)
+      if verdict == _BAD:
         self._set_aside(step, problem)
         continue
       try:
         state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         if data_iterator is not None:
           self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
-      except Exception as e:  # noqa: BLE001 - reported as what it is: this run's state does not fit
-        raise CheckpointError(f"checkpoint step {step} in {self.directory} passes its checksums but does not fit "
-                              f"this run's state ({type(e).__name__}: {errors.one_line(str(e))[:300]}); use the "
-                              "config it was saved with, or a new workdir") from None
+      except Exception as e:  # noqa: BLE001 - an unchecked step that cannot be read is set aside; a good one is not
+        detail = f"{type(e).__name__}: {errors.one_line(str(e))[:300]}"
+        if verdict == _UNCHECKED:
+          self._set_aside(step, f"no {MANIFEST}, and it cannot be read: {detail}")
+          continue
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} passes its checksums but could not be "
+                              f"restored into this run's state ({detail}); use the config it was saved with, or a "
+                              "new workdir") from None
+      if verdict == _UNCHECKED:
+        _on_process_0("writing checksums.json", lambda: write_manifest(self._step_dir(step)) or 0)
+        if jax.process_index() == 0:
+          print(f"Checkpoint step {step} had no {MANIFEST} (saved before checksums, or just before a kill); it "
+                "was read and now has one", flush=True)
+      self._verified.add(step)
       return state["state"], step
     return None
 

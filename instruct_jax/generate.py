@@ -52,8 +52,12 @@ def read_prompts(path: str) -> list[dict]:
   records = []
   if not os.path.isfile(path):
     raise errors.UserError(f"--prompts_file {path}: no such file")
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise errors.UserError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
       if not line.strip():
         continue
       if not line.lstrip().startswith("{"):

@@ -76,6 +76,9 @@ def truncate_logs(workdir: str, step: int) -> None:
     if len(kept) != len(lines):
       _replace(jsonl, lambda out: out.write("".join(kept).encode()))
   for path in glob.glob(os.path.join(workdir, "tensorboard", "*", "events.out.tfevents.*")):
+    if path.endswith(".tmp"):  # left by a kill during an earlier rewrite; the original is still there
+      os.remove(path)
+      continue
     records = list(event_file_loader.RawEventFileLoader(path).Load())  # the bytes as written, rewritten unchanged
     kept_records = [r for r in records if _event_kept(r, step)]
     if len(kept_records) != len(records):
@@ -103,6 +106,8 @@ def _replace(path: str, write) -> None:
   tmp = path + ".tmp"
   with open(tmp, "wb") as out:
     write(out)
+    out.flush()
+    os.fsync(out.fileno())
   os.replace(tmp, path)
 
 

@@ -151,8 +151,9 @@ class _PreemptedWaitingForData(Exception):
 
 
 class _Preemption:
-  """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps; while the loop waits
-  for a batch, SIGTERM stops it there (the iterator is mid-batch, so that stop saves nothing)."""
+  """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps; while a
+  single-process run waits for a batch, SIGTERM stops it there (the iterator is mid-batch, so that stop saves
+  nothing and the newest checkpoint stands)."""
 
   def __init__(self):
     self.requested = False
@@ -169,9 +170,11 @@ class _Preemption:
       raise _PreemptedWaitingForData()
 
   def next_batch(self, iterator):
-    self.waiting = True
+    """next(iterator), given up on SIGTERM in single-process runs. Several processes must stop at a step they
+    agree on (checked every log_every steps), so there a SIGTERM only sets the flag."""
+    self.waiting = jax.process_count() == 1
     try:
-      if self.requested:
+      if self.requested and self.waiting:
         raise _PreemptedWaitingForData()
       return next(iterator)
     finally:
@@ -322,7 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                                                           seen.tolist())))
   if not stopped_early and rows:
     scored, result["after"] = evaluate(state.params)
-    writer.write(final_step, evaluators.flat_scalars(result["after"]))
+    if final_step > start:  # a restart of a finished run evaluates again but logs nothing twice
+      writer.write(final_step, evaluators.flat_scalars(result["after"]))
     if jax.process_index() == 0:
       evaluators.write_jsonl(os.path.join(workdir, "predictions.jsonl"), scored)
       with open(os.path.join(workdir, "eval.json"), "w") as f:

@@ -35,10 +35,12 @@ CHECKPOINTS = "checkpoints"
 RESUME_HISTORY = "resume_history.jsonl"
 
 # Keys a restart may change: how long to train, how often to log, save and evaluate, what to evaluate, and
-# how the same computation is laid out (mesh, sharding, remat, reader threads). Every other key changes the
+# how the same computation is laid out or carried out (mesh, sharding, remat, microbatches, compute dtype,
+# reader threads). Every other key changes the
 # model, the tokenizer, the data order or the optimisation, so a restart with another value is refused.
 RESUMABLE = (
     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "preemption_exit_code",
+    "num_microbatches", "model.dtype",
     "eval.tasks", "eval.split", "eval.seen_templates", "eval.unseen_templates", "eval.num_examples",
     "eval.max_new_tokens", "eval.num_beams", "eval.batch_size", "eval.before_training", "eval.rank_classification",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "sharding", "model.remat_policy", "data.read_threads",
@@ -102,9 +104,10 @@ def check_restart(path: str | os.PathLike, config: ml_collections.ConfigDict,
     shown = ", ".join(f"{'--config.' if k in set(flag_keys) else ''}{k} {recorded.get(k, '(absent)')} -> "
                       f"{now.get(k, '(absent)')}" for k in refused[:6])
     more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
-    raise WorkdirError(f"{path} was started with other settings ({shown}{more}); a restart may change only "
-                       f"{', '.join(RESUMABLE[:5])}, eval.*, mesh and layout keys (workdir.RESUMABLE). Use a new "
-                       "workdir, or the settings it was started with" + (
+    raise WorkdirError(f"{path} was started with other settings ({shown}{more}); a restart may change only the "
+                       "keys in instruct_jax/workdir.py RESUMABLE (steps, logging, saving, evaluation except "
+                       "eval.held_out_cluster, mesh and layout). Use a new workdir, or the settings it was started "
+                       "with" + (
                            "" if checkpoint_steps(path) else " (it has no checkpoint yet: remove it to start over)"))
   return {k: [json.loads(recorded[k]) if k in recorded else None, json.loads(now[k])] for k in differ}
 

@@ -108,6 +108,7 @@ def test_server_text_is_printed_without_the_api_key(monkeypatch):
   assert secret not in message and "0123456789abcdef" not in message and "[REDACTED]" in message  # ... not shown
 
 
+@pytest.mark.slow  # two subprocesses that import jax: 9 s
 @pytest.mark.parametrize("module, own_flags", [
     ("instruct_jax.train", ["--config", "--workdir", "--dry_run"]),
     ("instruct_jax.data.preview", ["--mixture", "--inputs_length"]),

@@ -361,7 +361,7 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
     if n == 0:
       raise sources.DataError(f"task {name!r} has no {config.split!r} examples")
     if n < process_count:
-      raise ValueError(f"task {name!r} has {n} {config.split} examples, fewer than {process_count} hosts")
+      raise sources.DataError(f"task {name!r} has {n} {config.split} examples, fewer than {process_count} hosts")
     # Repeated forever, so no task ends the mixture early; reshuffled every epoch.
     ds = EpochShuffledIndices(np.arange(process_index, n, process_count),
                               seed=(config.seed * 1_000_003 + i) % 2**32 if config.shuffle else None)
@@ -404,7 +404,7 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
     mixtures_lib.log_rates(config.mixture, rates)
   check_lengths(config, tokenizer, tasks, task_names)
   stats = Stats(task_names)
-  give_up = [min(max(tasks[name].num_examples(config.split) // process_count, 1), 200) for name in task_names]
+  give_up = [min(max(tasks[name].num_examples(config.split) // process_count, 1), 1000) for name in task_names]
   features = examples.map(Featurizer(config, tokenizer, stats, give_up))
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch)
   ds = features.to_iter_dataset(read)

@@ -128,9 +128,7 @@ def _records(path: str) -> list[tuple[str, dict[str, Any]]]:
     raise errors.UserError(f"{path}: no such file")
   try:
     return [(f"{path}:{lineno}", obj) for lineno, obj in read_jsonl(path)]
-  except UnicodeDecodeError as e:
-    raise errors.UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-  except ValueError as e:
+  except ValueError as e:  # bad JSON or bytes that are not UTF-8, named by file and line
     raise errors.UserError(str(e)) from None
 
 
@@ -163,7 +161,7 @@ def load_items(config: JudgeConfig) -> list[Item]:
         raise errors.UserError(f"{pwhere}: no 'instruction' field; predictions are joined to prompts line by line "
                                "and must repeat the prompt's instruction (instruct_jax.generate writes it)")
       if (_text(pred, "instruction", pwhere).strip() != instruction.strip()
-          or ("input" in pred and _text(pred, "input", pwhere, required=False).strip() != inp.strip())):
+          or _text(pred, "input", pwhere, required=False).strip() != inp.strip()):
         raise errors.UserError(f"{pwhere}: its instruction/input differ from those of {where}; predictions are "
                                "joined to prompts line by line (same order, same count)")
       outputs.append(_text(pred, "output", pwhere))
@@ -201,17 +199,17 @@ def conversation(p: dict[str, Any], mode: str, item: Item, order: str | None) ->
 
 
 def parse_verdict(text: str, mode: str) -> str | None:
-  """The value of the answer's "Verdict: X" lines (A-D; or "1", "2", "tie"), or None if there is none,
-  it is not one of those, or two lines disagree.
+  """The value of the answer's "Verdict: X" lines that name a choice (A-D; or "1", "2", "tie"), or None if
+  there is none or two of them disagree (a line such as "Verdict: X" repeating the format is ignored).
 
   >>> parse_verdict("Accurate and complete.\\n**Verdict: A**", "rating")
   'A'
   """
-  values = {m.group(1).lower() for m in _VERDICT.finditer(text)}
   choices = {c.lower(): c for c in (LEVELS if mode == "rating" else ("1", "2", "tie"))}
+  values = {m.group(1).lower() for m in _VERDICT.finditer(text)} & set(choices)  # "Verdict: X" echoes drop out
   if len(values) != 1:
     return None
-  return choices.get(values.pop())
+  return choices[values.pop()]
 
 
 def outcome_for_a(verdict: str, order: str) -> str:

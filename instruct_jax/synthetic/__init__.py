@@ -9,8 +9,9 @@ layout and how a killed or extended run resumes):
     python -m instruct_jax.synthetic.backtranslation --texts F        ...
     python -m instruct_jax.synthetic.curation        --inputs F,...   ...
 
-with the shared flags `--backend openai --base-url URL --model NAME --api-key-env VAR --out DIR
---num-instructions N --concurrency C --timeout S --max-retries R --seed S`.
+with the shared flags `--backend openai --base-url URL --model NAME --api-key-env VAR` (an OpenAI-compatible
+server) or `--backend model --workdir W [--step N]` (a model trained here, decoded with the KV cache), and
+`--out DIR --num-instructions N --concurrency C --timeout S --max-retries R --seed S`.
 
 Output schema: one JSON object per line.
 

@@ -47,8 +47,12 @@ def validate_record(record: Any, where: str) -> None:
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yields (1-based line number, object) for each non-blank line; bad JSON names file and line."""
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
       if not line.strip():
         continue
       try:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from instruct_jax import errors
 from instruct_jax.evals import judge
 from instruct_jax.synthetic.openai_backend import OpenAIBackend
 
@@ -87,6 +88,7 @@ def test_parse_verdict_reads_only_whole_verdict_lines():
   assert judge.parse_verdict("verdict: c.\n", "rating") == "C"
   assert judge.parse_verdict("**Verdict:** D", "rating") == "D"
   assert judge.parse_verdict("Verdict: B\nVerdict: B", "rating") == "B"
+  assert judge.parse_verdict("End with a line\nVerdict: X\nSo:\nVerdict: A", "rating") == "A"  # an echoed format line
   for bad in ("A", "I would say the verdict: A is fair", "Verdict: A or B", "Verdict: E",
               "Verdict: A\nVerdict: C", ""):
     assert judge.parse_verdict(bad, "rating") is None, bad
@@ -103,6 +105,14 @@ def test_both_orders_combine_as_a_sum():
            ("win", None): None, (None, "tie"): None}
   for (a, b), want in table.items():
     assert judge.combine(a, b) == want, (a, b)
+
+
+def test_a_prediction_without_the_prompts_input_is_refused(tmp_path):
+  prompts = [{"instruction": "Sort.", "input": "3 1 2"}]
+  config = judge.JudgeConfig(mode="rating", prompts=_write(tmp_path / "p.jsonl", prompts),
+                             predictions=(_write(tmp_path / "o.jsonl", [{"instruction": "Sort.", "output": "1 2 3"}]),))
+  with pytest.raises(errors.UserError, match="o.jsonl:1: its instruction/input differ"):
+    judge.load_items(config)
 
 
 def test_bootstrap_interval():
