@@ -3,12 +3,16 @@
     python -m instruct_jax.evaluate --workdir /tmp/quickstart
     python -m instruct_jax.evaluate --workdir DIR --tasks niv2/task1393_superglue_copa_text_completion \\
         --superni_dir ../shared/data/natural-instructions --num_examples 100 --output_dir /tmp/eval
+    python -m instruct_jax.evaluate --workdir DIR --superni_dir DIR --superni_split test --output metrics.json
 
 The model, tokenizer and newest checkpoint (or --step) come from the workdir; tasks are looked up in the
 workdir's data paths (and --superni_dir), and a mixture name stands for its tasks (e.g. niv2_test).
 Writes predictions.jsonl and metrics.json to --output_dir (default: WORKDIR/eval) and prints a table.
 Task evaluations are also scored by `instruct_jax.evals.score` (SuperNI's exact match and ROUGE-L per
-category and task).
+category and task); a SuperNI task counts under its task file's own category (its first "Categories" entry),
+other tasks under their cluster. `--superni_split test` evaluates the tasks listed in
+`splits/test_tasks.txt` of --superni_dir (those missing from its tasks/ folder are listed, not silently
+skipped); `--output FILE` writes that score in `instruct_jax.evals.score`'s schema.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from absl import flags, logging
 from instruct_jax import errors, predict
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import mixtures as mixtures_lib
+from instruct_jax.data import superni
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import score as score_lib
@@ -29,8 +34,36 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
 _TASKS = flags.DEFINE_list("tasks", [], "Tasks (or mixtures) to evaluate instead of the config's evaluation.")
 _SUPERNI = flags.DEFINE_string("superni_dir", None, "natural-instructions directory for niv2/ tasks.")
+_SPLIT = flags.DEFINE_string("superni_split", None, "Evaluate the tasks of splits/<NAME>_tasks.txt in --superni_dir "
+                              "(e.g. test: SuperNI's 119 held-out tasks).")
 _NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: the config's).")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the SuperNI-style score (overall, by_category, by_task) "
+                              "here, in instruct_jax.evals.score's schema.")
 _OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")
+
+
+def split_tasks(superni_dir: str, split: str, tasks) -> list[str]:
+  """The niv2/ task names of a SuperNI split file that the directory has; the missing ones are reported."""
+  if not superni_dir:
+    raise errors.UserError("--superni_split needs --superni_dir (or the run's config.data_paths.superni_dir)")
+  listed = tasks_lib.superni_split(superni_dir, split)
+  if not listed:
+    raise errors.UserError(f"--superni_split {split}: {superni_dir}/splits/{split}_tasks.txt is missing or empty")
+  present = [t for t in listed if t in tasks]
+  missing = [t.removeprefix("niv2/") for t in listed if t not in tasks]
+  if missing:
+    print(f"note: {len(missing)} of the {len(listed)} tasks of split {split!r} are not in {superni_dir}/tasks and are "
+          f"not evaluated: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", flush=True)
+  if not present:
+    raise errors.UserError(f"--superni_split {split}: none of its {len(listed)} tasks is in {superni_dir}/tasks")
+  return present
+
+
+def task_category(task: tasks_lib.Task) -> str:
+  """A SuperNI task's category as its task file gives it (the first of "Categories"), else the task's cluster."""
+  if isinstance(task.source, superni.SuperNISource) and task.source.task["categories"]:
+    return task.source.task["categories"][0]
+  return task.cluster
 
 
 def main(argv):
@@ -44,9 +77,11 @@ def main(argv):
     config.eval.tasks = tuple(_TASKS.value)
   if _SUPERNI.value:
     config.data_paths.superni_dir = _SUPERNI.value
+  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
+  if _SPLIT.value:
+    config.eval.tasks = tuple(split_tasks(config.data_paths.superni_dir, _SPLIT.value, catalogues[0]))
   loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
-  rows = evaluators.config_rows(config.eval, *mixtures_lib.catalogues(
-      tasks_lib.DataPaths.from_config(config.data_paths)))
+  rows = evaluators.config_rows(config.eval, *catalogues)
   if not rows:
     raise errors.UserError("nothing to evaluate: the config's evaluation has no examples (pass --tasks and "
                            "--num_examples)")
@@ -60,10 +95,17 @@ def main(argv):
   evaluators.write_jsonl(os.path.join(out_dir, "predictions.jsonl"), scored)
   result = {"summary": summary, "step": loaded.step, "examples": len(scored), "seconds": seconds,
             "examples_per_second": len(scored) / max(seconds, 1e-9)}
-  if _TASKS.value:  # SuperNI-style breakdown by category and task
-    refs = [{"id": r["id"], "references": r["references"], "task_id": r["task"], "task_category": r["cluster"],
+  if _TASKS.value or _SPLIT.value:  # SuperNI-style breakdown by category and task
+    category = {name: task_category(catalogues[0][name]) for name in {r["task"] for r in scored}}
+    refs = [{"id": r["id"], "references": r["references"], "task_id": r["task"], "task_category": category[r["task"]],
              "track": "default"} for r in scored]
     result["superni"] = score_lib.score(refs, {r["id"]: r["prediction"] for r in scored})
+    if _OUTPUT.value:
+      with open(_OUTPUT.value, "w") as f:
+        json.dump(result["superni"], f, indent=1)
+      print(score_lib.format_table(result["superni"]))
+  elif _OUTPUT.value:
+    raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=1)
   print(evaluators.format_table(summary))

@@ -283,3 +283,21 @@ def test_periodic_evaluation_and_the_cli_commands(tmp_path):
   assert "examples/s" in stdout and "seen_templates" in stdout
   metrics = json.loads((eval_dir / "metrics.json").read_text())
   assert metrics["examples"] == 18 * 1 + 15 * 1 and "by_cluster" in metrics["summary"]
+
+
+def test_evaluate_scores_a_superni_split_under_each_tasks_own_category(reference_run, shared_data, tmp_path):
+  ni = shared_data / "natural-instructions"
+  out = _run([sys.executable, "-m", "instruct_jax.evaluate", f"--workdir={reference_run}", f"--superni_dir={ni}",
+              "--superni_split=test", "--num_examples=1", f"--output={tmp_path / 'm.json'}",
+              f"--output_dir={tmp_path / 'eval'}"]).stdout
+  listed = [line.strip() for line in (ni / "splits" / "test_tasks.txt").read_text().splitlines() if line.strip()]
+  present = sorted(n for n in listed if any((ni / "tasks").glob(f"{n}*.json")))
+  assert f"{len(listed) - len(present)} of the {len(listed)} tasks of split 'test' are not in" in out
+  metrics = json.loads((tmp_path / "m.json").read_text())
+  assert sorted(metrics["by_task"]) == [f"niv2/{n}" for n in present]
+  expected = set()
+  for n in present:
+    task_file = next((ni / "tasks").glob(f"{n}*.json"))
+    expected.add(json.loads(task_file.read_text())["Categories"][0])
+  assert set(metrics["by_category"]) == expected and "superni" not in metrics["by_category"]
+  assert metrics["num_instances"] == len(present) and {"overall", "by_track"} <= set(metrics)
