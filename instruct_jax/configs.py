@@ -92,6 +92,9 @@ def base() -> ml_collections.ConfigDict:
 
   c.data_paths = ml_collections.ConfigDict()
   c.data_paths.superni_dir = ""  # natural-instructions checkout (tasks/*.json, splits/); adds niv2/ tasks
+  c.data_paths.superni_train_instances = config_dict.placeholder(int)  # SuperNI: train on the first N instances of
+  #                                                                      each task (None: all; Tk-Instruct: 100)
+  c.data_paths.superni_eval_instances = 100  # SuperNI: a task's test split is its first N instances (official: 100)
   c.data_paths.tfds_data_dir = ""  # TFDS data_dir with prepared (array_record) datasets
   c.data_paths.instruction_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: Alpaca JSONL
 

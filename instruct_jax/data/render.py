@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from instruct_jax.data import sources
 from instruct_jax.data import superni
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import templates as templates_lib
@@ -190,6 +191,10 @@ def render_split(task: tasks_lib.Task, split: str, cfg: RenderConfig, *, n: int 
     ex = renderer(i, i, np.random.default_rng([seed, task_index, i]))
     if ex is not None:
       out.append(ex)
+  if total and not out:
+    raise sources.DataError(f"task {task.name!r} split {split!r}: its preprocessing dropped all of the first {total} "
+                            "records (GLUE and SuperGLUE test splits have no labels); use another split "
+                            "(config.eval.split)")
   return out
 
 

@@ -5,20 +5,25 @@ A task file holds a Definition (a list of strings), Positive and Negative Exampl
 hold a bare `NaN` (e.g. `"URL": [NaN]`); Python's json module reads it as float nan, and no field we
 use may be NaN.
 
-Splits: "train" is every instance; "test" is the first `num_eval_instances` (100), as the official
-evaluation uses.
+Splits: "train" is every instance (or the first `num_train_instances`: Tk-Instruct trained on 100 per task);
+"test" is the first `num_eval_instances` (100), as the official evaluation uses. Both are config keys
+(`config.data_paths.superni_train_instances`, `superni_eval_instances`).
 
-The encoding (Tk-Instruct's), for definition D, positive examples (x1, y1).. and the evaluated input x:
+The encoding (Tk-Instruct's), for definition D (the first entry of the file's Definition list), positive
+examples (x1, y1).. and the evaluated input x:
 
     Definition: D.                          ("." added when D lacks final punctuation)
     <blank line>
      Positive Example 1 -
-    Input: x1
-     Output: y1
+    Input: x1.                              (the same rule for every input, output and explanation line)
+     Output: y1.
     <blank line>
     Now complete the following example -
-    Input: x
+    Input: x.
     Output:<space>
+
+As Tk-Instruct's collator does, the rule looks at the whole line ("Input: " + the stripped text), so an empty
+input gives "Input: ." and text ending in "?", "!", ")" or any other ASCII punctuation is left as it is.
 
 Examples are added one at a time only while the whole prompt still fits the length limit.
 """
@@ -71,7 +76,10 @@ def read_task(path: str | os.PathLike, stats: sources.ReadStats | None = None) -
   for field in ("Definition", "Instances"):
     if field not in data:
       raise sources.DataError(f"{path}: missing field {field!r}")
-  definition = _text(data["Definition"], path, "Definition")
+  definitions = data["Definition"] if isinstance(data["Definition"], list) else [data["Definition"]]
+  if not definitions:
+    raise sources.DataError(f"{path}: field 'Definition' is an empty list")
+  definition = _text(definitions[0], path, "Definition")  # Tk-Instruct uses the first entry
   instances = []
   for i, inst in enumerate(data["Instances"]):
     where = f"{path}: Instances[{i}] (id {inst.get('id')!r})"
@@ -98,9 +106,14 @@ def read_task(path: str | os.PathLike, stats: sources.ReadStats | None = None) -
 class SuperNISource:
   """One SuperNI task file as a source; records carry the task's definition and examples."""
 
-  def __init__(self, path: str | os.PathLike, *, num_eval_instances: int = NUM_EVAL_INSTANCES):
+  def __init__(self, path: str | os.PathLike, *, num_eval_instances: int = NUM_EVAL_INSTANCES,
+               num_train_instances: int | None = None):
+    for name, value in (("num_eval_instances", num_eval_instances), ("num_train_instances", num_train_instances)):
+      if value is not None and value < 1:
+        raise sources.DataError(f"SuperNI {name} must be >= 1, got {value}")
     self.path = os.fspath(path)
     self.num_eval_instances = num_eval_instances
+    self.num_train_instances = num_train_instances
     self.stats = sources.ReadStats()
     self._task: dict[str, Any] | None = None
     self._records: list[dict[str, Any]] | None = None
@@ -123,23 +136,27 @@ class SuperNISource:
                         "positive_examples": t["positive_examples"],
                         "negative_examples": t["negative_examples"]} for inst in t["instances"]]
     if split == "train":
-      return self._records
+      return self._records[:self.num_train_instances]
     if split == "test":
       return self._records[:self.num_eval_instances]
     raise sources.DataError(f"SuperNI task {self.path} has splits ('train', 'test'), not {split!r}")
 
 
+def _with_period(line: str) -> str:
+  """Tk-Instruct's rule: a "." after a line that does not end in ASCII punctuation."""
+  return line if line and line[-1] in string.punctuation else line + "."
+
+
 def _definition_text(definition: str) -> str:
   definition = definition.strip()
-  if definition and definition[-1] not in string.punctuation:
-    definition += "."
-  return definition
+  return _with_period(definition) if definition else definition
 
 
 def _demo(label: str, i: int, ex: dict[str, str], explanation: bool) -> str:
-  text = f" {label} Example {i} -\nInput: {ex['input'].strip()}\n Output: {ex['output'].strip()}\n"
+  text = (f" {label} Example {i} -\n{_with_period('Input: ' + ex['input'].strip())}\n"
+          f"{_with_period(' Output: ' + ex['output'].strip())}\n")
   if explanation and ex.get("explanation"):
-    text += f" Explanation: {ex['explanation'].strip()}\n"
+    text += f"{_with_period(' Explanation: ' + ex['explanation'].strip())}\n"
   return text + "\n"
 
 
@@ -149,7 +166,7 @@ def encode(definition: str, instance_input: str, *, positive_examples: Sequence[
            fits: Callable[[str], bool] | None = None) -> tuple[str, int]:
   """The SuperNI prompt for one instance; returns (prompt, number of demonstrations included)."""
   head = f"Definition: {_definition_text(definition)}\n\n" if use_definition and definition.strip() else ""
-  tail = f"Now complete the following example -\nInput: {instance_input.strip()}\nOutput: "
+  tail = f"Now complete the following example -\n{_with_period('Input: ' + instance_input.strip())}\nOutput: "
   demos = [_demo("Positive", i + 1, ex, explanations) for i, ex in enumerate(positive_examples[:num_positive])]
   demos += [_demo("Negative", i + 1, ex, explanations) for i, ex in enumerate(negative_examples[:num_negative])]
   body = ""

@@ -162,6 +162,8 @@ def preprocess_instruction(r: dict[str, Any]) -> dict[str, Any]:
 class DataPaths:
   """Where file-backed tasks live; every field is optional (the built-in tasks need none)."""
   superni_dir: str | None = None  # a natural-instructions checkout: tasks/*.json, splits/*.txt
+  superni_train_instances: int | None = None  # first N instances of each SuperNI task train (None: all)
+  superni_eval_instances: int = superni.NUM_EVAL_INSTANCES  # first N instances of each SuperNI task: its test split
   tfds_data_dir: str | None = None
   instruction_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> .json/.jsonl
   builtin_seed: int = 0
@@ -170,7 +172,8 @@ class DataPaths:
   @classmethod
   def from_config(cls, section, *, strict: bool = True) -> "DataPaths":
     """From a run config's `data_paths` section ("" means unset) and its `data.strict`."""
-    return cls(superni_dir=section.superni_dir or None, tfds_data_dir=section.tfds_data_dir or None,
+    return cls(superni_dir=section.superni_dir or None, superni_train_instances=section.superni_train_instances,
+               superni_eval_instances=section.superni_eval_instances, tfds_data_dir=section.tfds_data_dir or None,
                instruction_files=dict(section.instruction_files), strict=strict)
 
 
@@ -197,19 +200,22 @@ def tfds_tasks(data_dir: str | None = None) -> dict[str, Task]:
           for name, key, prep, metric, options, cluster, split_map in specs}
 
 
-def superni_task(path: str | os.PathLike) -> Task:
-  """A SuperNI task file as a task named niv2/<task name>."""
-  source = superni.SuperNISource(path)
+def superni_task(path: str | os.PathLike, *, train_instances: int | None = None,
+                 eval_instances: int = superni.NUM_EVAL_INSTANCES) -> Task:
+  """A SuperNI task file as a task named niv2/<task name> (instance caps as Tk-Instruct's)."""
+  source = superni.SuperNISource(path, num_eval_instances=eval_instances, num_train_instances=train_instances)
   name = pathlib.Path(path).name.removesuffix(".json").removesuffix(".SUBSET")
   return Task(name=f"niv2/{name}", source=source, templates=templates_lib.load("instructions")["superni"],
               metric="rouge_l", cluster="superni")
 
 
-def superni_tasks(superni_dir: str | os.PathLike) -> dict[str, Task]:
+def superni_tasks(superni_dir: str | os.PathLike, *, train_instances: int | None = None,
+                  eval_instances: int = superni.NUM_EVAL_INSTANCES) -> dict[str, Task]:
   task_dir = pathlib.Path(superni_dir) / "tasks"
   if not task_dir.is_dir():
     raise FileNotFoundError(f"SuperNI directory {superni_dir} has no tasks/ folder")
-  tasks = [superni_task(p) for p in sorted(task_dir.glob("*.json"))]
+  tasks = [superni_task(p, train_instances=train_instances, eval_instances=eval_instances)
+           for p in sorted(task_dir.glob("*.json"))]
   return {t.name: t for t in tasks}
 
 
@@ -245,7 +251,8 @@ def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
   tasks = builtin_tasks(paths.builtin_seed)
   tasks.update(tfds_tasks(paths.tfds_data_dir))
   if paths.superni_dir:
-    tasks.update(superni_tasks(paths.superni_dir))
+    tasks.update(superni_tasks(paths.superni_dir, train_instances=paths.superni_train_instances,
+                               eval_instances=paths.superni_eval_instances))
   for name, files in paths.instruction_files.items():
     if name in tasks:
       raise ValueError(f"instruction file name {name!r} clashes with a catalogue task")

@@ -179,8 +179,9 @@ def test_tfds_data_source_through_the_rte_task(tiny_rte_dir):
                                  "Does the premise entail the hypothesis?\n\nOPTIONS:\n- yes\n- no")
   assert by_idx[0]["targets"] == want_answer
   assert sorted(ex["targets"] for ex in exs) == ["no", "no", "yes", "yes"]
-  # The unlabelled test split (label -1) is dropped by the preprocessor.
-  assert render.render_split(task, "test", render.RenderConfig()) == []
+  # The unlabelled test split (label -1): the preprocessor drops every record, which is an error naming the split.
+  with pytest.raises(sources.DataError, match="'tiny_rte' split 'test': its preprocessing dropped all"):
+    render.render_split(task, "test", render.RenderConfig())
 
 
 def test_tfds_squad_task_references_and_inversion(tiny_rte_dir):
@@ -251,12 +252,15 @@ def test_superni_encoding_golden(shared_data):
   ex = render.render_split(task, "test", render.RenderConfig(template_ids=(0,)), n=1)[0]
   t = task.source.task
   pos = t["positive_examples"]
-  want = (f"Definition: {t['definition']}\n\n"  # ends with '.', so nothing is added
-          f" Positive Example 1 -\nInput: {pos[0]['input']}\n Output: {pos[0]['output']}\n\n"
-          f" Positive Example 2 -\nInput: {pos[1]['input']}\n Output: {pos[1]['output']}\n\n"
+  # The definition ends with "."; the inputs end with "cause"/"effect" and the outputs with "A"/"B", so Tk-Instruct's
+  # collator adds a period to each of those lines.
+  assert not pos[0]["input"].strip()[-1] in ".?!" and pos[0]["output"].strip() in ("A", "B")
+  want = (f"Definition: {t['definition']}\n\n"
+          f" Positive Example 1 -\nInput: {pos[0]['input']}.\n Output: {pos[0]['output']}.\n\n"
+          f" Positive Example 2 -\nInput: {pos[1]['input']}.\n Output: {pos[1]['output']}.\n\n"
           "Now complete the following example -\n"
           "Input: The man fell unconscious. (A) The assailant struck the man in the head. (B) The assailant "
-          "took the man's wallet., Question: cause\nOutput: ")
+          "took the man's wallet., Question: cause.\nOutput: ")
   assert ex["inputs"] == want
   assert ex["targets"] == "A" and ex["references"] == ["A"] and ex["shots"] == 2
 
@@ -266,14 +270,28 @@ def test_superni_encoding_rules():
   neg = [{"input": "c", "output": "d", "explanation": "wrong"}]
   text, n = superni.encode("Copy the input", "x", positive_examples=pos, negative_examples=neg,
                            num_positive=1, num_negative=1, explanations=True)
-  assert text == ("Definition: Copy the input.\n\n Positive Example 1 -\nInput: a\n Output: b\n Explanation: why\n\n"
-                  " Negative Example 1 -\nInput: c\n Output: d\n Explanation: wrong\n\n"
-                  "Now complete the following example -\nInput: x\nOutput: ")
+  assert text == ("Definition: Copy the input.\n\n Positive Example 1 -\nInput: a.\n Output: b.\n Explanation: why.\n\n"
+                  " Negative Example 1 -\nInput: c.\n Output: d.\n Explanation: wrong.\n\n"
+                  "Now complete the following example -\nInput: x.\nOutput: ")
   assert n == 2
+  # Lines that already end in punctuation are left alone; an empty input still gets its period (as Tk-Instruct).
+  done = [{"input": "Is it? ", "output": "Yes!", "explanation": "(see above)"}]
+  text, _ = superni.encode("Answer!", "", positive_examples=done, num_positive=1, explanations=True)
+  assert text == ("Definition: Answer!\n\n Positive Example 1 -\nInput: Is it?\n Output: Yes!\n Explanation: (see above)\n\n"
+                  "Now complete the following example -\nInput: .\nOutput: ")
   # Demonstrations stop as soon as the prompt would exceed the limit.
   text, n = superni.encode("Copy the input!", "x", positive_examples=pos, num_positive=3,
                            fits=lambda s: len(s) <= 140)
   assert n == 1 and text.startswith("Definition: Copy the input!\n\n") and len(text) <= 140
+
+
+def test_superni_uses_the_first_definition_entry(tmp_path):
+  path = tmp_path / "task8_two_definitions.json"
+  path.write_text(json.dumps({"Definition": ["Say yes", "Say no"], "Instances": [{"id": "i0", "input": "x",
+                                                                                  "output": ["yes"]}]}))
+  assert superni.read_task(path)["definition"] == "Say yes"
+  text, _ = superni.encode(superni.read_task(path)["definition"], "x")
+  assert text.startswith("Definition: Say yes.\n\n")
 
 
 def test_superni_missing_field(tmp_path):
@@ -298,3 +316,28 @@ def test_tfds_preprocessors_on_records_shaped_like_data_source_rows():
   inputs, _ = render.Renderer(task, render.RenderConfig())._fill(task.templates[1], fields, with_options=True)
   assert inputs == ("Premise: A cat sat.\nHypothesis: An animal sat.\nIs the hypothesis entailed, contradicted, "
                     "or neither?\n\nOPTIONS:\n- yes\n- it is not possible to tell\n- no")
+
+
+def test_superni_instance_caps_are_config_keys(shared_data):
+  import ml_collections
+  from instruct_jax import configs
+  config = configs.from_command_line(["--config=configs/base.py",
+                                      f"--config.data_paths.superni_dir={shared_data / 'natural-instructions'}",
+                                      "--config.data_paths.superni_train_instances=3",
+                                      "--config.data_paths.superni_eval_instances=2"])
+  assert isinstance(config.data_paths, ml_collections.ConfigDict)
+  tasks = tasks_lib.catalogue(tasks_lib.DataPaths.from_config(config.data_paths))
+  copa = tasks["niv2/task1393_superglue_copa_text_completion"]
+  assert copa.num_examples("train") == 3 and copa.num_examples("test") == 2
+  assert [r["id"] for r in copa.source.load("test")] == [r["id"] for r in copa.source.load("train")[:2]]
+  full = tasks_lib.superni_tasks(shared_data / "natural-instructions")["niv2/task1393_superglue_copa_text_completion"]
+  assert full.num_examples("train") == 496 and full.num_examples("test") == 100
+
+
+def test_a_split_without_labels_is_an_error_naming_it():
+  unlabeled = [{"question": f"q{i}", "passage": "p", "idx": i, "label": -1} for i in range(4)]
+  task = tasks_lib.Task(name="super_glue/boolq", source=sources.MemorySource({"test": unlabeled}),
+                        templates=tasks_lib.tfds_tasks()["super_glue/boolq"].templates,
+                        preprocess=tasks_lib.preprocess_boolq, options=("yes", "no"))
+  with pytest.raises(sources.DataError, match="'super_glue/boolq' split 'test': its preprocessing dropped all"):
+    render.render_split(task, "test", render.RenderConfig(), n=4)

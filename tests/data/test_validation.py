@@ -58,8 +58,8 @@ def test_lenient_mode_skips_and_counts_bad_lines_but_an_all_bad_file_still_fails
 def test_strict_is_a_config_key_reachable_from_the_command_line():
   config = configs.from_command_line(["--config=configs/tiny.py", "--config.data.strict=False"])
   assert config.data.strict is False
-  paths = tasks_lib.DataPaths.from_config(ml_collections.ConfigDict(
-      dict(superni_dir="", tfds_data_dir="", instruction_files={"mine": "x.jsonl"})), strict=False)
+  config.data_paths.instruction_files = ml_collections.ConfigDict({"mine": "x.jsonl"})
+  paths = tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict)
   assert tasks_lib.catalogue(paths)["mine"].source.strict is False
 
 
