@@ -3,8 +3,9 @@
 The contract is small: an evaluation is a list of `EvalSet`s (tasks, templates, split, number of
 examples, and the condition it measures, e.g. "seen_templates"), run with a `generate_fn` (and,
 for tasks with answer options, a `loglik_fn` for rank classification) that the caller builds from its
-model. Evaluators never import models. Results: one row per example (for predictions.jsonl) and means
-x 100 per (condition, cluster), per condition and per task.
+model. Evaluators never import models. Results: one row per example (for predictions.jsonl; each row carries
+its condition, task, cluster, template id and shot count) and means x 100 per (condition, cluster), per
+condition, per task, per template and per shot count (`aggregate(rows, by=...)` groups by any fields).
 
 The built-in evaluation (`builtin_eval_sets`) measures instruction following three ways: training
 clusters with the templates seen in training, the same clusters with templates never seen, and a whole
@@ -81,7 +82,8 @@ def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_
       task = tasks_lib.lookup(catalogue, name)
       for i, ex in enumerate(render_lib.render_split(task, s.split, cfg, n=s.num_examples)):
         rows.append({"id": f"{s.condition}/{name}/{i}", "condition": s.condition, "task": name,
-                     "cluster": task.cluster, "template_id": ex["template_id"], "inputs": ex["inputs"],
+                     "cluster": task.cluster, "template_id": ex["template_id"], "shots": ex["shots"],
+                     "inputs": ex["inputs"],
                      "references": list(ex["references"]), "options": list(task.options or [])})
   return rows
 
@@ -102,27 +104,42 @@ def evaluate(rows: list[dict[str, Any]], generate_fn: Callable[[Sequence[str]], 
   return out
 
 
-def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-  """Means x 100 of each metric per (condition, cluster), per condition, and per (condition, task)."""
-  groups: dict[tuple[str, ...], list[Mapping]] = collections.defaultdict(list)
+METRICS = ("exact_match", "rougeL", "rank_accuracy")
+# summarize's groupings: name -> the row fields whose values make a group's key ("condition/cluster", ...).
+GROUPINGS = {"by_cluster": ("condition", "cluster"), "by_condition": ("condition",), "by_task": ("condition", "task"),
+             "by_template": ("condition", "template_id"), "by_shots": ("condition", "shots")}
+
+
+def aggregate(rows: Iterable[Mapping[str, Any]], by: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Means x 100 of each metric, and n, per group of rows with equal values of the fields `by`; the key is
+  those values joined by "/" (e.g. by=("condition", "template_id") -> "unseen_templates/9"), sorted."""
+  groups: dict[tuple, list[Mapping]] = collections.defaultdict(list)
   for r in rows:
-    groups[("by_cluster", r["condition"], r["cluster"])].append(r)
-    groups[("by_condition", r["condition"])].append(r)
-    groups[("by_task", r["condition"], r["task"])].append(r)
-  out: dict[str, Any] = {"by_cluster": {}, "by_condition": {}, "by_task": {}}
-  for key, members in sorted(groups.items()):
+    groups[tuple(r[k] for k in by)].append(r)
+  out = {}
+  for key in sorted(groups, key=lambda k: tuple((isinstance(v, str), v) for v in k)):
+    members = groups[key]
     scores = {m: 100.0 * float(np.mean([x[m] for x in members if m in x]))
-              for m in ("exact_match", "rougeL", "rank_accuracy") if any(m in x for x in members)}
+              for m in METRICS if any(m in x for x in members)}
     scores["n"] = len(members)
-    out[key[0]]["/".join(key[1:])] = scores
+    out["/".join(str(v) for v in key)] = scores
   return out
+
+
+def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+  """`aggregate` for each of GROUPINGS: per (condition, cluster), condition, task, template id and shot count."""
+  rows = list(rows)
+  return {name: aggregate(rows, by) for name, by in GROUPINGS.items() if all(k in r for r in rows for k in by)}
 
 
 def flat_scalars(summary: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
   """{eval/<condition>/<cluster>/<metric>: value} for metric writers (per-task rows left out)."""
   out = {}
-  for group in ("by_condition", "by_cluster"):
-    for key, scores in summary[group].items():
+  for group in ("by_condition", "by_cluster", "by_template", "by_shots"):
+    for key, scores in summary.get(group, {}).items():
+      if group in ("by_template", "by_shots"):  # "condition/7" -> "condition/template_7"
+        condition, value = key.rsplit("/", 1)
+        key = f"{condition}/{group.removeprefix('by_').removesuffix('s')}_{value}"
       for metric, value in scores.items():
         if metric != "n":
           out[f"{prefix}{key}/{metric}"] = value
