@@ -72,7 +72,7 @@ def cross_entropy(logits_BLV, targets_BL, *, z_loss: float = 0.0, label_smoothin
 
 
 def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominator, z_loss: float = 0.0,
-                     label_smoothing: float = 0.0):
+                     label_smoothing: float = 0.0, groups=None):
   """Normalised loss plus sums for metrics.
 
   Args:
@@ -80,9 +80,12 @@ def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominato
     targets_BL: target token ids.
     weights_BL: the data's loss weights (0/1); only used for the metric counts.
     scale_BL, denominator: from `token_scale_and_denominator`, computed over the whole optimizer step.
+    groups: optional {name: (ids_BL, n)}: per-token group ids in [0, n) (e.g. each token's task index), for
+      per-group sums.
   Returns:
     (loss, metrics) with metrics["weight_sum"] (scored tokens), ["correct"] (scored tokens predicted
-    exactly by argmax) and ["nll_sum"] (plain negative log-likelihood) summed over scored tokens.
+    exactly by argmax) and ["nll_sum"] (plain negative log-likelihood) summed over scored tokens; per group
+    name, metrics[f"{name}_nll"] and [f"{name}_weight"]: those sums per group id ([n] each).
   """
   ce_BL, nll_BL = cross_entropy(logits_BLV, targets_BL, z_loss=z_loss, label_smoothing=label_smoothing)
   loss = jnp.sum(scale_BL * ce_BL) / jnp.maximum(denominator, 1e-9)
@@ -93,4 +96,8 @@ def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominato
       "correct": jnp.sum(w * correct),
       "nll_sum": jnp.sum(w * nll_BL),  # the target's plain negative log-likelihood
   }
+  for name, (ids_BL, n) in (groups or {}).items():
+    ids = ids_BL.reshape(-1)
+    metrics[f"{name}_nll"] = jax.ops.segment_sum((w * nll_BL).reshape(-1), ids, num_segments=n)
+    metrics[f"{name}_weight"] = jax.ops.segment_sum(w.reshape(-1), ids, num_segments=n)
   return loss, metrics

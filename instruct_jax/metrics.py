@@ -117,8 +117,13 @@ def _jsonable(v):
 
 
 def summarize_step(sums: Mapping[str, np.ndarray], *, seconds: float, tokens: float, nonpad_tokens: float,
-                   task_names: list[str], task_counts: np.ndarray | None) -> dict[str, float]:
-  """Host-side metrics of one or more steps from their summed device metrics."""
+                   task_names: list[str], task_counts: np.ndarray | None,
+                   group_labels: Mapping[str, list[str]] | None = None) -> dict[str, float]:
+  """Host-side metrics of one or more steps from their summed device metrics.
+
+  group_labels {name: labels}: for the step's per-group sums (`step.train_step`'s metric_groups), the NLL per
+  scored token of each group that had any, as "nll_by_<name>/<label>" (e.g. nll_by_task/builtin/reverse).
+  """
   w = max(float(sums["weight_sum"]), 1e-9)
   out = {
       "loss": float(sums["loss"]),
@@ -134,6 +139,11 @@ def summarize_step(sums: Mapping[str, np.ndarray], *, seconds: float, tokens: fl
   if task_counts is not None:
     for name, n in zip(task_names, task_counts):
       out[f"examples_seen/{name}"] = float(n)
+  for group, labels in (group_labels or {}).items():
+    if f"{group}_nll" in sums:
+      for label, nll, weight in zip(labels, np.asarray(sums[f"{group}_nll"]), np.asarray(sums[f"{group}_weight"])):
+        if weight > 0:
+          out[f"nll_by_{group}/{label}"] = float(nll) / float(weight)
   return out
 
 
@@ -206,11 +216,11 @@ class StepWindow:
     self.t_first = t_dispatch if self.t_first is None else self.t_first
     self.t_last = time.time()
 
-  def summarize(self, task_names, seen) -> dict[str, float]:
+  def summarize(self, task_names, seen, group_labels=None) -> dict[str, float]:
     n = max(self.steps, 1)
     means = {k: v / n if k in ("loss", "learning_rate", "grad_norm", "param_norm") else v
              for k, v in self.sums.items()}
-    out = summarize_step(means, seconds=self.t_last - self.t_first, tokens=self.tokens,
-                                     nonpad_tokens=self.nonpad, task_names=task_names, task_counts=seen)
+    out = summarize_step(means, seconds=self.t_last - self.t_first, tokens=self.tokens, nonpad_tokens=self.nonpad,
+                         task_names=task_names, task_counts=seen, group_labels=group_labels)
     self.steps, self.sums, self.tokens, self.nonpad, self.t_first = 0, None, 0, 0, None
     return out

@@ -75,18 +75,25 @@ def _split_microbatches(x, k: int):
 
 
 def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: optax.GradientTransformation,
-               loss_cfg: LossConfig, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1):
-  """One optimizer step; pure. Returns the new state and step metrics (host-side sums and means)."""
+               loss_cfg: LossConfig, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1,
+               metric_groups: tuple[tuple[str, str, int], ...] = ()):
+  """One optimizer step; pure. Returns the new state and step metrics (host-side sums and means).
+
+  metric_groups: (name, batch feature, n) triples, e.g. ("task", "task_index", 15): the batch carries that
+  per-token feature and the metrics get its per-group NLL and weight sums (`losses.loss_and_metrics`).
+  """
   with sharding.activation_sharding(mesh, rules):
     scale_BL, denominator = losses.token_scale_and_denominator(
         batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), loss_cfg.normalization)
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params, mb, mb_scale, mb_rng):
+      mb = dict(mb)
+      groups = {name: (mb.pop(feature), n) for name, feature, n in metric_groups}
       logits = forward(model, params, mb, dropout_rng=mb_rng if _has_dropout(model) else None)
       return losses.loss_and_metrics(logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
                                      scale_BL=mb_scale, denominator=denominator, z_loss=loss_cfg.z_loss,
-                                     label_smoothing=loss_cfg.label_smoothing)
+                                     label_smoothing=loss_cfg.label_smoothing, groups=groups)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if num_microbatches == 1:
@@ -99,7 +106,7 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
         (mb_loss, mb_sums), mb_grads = grad_fn(state.params, mb, mb_scale, jax.random.fold_in(step_rng, j))
         return jax.tree.map(jnp.add, carry, (mb_loss, mb_sums, mb_grads)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), _zero_sums(), state.params))
+      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), _zero_sums(metric_groups), state.params))
       (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro))
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -109,8 +116,11 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def _zero_sums():
-  return {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(())}
+def _zero_sums(metric_groups=()):
+  sums = {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(())}
+  for name, _, n in metric_groups:
+    sums[f"{name}_nll"] = sums[f"{name}_weight"] = jnp.zeros((n,))
+  return sums
 
 
 def _has_dropout(model: build.Model) -> bool:
@@ -118,10 +128,10 @@ def _has_dropout(model: build.Model) -> bool:
 
 
 def jit_train_step(model, tx, loss_cfg: LossConfig, schedule, mesh: Mesh, rules, state_shardings,
-                   num_microbatches: int = 1):
+                   num_microbatches: int = 1, metric_groups: tuple[tuple[str, str, int], ...] = ()):
   """The train step jitted once with explicit in/out shardings and the state donated."""
   replicated = NamedSharding(mesh, P())
   step = functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule, mesh=mesh,
-                           rules=rules, num_microbatches=num_microbatches)
+                           rules=rules, num_microbatches=num_microbatches, metric_groups=tuple(metric_groups))
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))

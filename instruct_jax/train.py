@@ -49,6 +49,9 @@ from instruct_jax.evals import evaluators
 from instruct_jax.models import build
 
 
+DEVICE_FEATURES = ("task_index", "template_id")  # meta features the train step reads (per-task, per-template NLL)
+
+
 def padded_vocab(n: int, multiple: int = 128) -> int:
   return -(-n // multiple) * multiple
 
@@ -223,8 +226,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx, schedule = optim.make_optimizer(optim_cfg), optim.make_schedule(optim_cfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(config.seed))
   loss_cfg = step.LossConfig(**config.loss.to_dict())
+  num_templates = 1 + max(t.id for name in pipe.task_names for t in catalogues[0][name].templates)
+  metric_groups = (("task", "task_index", len(pipe.task_names)), ("template", "template_id", num_templates))
+  group_labels = {"task": pipe.task_names, "template": [str(i) for i in range(num_templates)]}
   train_step = step.jit_train_step(model, tx, loss_cfg, schedule, mesh, rules, state_sh,
-                                   num_microbatches=config.num_microbatches)
+                                   num_microbatches=config.num_microbatches, metric_groups=metric_groups)
 
   # Resume, or start from init_from's weights (read only when there is nothing of this run to resume).
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), every=config.checkpoint_every,
@@ -271,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     metrics_lib.check_finite(done_step, host_metrics)
     window.add(host_metrics, stats)
     if done_step % config.log_every == 0 or done_step == config.total_steps:
-      scalars = window.summarize(pipe.task_names, seen)
+      scalars = window.summarize(pipe.task_names, seen, group_labels)
       writer.write(done_step, scalars, prefix="train/")
       writer.write(done_step, data_report.scalars())
       writer.flush()
@@ -284,7 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       seen += counts
       stats = (time.time(), *metrics_lib.token_counts(host_batch), counts)
       batch = pipeline_lib.to_global_batch({k: v for k, v in host_batch.items()
-                                            if k not in pipeline_lib.META_FEATURES}, batch_sharding)
+                                            if k in DEVICE_FEATURES or k not in pipeline_lib.META_FEATURES},
+                                           batch_sharding)
       state, device_metrics = train_step(state, batch, rng)  # dispatch step t + 1 ...
       finish_pending()  # ... then pull step t's metrics to the host
       pending = (t + 1, device_metrics, stats)

@@ -7,7 +7,7 @@ from instruct_jax import optim, sharding, step
 from tests import helpers
 
 
-def _run_step(kind, batch, num_microbatches, optimizer="adamw", normalization="tokens"):
+def _run_step(kind, batch, num_microbatches, optimizer="adamw", normalization="tokens", metric_groups=()):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = sharding.get_rules("fsdp_tensor")
   model = helpers.tiny_model(kind)
@@ -16,7 +16,7 @@ def _run_step(kind, batch, num_microbatches, optimizer="adamw", normalization="t
   tx = optim.make_optimizer(ocfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
   train = step.jit_train_step(model, tx, step.LossConfig(normalization=normalization), optim.make_schedule(ocfg),
-                              mesh, rules, state_sh, num_microbatches=num_microbatches)
+                              mesh, rules, state_sh, num_microbatches=num_microbatches, metric_groups=metric_groups)
   state, metrics = train(state, batch, jax.random.key(1))
   return jax.device_get(state.params), jax.device_get(metrics)
 
@@ -36,6 +36,25 @@ def test_microbatches_give_the_same_update_as_one_batch(kind, normalization):
   assert helpers.rel_err(m4["grad_norm"], m1["grad_norm"]) < 1e-5
   assert helpers.max_tree_rel_err(params_4, params_1) < 1e-5
   assert float(m4["weight_sum"]) == float(np.asarray(batch["decoder_loss_weights"]).sum())
+
+
+def test_per_task_and_per_template_sums_add_up_and_survive_microbatching():
+  kind = "decoder"
+  batch = helpers.concat_batches(helpers.make_batches(kind, helpers.random_examples(kind, 16, seed=5), pack=False,
+                                                      batch_size=16, inputs_len=12, targets_len=10))
+  rows, length = batch["decoder_target_tokens"].shape
+  task = np.repeat((np.arange(rows) % 3)[:, None], length, axis=1).astype(np.int32)
+  batch = {**batch, "task_index": task, "template_id": (task + 1) % 2}
+  groups = (("task", "task_index", 3), ("template", "template_id", 2))
+  _, m1 = _run_step(kind, batch, 1, metric_groups=groups)
+  _, m4 = _run_step(kind, batch, 4, metric_groups=groups)
+  w = np.asarray(batch["decoder_loss_weights"])
+  np.testing.assert_allclose(m1["task_weight"], [w[task[:, 0] == g].sum() for g in range(3)])
+  for name in ("task", "template"):
+    assert m1[f"{name}_nll"].shape == (3 if name == "task" else 2,)
+    assert float(m1[f"{name}_nll"].sum()) == pytest.approx(float(m1["nll_sum"]), rel=1e-5)
+    np.testing.assert_allclose(m4[f"{name}_nll"], m1[f"{name}_nll"], rtol=1e-5)
+    np.testing.assert_allclose(m4[f"{name}_weight"], m1[f"{name}_weight"])
 
 
 def test_adafactor_step_lowers_the_loss():

@@ -71,6 +71,10 @@ def test_uninterrupted_run_learns_and_writes_tensorboard(reference_run):
               "train/tokens_per_sec", "train/nonpad_tokens_per_sec", "train/nonpad_share"):
     assert tag in tags, tags
   assert any(t.startswith("train/examples_seen/builtin/") for t in tags)
+  # Loss per task and per template group, from the task and template ids the batch carries.
+  assert any(t.startswith("train/nll_by_task/builtin/") for t in tags)
+  assert {f"train/nll_by_template/{i}" for i in range(8)} <= set(tags)  # the tiny config trains on templates 0-7
+  assert not any(t.startswith("train/nll_by_template/") and int(t.rsplit("/", 1)[1]) > 7 for t in tags)
   events = acc.Scalars("train/loss")
   assert [e.step for e in events] == list(range(1, STEPS + 1))
   assert events[-1].value == pytest.approx(losses[STEPS], rel=1e-6)
