@@ -27,6 +27,7 @@ from absl import flags, logging
 
 from instruct_jax import errors, predict, sampling
 from instruct_jax import workdir as workdir_lib
+from instruct_jax.data import sources
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the newest).")
@@ -52,27 +53,24 @@ def read_prompts(path: str) -> list[dict]:
   records = []
   if not os.path.isfile(path):
     raise errors.UserError(f"--prompts_file {path}: no such file")
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise errors.UserError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-      if not line.strip():
-        continue
-      if not line.lstrip().startswith("{"):
-        records.append({"prompt": line.rstrip("\n").replace("\\n", "\n")})
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-      if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
-        raise errors.UserError(f"{path}:{n}: record has no 'prompt' or 'instruction' field")
-      for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
-        if field in record and not isinstance(record[field], str):
-          raise errors.UserError(f"{path}:{n}: field {field!r} must be a string, got {type(record[field]).__name__}")
-      records.append(record)
+  for n, line in sources.text_lines(path):
+    if isinstance(line, sources.DataError):
+      raise line
+    if not line.strip():
+      continue
+    if not line.lstrip().startswith("{"):
+      records.append({"prompt": line.rstrip("\n").replace("\\n", "\n")})
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+    if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
+      raise errors.UserError(f"{path}:{n}: record has no 'prompt' or 'instruction' field")
+    for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
+      if field in record and not isinstance(record[field], str):
+        raise errors.UserError(f"{path}:{n}: field {field!r} must be a string, got {type(record[field]).__name__}")
+    records.append(record)
   return records
 
 

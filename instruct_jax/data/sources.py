@@ -79,8 +79,9 @@ def read_jsonl(path: str, *, strict: bool = True, stats: ReadStats | None = None
   return [record for _, record in read_jsonl_numbered(path, strict=strict, stats=stats)]
 
 
-def _open_lines(path: str):
-  """(1-based line number, text) of a file, each line decoded as UTF-8 on its own so an error names its line."""
+def text_lines(path: str):
+  """(1-based line number, text) of a file, each line decoded as UTF-8 on its own, so bytes that are not UTF-8
+  come as a DataError naming the file and line (yielded in place of the text: raise it, or skip and count it)."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
   with open(path, "rb") as f:
@@ -102,7 +103,7 @@ def read_jsonl_numbered(path: str, *, strict: bool = True,
   stats = stats if stats is not None else ReadStats()
   records = []
   lines = 0
-  for lineno, line in _open_lines(path):
+  for lineno, line in text_lines(path):
     if isinstance(line, DataError):
       message = str(line)
     elif not line.strip():

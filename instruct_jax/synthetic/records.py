@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from instruct_jax.data import sources
+
 PROVENANCE_KEYS = ("method", "round", "parent_id", "backend", "model", "prompt_version")
 TEXT_FIELDS = ("instruction", "input", "output", "system")
 
@@ -47,21 +49,18 @@ def validate_record(record: Any, where: str) -> None:
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yields (1-based line number, object) for each non-blank line; bad JSON names file and line."""
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-      if not isinstance(obj, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-      yield lineno, obj
+  for lineno, line in sources.text_lines(path):
+    if isinstance(line, sources.DataError):  # bytes that are not UTF-8 (a ValueError naming file and line)
+      raise line
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+      raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    yield lineno, obj
 
 
 def text_field(obj: Mapping[str, Any], field: str, where: str, *, required: bool = True,
