@@ -150,13 +150,27 @@ def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
 
 
 class _PreemptedWaitingForData(Exception):
-  pass
+  """SIGTERM came while a single-process run waited for a batch; `state` is the iterator's state before it."""
+
+  def __init__(self):
+    super().__init__("SIGTERM while waiting for data")
+    self.state: Any = None
+
+
+class _IteratorState:
+  """A data iterator's state taken earlier, in the form grain's checkpoint handler saves (its get_state())."""
+
+  def __init__(self, state: Any):
+    self._state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self._state, indent=1).encode()
 
 
 class _Preemption:
-  """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps; while a
-  single-process run waits for a batch, SIGTERM stops it there (the iterator is mid-batch, so that stop saves
-  nothing and the newest checkpoint stands)."""
+  """Turns SIGTERM (a TPU VM preemption notice) into a flag the loop checks between steps. While a
+  single-process run waits for a batch, SIGTERM ends the wait (a stalled reader must not outlive the notice);
+  the iterator's state from before that wait goes with the exception, so the stop still saves every step done."""
 
   def __init__(self):
     self.requested = False
@@ -175,11 +189,16 @@ class _Preemption:
   def next_batch(self, iterator):
     """next(iterator), given up on SIGTERM in single-process runs. Several processes must stop at a step they
     agree on (checked every log_every steps), so there a SIGTERM only sets the flag."""
-    self.waiting = jax.process_count() == 1
+    single = jax.process_count() == 1
+    before = iterator.get_state() if single and hasattr(iterator, "get_state") else None
+    self.waiting = single
     try:
       if self.requested and self.waiting:
         raise _PreemptedWaitingForData()
       return next(iterator)
+    except _PreemptedWaitingForData as e:
+      e.state = before
+      raise
     finally:
       self.waiting = False
 
@@ -283,9 +302,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.flush()
       progress.update(done_step, scalars)
 
+  interrupted = None
   try:
     for t in range(start, config.total_steps):
-      host_batch = preemption.next_batch(data_iter)
+      try:
+        host_batch = preemption.next_batch(data_iter)
+      except _PreemptedWaitingForData as e:
+        interrupted = e
+        break
       counts = metrics_lib.task_counts(host_batch, len(pipe.task_names))
       seen += counts
       stats = (time.time(), *metrics_lib.token_counts(host_batch), counts)
@@ -317,14 +341,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     print(f"ERROR: {e}. Last good checkpoint: {'none' if good is None else f'step {good}'}", file=sys.stderr,
           flush=True)
     raise
-  except _PreemptedWaitingForData:
-    writer.close()
-    good = checkpointer.newest_good()
-    checkpointer.close()
-    print(f"SIGTERM received while waiting for data: stopped without saving (newest checkpoint: "
-          f"{'none' if good is None else f'step {good}'})", flush=True)
-    return {**result, "final_step": good or 0, "stopped_early": True}
   final_step = int(jax.device_get(state.step))
+  if interrupted is not None:  # every step done is saved, with the data position from before the broken wait
+    checkpointer.save(final_step, state, _IteratorState(interrupted.state), force=True)
+    print(f"SIGTERM received: saved checkpoint at step {final_step} and stopped (it came while waiting for "
+          "data)", flush=True)
+    stopped_early = True
   checkpointer.save(final_step, state, data_iter, force=True)
   if jax.process_index() == 0:
     print(data_report.summary(), flush=True)

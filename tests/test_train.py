@@ -114,6 +114,71 @@ def test_sigterm_saves_and_resumes(reference_run, tmp_path):
   assert _losses(tmp_path)[STEPS] == pytest.approx(_losses(reference_run)[STEPS], rel=1e-6)
 
 
+class _StallingIterator:
+  """A real batch iterator whose reader stalls for good after `after` batches (a hung filesystem, say)."""
+
+  def __init__(self, inner, after):
+    self.inner, self.after, self.served = inner, after, 0
+
+  def __next__(self):
+    if self.served == self.after:
+      while True:  # only the SIGTERM handler's exception gets out of here
+        time.sleep(0.05)
+    self.served += 1
+    return next(self.inner)
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_reader_stalls_saves_every_step_done(reference_run, tmp_path, monkeypatch, capsys):
+  """SIGTERM during a wait for data that never ends: the steps done are saved with the data position from
+  before the wait, and the resumed run reaches the reference's final loss."""
+  import dataclasses
+  import threading
+  from instruct_jax import configs, train
+  from instruct_jax.data import pipeline as pipeline_lib
+  real = pipeline_lib.make_pipeline
+
+  class Stalling:
+    def __init__(self, dataset):
+      self.dataset = dataset
+
+    def __iter__(self):
+      return _StallingIterator(iter(self.dataset), after=5)
+
+  def stalling_pipeline(*args, **kwargs):
+    pipe = real(*args, **kwargs)
+    return dataclasses.replace(pipe, dataset=Stalling(pipe.dataset))
+  monkeypatch.setattr(pipeline_lib, "make_pipeline", stalling_pipeline)
+  config = configs.load(TINY)
+  config.total_steps, config.checkpoint_every, config.eval.num_examples, config.log_every = STEPS, 100, 0, 1
+
+  def arm():  # SIGTERM once step 4's loss is logged (it is pulled after step 5 is dispatched): the 6th batch hangs
+    while not ((tmp_path / "metrics.jsonl").exists() and 4 in _losses(tmp_path)):
+      time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+  threading.Thread(target=arm, daemon=True).start()
+  try:
+    result = train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  out = capsys.readouterr().out
+  assert result["stopped_early"] and result["final_step"] == 5, out[-2000:]
+  assert "SIGTERM received: saved checkpoint at step 5 and stopped (it came while waiting for data)" in out
+  assert (tmp_path / "checkpoints" / "5" / "checksums.json").is_file()
+  out = _run(_cmd(tmp_path, "--config.checkpoint_every=100")).stdout
+  assert "Resumed from checkpoint step 5" in out
+  ref, resumed = _losses(reference_run), _losses(tmp_path)
+  for s in range(6, STEPS + 1):  # the batches after the broken wait are the reference's
+    assert resumed[s] == pytest.approx(ref[s], rel=1e-6), s
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
