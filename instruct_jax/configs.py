@@ -72,6 +72,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.train_on_inputs = False  # decoder only: put loss weight on the instruction tokens too
   c.data.mixing_cap = config_dict.placeholder(int)  # override every mixture's examples-per-task cap
   c.data.mixing_temperature = config_dict.placeholder(float)  # override every mixture's mixing temperature
+  c.data.train_fraction = 1.0  # train on the first ceil(fraction x n) examples of each task (data-size ablations)
   c.data.read_threads = 0  # threads rendering and tokenizing ahead of the packer
   c.data.prefetch = 64  # examples rendered ahead
   c.data.worker_count = 0  # grain worker processes (0: in-process)

@@ -7,7 +7,8 @@
 
 The model, tokenizer and newest checkpoint (or --step) come from the workdir; tasks are looked up in the
 workdir's data paths (and --superni_dir), and a mixture name stands for its tasks (e.g. niv2_test).
-Writes predictions.jsonl and metrics.json to --output_dir (default: WORKDIR/eval) and prints a table.
+Writes predictions.jsonl, metrics.json and eval_results.csv (one row per grouping, key and metric) to
+--output_dir (default: WORKDIR/eval) and prints a table.
 Task evaluations are also scored by `instruct_jax.evals.score` (SuperNI's exact match and ROUGE-L per
 category and task); a SuperNI task counts under its task file's own category (its first "Categories" entry),
 other tasks under their cluster. `--superni_split test` evaluates the tasks listed in
@@ -23,9 +24,9 @@ import time
 from absl import flags, logging
 
 from instruct_jax import errors, predict
+from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import mixtures as mixtures_lib
-from instruct_jax.data import superni
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import score as score_lib
@@ -59,13 +60,6 @@ def split_tasks(superni_dir: str, split: str, tasks) -> list[str]:
   return present
 
 
-def task_category(task: tasks_lib.Task) -> str:
-  """A SuperNI task's category as its task file gives it (the first of "Categories"), else the task's cluster."""
-  if isinstance(task.source, superni.SuperNISource) and task.source.task["categories"]:
-    return task.source.task["categories"][0]
-  return task.cluster
-
-
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -96,10 +90,7 @@ def main(argv):
   result = {"summary": summary, "step": loaded.step, "examples": len(scored), "seconds": seconds,
             "examples_per_second": len(scored) / max(seconds, 1e-9)}
   if _TASKS.value or _SPLIT.value:  # SuperNI-style breakdown by category and task
-    category = {name: task_category(catalogues[0][name]) for name in {r["task"] for r in scored}}
-    refs = [{"id": r["id"], "references": r["references"], "task_id": r["task"], "task_category": category[r["task"]],
-             "track": "default"} for r in scored]
-    result["superni"] = score_lib.score(refs, {r["id"]: r["prediction"] for r in scored})
+    result["superni"] = score_lib.summarize([{**r, "track": "default"} for r in scored])  # the rows' own scores
     if _OUTPUT.value:
       with open(_OUTPUT.value, "w") as f:
         json.dump(result["superni"], f, indent=1)
@@ -108,9 +99,13 @@ def main(argv):
     raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=1)
+  results = os.path.join(out_dir, metrics_lib.RESULTS_CSV)
+  if os.path.exists(results):
+    os.remove(results)
+  metrics_lib.append_results(results, loaded.step, evaluators.long_rows(summary))
   print(evaluators.format_table(summary))
   print(f"step {loaded.step}: {len(scored)} examples in {seconds:.1f} s ({result['examples_per_second']:.1f} "
-        f"examples/s); wrote {out_dir}/predictions.jsonl and metrics.json")
+        f"examples/s); wrote {out_dir}/predictions.jsonl, metrics.json and {metrics_lib.RESULTS_CSV}")
 
 
 if __name__ == "__main__":

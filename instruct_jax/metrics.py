@@ -3,19 +3,22 @@
 TensorBoard files are written with TensorBoard's own event writer and protos (no TensorFlow needed);
 `tensorboard --logdir WORKDIR` reads them. Only process 0 writes. A run resumed from step S first drops
 what the previous process logged after S (those steps are trained again), from metrics.jsonl and from the
-event files, so every step appears once.
+event files, so every step appears once. Evaluation results also go to `workdir/eval_results.csv`, one row per
+(step, grouping, key, metric) (`RESULT_COLUMNS`), for pandas and spreadsheets; resumes truncate it the same way.
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
+import glob
+import io
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping
-
-import dataclasses
-import glob
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,6 +26,10 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+
+RESULTS_CSV = "eval_results.csv"
+RESULT_COLUMNS = ("step", "grouping", "key", "metric", "value")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,6 +47,7 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     if not self.enabled:
       return
+    self._workdir = workdir
     if resume_step is not None:
       truncate_logs(workdir, resume_step)
     self._tb = EventFileWriter(os.path.join(workdir, "tensorboard", name))
@@ -54,6 +62,11 @@ class MetricWriter:
     row = {"step": int(step), **{prefix + k: _jsonable(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(row) + "\n")
 
+  def write_results(self, step: int, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Appends evaluation results ({grouping, key, metric, value} each) at `step` to eval_results.csv."""
+    if self.enabled:
+      append_results(os.path.join(self._workdir, RESULTS_CSV), step, rows)
+
   def flush(self) -> None:
     if self.enabled:
       self._tb.flush()
@@ -65,9 +78,32 @@ class MetricWriter:
       self._jsonl.close()
 
 
+def append_results(path: str, step: int, rows: Iterable[Mapping[str, Any]]) -> None:
+  """Appends rows {grouping, key, metric, value} at `step` to the CSV at `path` (header first if it is new)."""
+  new = not os.path.isfile(path) or os.path.getsize(path) == 0
+  with open(path, "a", encoding="utf-8", newline="") as f:
+    out = csv.DictWriter(f, RESULT_COLUMNS)
+    if new:
+      out.writeheader()
+    out.writerows({"step": int(step), **{k: r[k] for k in RESULT_COLUMNS[1:]}} for r in rows)
+
+
 def truncate_logs(workdir: str, step: int) -> None:
-  """Drops metrics.jsonl rows and TensorBoard scalar events of steps after `step` (each file rewritten whole,
-  then renamed over the old one)."""
+  """Drops metrics.jsonl rows, eval_results.csv rows and TensorBoard scalar events of steps after `step` (each
+  file rewritten whole, then renamed over the old one)."""
+  results = os.path.join(workdir, RESULTS_CSV)
+  if os.path.isfile(results):
+    with open(results, encoding="utf-8", newline="") as f:
+      rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("value") is not None and r["step"].isdigit() and int(r["step"]) <= step]
+    if len(kept) != len(rows):
+      def write_csv(out, kept=kept):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+        out.write(text.getvalue().encode())
+      _replace(results, write_csv)
   jsonl = os.path.join(workdir, "metrics.jsonl")
   if os.path.isfile(jsonl):
     with open(jsonl, encoding="utf-8") as f:

@@ -272,13 +272,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   rows = evaluators.config_rows(config.eval, *catalogues)
   evaluate = lambda params: predict.evaluate(model, params, tokenizer, config.eval, rows,
                                              max_prompt_tokens=config.data.inputs_length, mesh=mesh, rules=rules)
+
+  def log_eval(at_step: int, summary: dict[str, Any]) -> None:  # TensorBoard scalars and eval_results.csv rows
+    writer.write(at_step, evaluators.flat_scalars(summary))
+    writer.write_results(at_step, evaluators.long_rows(summary))
+    writer.flush()
   result: dict[str, Any] = {"before": None}
+  # Metrics and results: a resume first drops what an earlier process logged after `start` (all of it at 0).
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
   if start == 0 and config.eval.before_training and rows:
     _, result["before"] = evaluate(state.params)
+    log_eval(0, result["before"])
     print("Before training:\n" + evaluators.format_table(result["before"]), flush=True)
 
   # The loop.
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   progress = metrics_lib.Progress(config.total_steps, start, config.log_every)
   rng = jax.random.key(config.seed + 1)
   pending = None  # (step, device metrics, host stats) of the step in flight
@@ -324,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         checkpointer.save(t + 1, state, data_iter)
       if config.eval_every and (t + 1) % config.eval_every == 0 and t + 1 < config.total_steps and rows:
         _, summary = evaluate(state.params)
-        writer.write(t + 1, evaluators.flat_scalars(summary))
+        log_eval(t + 1, summary)
       # Every process must agree to stop at the same step; asking the others costs a host sync, so
       # multi-process runs ask only every log_every steps.
       if (jax.process_count() == 1 or (t + 1) % config.log_every == 0) and _any_process(preemption.requested):
@@ -355,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if not stopped_early and rows:
     scored, result["after"] = evaluate(state.params)
     if final_step > start:  # a restart of a finished run evaluates again but logs nothing twice
-      writer.write(final_step, evaluators.flat_scalars(result["after"]))
+      log_eval(final_step, result["after"])
     if jax.process_index() == 0:
       evaluators.write_jsonl(os.path.join(workdir, "predictions.jsonl"), scored)
       with open(os.path.join(workdir, "eval.json"), "w") as f:

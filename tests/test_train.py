@@ -339,6 +339,15 @@ def test_periodic_evaluation_and_the_cli_commands(tmp_path):
   rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
   assert any(r["step"] == 3 and "eval/seen_templates/rougeL" in r for r in rows)
   assert (work / "predictions.jsonl").is_file() and (work / "eval.json").is_file()
+  # eval_results.csv beside the events: the periodic evaluation at 3 and the final one at 6, every grouping.
+  import csv
+  with open(work / "eval_results.csv", newline="") as f:
+    results = list(csv.DictReader(f))
+  assert sorted({int(r["step"]) for r in results}) == [3, 6]
+  final = json.loads((work / "eval.json").read_text())["after"]
+  got = {(r["grouping"], r["key"], r["metric"]): float(r["value"]) for r in results if r["step"] == "6"}
+  want = {(g, k, m): v for g, groups in final.items() for k, scores in groups.items() for m, v in scores.items()}
+  assert got == pytest.approx(want) and ("by_template", "unseen_templates/8", "rougeL") in got
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("Input: 3 1 2\\nTask: sort ascending\\nOutput:\n{\"prompt\": \"Input: 5 4\\nTask: reverse\"}\n")
   out = tmp_path / "out.jsonl"
@@ -352,6 +361,8 @@ def test_periodic_evaluation_and_the_cli_commands(tmp_path):
   assert "examples/s" in stdout and "seen_templates" in stdout
   metrics = json.loads((eval_dir / "metrics.json").read_text())
   assert metrics["examples"] == 18 * 1 + 15 * 1 and "by_cluster" in metrics["summary"]
+  with open(eval_dir / "eval_results.csv", newline="") as f:
+    assert {(r["step"], r["grouping"]) for r in csv.DictReader(f)} >= {("6", "by_cluster"), ("6", "by_shots")}
 
 
 def test_evaluate_scores_a_superni_split_under_each_tasks_own_category(reference_run, shared_data, tmp_path):

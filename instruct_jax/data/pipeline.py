@@ -17,6 +17,7 @@ process_count` rows; `to_global_batch` assembles the global array with the mesh'
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import threading
 from collections.abc import Mapping
@@ -59,6 +60,8 @@ class PipelineConfig:
     shuffle: shuffle each task's examples (every epoch differently).
     train_on_inputs: decoder only; put loss weight on the instruction too.
     mixing_cap, mixing_temperature: override the mixtures' caps / temperatures (ablation knobs).
+    train_fraction: train on the first ceil(fraction x n) examples of each task's split, repeated (the
+      "how much data is enough" ablation knob; the mixing rates are those of the whole tasks).
     render: template-diversity knobs.
     read_threads: threads that render and tokenize ahead of the packer (0: in the consuming thread,
       fastest on few cores: the work holds the GIL).
@@ -80,6 +83,7 @@ class PipelineConfig:
   train_on_inputs: bool = False
   mixing_cap: int | None = None
   mixing_temperature: float | None = None
+  train_fraction: float = 1.0
   render: render_lib.RenderConfig = render_lib.RenderConfig()
   read_threads: int = 0
   prefetch: int = 64
@@ -94,6 +98,8 @@ class PipelineConfig:
     for name in ("inputs_length", "targets_length", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+    if not 0 < self.train_fraction <= 1:
+      raise ValueError(f"config.data.train_fraction must be in (0, 1], got {self.train_fraction}")
     if isinstance(self.render, Mapping):
       object.__setattr__(self, "render", render_lib.RenderConfig(**self.render))
 
@@ -344,6 +350,12 @@ def _fits(tokenizer: tokenizer_lib.Tokenizer, limit: int):
   return fits
 
 
+def pool_size(config: PipelineConfig, task: tasks_lib.Task) -> int:
+  """How many of the task's first examples of the split are trained on (all, or config.train_fraction)."""
+  n = task.num_examples(config.split)
+  return n if config.train_fraction >= 1 else min(n, max(1, math.ceil(n * config.train_fraction)))
+
+
 def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task],
                       mixtures: Mapping[str, mixtures_lib.Mixture], *, tokenizer=None,
                       process_index: int = 0, process_count: int = 1
@@ -353,11 +365,11 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
                                   temperature=config.mixing_temperature, split=config.split)
   task_names = list(rates)
   fits = _fits(tokenizer, config.inputs_length) if tokenizer is not None else None
-  renderers = [render_lib.Renderer(tasks[name], config.render, task_index=i, split=config.split, fits=fits)
-               for i, name in enumerate(task_names)]
+  renderers = [render_lib.Renderer(tasks[name], config.render, task_index=i, split=config.split, fits=fits,
+                                   pool=pool_size(config, tasks[name])) for i, name in enumerate(task_names)]
   streams = []
   for i, name in enumerate(task_names):
-    n = tasks[name].num_examples(config.split)
+    n = pool_size(config, tasks[name])
     if n == 0:
       raise sources.DataError(f"task {name!r} has no {config.split!r} examples")
     if n < process_count:
@@ -404,7 +416,7 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
     mixtures_lib.log_rates(config.mixture, rates)
   check_lengths(config, tokenizer, tasks, task_names)
   stats = Stats(task_names)
-  give_up = [min(max(tasks[name].num_examples(config.split) // process_count, 1), 1000) for name in task_names]
+  give_up = [min(max(pool_size(config, tasks[name]) // process_count, 1), 1000) for name in task_names]
   features = examples.map(Featurizer(config, tokenizer, stats, give_up))
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch)
   ds = features.to_iter_dataset(read)

@@ -96,11 +96,13 @@ def select_templates(task: tasks_lib.Task, cfg: RenderConfig) -> dict[str, list[
 
 
 class Renderer:
-  """Renders examples of one task; call it with (source index, stream position, rng)."""
+  """Renders examples of one task; call it with (source index, stream position, rng). `pool`: only the first
+  `pool` examples of the split are in use (data.train_fraction), so few-shot exemplars come from them too."""
 
   def __init__(self, task: tasks_lib.Task, cfg: RenderConfig, *, task_index: int = 0, split: str = "train",
-               fits: Callable[[str], bool] | None = None):
+               fits: Callable[[str], bool] | None = None, pool: int | None = None):
     self.task, self.cfg, self.task_index, self.split, self.fits = task, cfg, task_index, split, fits
+    self.pool = pool
     self.templates = select_templates(task, cfg)
 
   def _pick(self, stream_pos: int, rng: np.random.Generator) -> templates_lib.Template:
@@ -131,6 +133,8 @@ class Renderer:
                  with_options: bool, rng: np.random.Generator) -> list[str]:
     split = self.task.exemplar_split
     n = self.task.num_examples(split)
+    if split == self.split and self.pool is not None:
+      n = min(n, self.pool)
     out: list[str] = []
     tried: set[int] = set()
     # Draw a few more candidates than needed: some are the example itself or render the same prompt.

@@ -3,9 +3,11 @@
 The contract is small: an evaluation is a list of `EvalSet`s (tasks, templates, split, number of
 examples, and the condition it measures, e.g. "seen_templates"), run with a `generate_fn` (and,
 for tasks with answer options, a `loglik_fn` for rank classification) that the caller builds from its
-model. Evaluators never import models. Results: one row per example (for predictions.jsonl; each row carries
-its condition, task, cluster, template id and shot count) and means x 100 per (condition, cluster), per
-condition, per task, per template and per shot count (`aggregate(rows, by=...)` groups by any fields).
+model. Evaluators never import models. Results: one row per example in the schema every evaluator shares
+(`instruct_jax.evals.metrics`: id, condition, task, category, cluster, template id, shots, prediction and its
+scores, among them "score", the task's own metric: exact match or ROUGE-L as `Task.metric` says), and means x
+100 per (condition, cluster), per condition, per task, per category, per template and per shot count
+(`metrics.aggregate(rows, by=...)` groups by any fields).
 
 The built-in evaluation (`builtin_eval_sets`) measures instruction following three ways: training
 clusters with the templates seen in training, the same clusters with templates never seen, and a whole
@@ -13,16 +15,14 @@ cluster held out of training.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from instruct_jax.data import builtin
 from instruct_jax.data import render as render_lib
+from instruct_jax.data import superni
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import metrics as metrics_lib
 from instruct_jax.evals import rank as rank_lib
@@ -72,6 +72,13 @@ def config_rows(eval_section, tasks: Mapping[str, tasks_lib.Task], mixtures: Map
   return render_eval_examples(eval_sets(eval_section, mixtures), tasks)
 
 
+def task_category(task: tasks_lib.Task) -> str:
+  """A SuperNI task's category as its task file gives it (the first of "Categories"), else the task's cluster."""
+  if isinstance(task.source, superni.SuperNISource) and task.source.task["categories"]:
+    return task.source.task["categories"][0]
+  return task.cluster
+
+
 def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_lib.Task]) -> list[dict[str, Any]]:
   """Deterministic examples for every set; each row carries id, condition, task, cluster, template."""
   rows = []
@@ -82,19 +89,21 @@ def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_
       task = tasks_lib.lookup(catalogue, name)
       for i, ex in enumerate(render_lib.render_split(task, s.split, cfg, n=s.num_examples)):
         rows.append({"id": f"{s.condition}/{name}/{i}", "condition": s.condition, "task": name,
-                     "cluster": task.cluster, "template_id": ex["template_id"], "shots": ex["shots"],
-                     "inputs": ex["inputs"],
+                     "category": task_category(task), "cluster": task.cluster, "template_id": ex["template_id"],
+                     "shots": ex["shots"], "metric": metrics_lib.TASK_METRICS[task.metric], "inputs": ex["inputs"],
                      "references": list(ex["references"]), "options": list(task.options or [])})
   return rows
 
 
 def evaluate(rows: list[dict[str, Any]], generate_fn: Callable[[Sequence[str]], list[str]],
              loglik_fn: Callable | None = None) -> list[dict[str, Any]]:
-  """Adds prediction, exact_match and rougeL (and rank_accuracy where a row has options) to each row."""
+  """Adds prediction, exact_match and rougeL, score (the row's "metric" of them) and rank_accuracy (where a row has
+  options) to each row."""
   predictions = generate_fn([r["inputs"] for r in rows])
   out = []
   for r, pred in zip(rows, predictions):
-    out.append({**r, "prediction": pred, **metrics_lib.instance_scores(pred, r["references"])})
+    scores = metrics_lib.instance_scores(pred, r["references"])
+    out.append({**r, "prediction": pred, **scores, "score": scores[r.get("metric", "exact_match")]})
   ranked = [r for r in out if r["options"]]
   if loglik_fn is not None and ranked:
     examples = [rank_lib.RankExample(r["inputs"], tuple(r["options"])) for r in ranked]
@@ -104,32 +113,17 @@ def evaluate(rows: list[dict[str, Any]], generate_fn: Callable[[Sequence[str]], 
   return out
 
 
-METRICS = ("exact_match", "rougeL", "rank_accuracy")
 # summarize's groupings: name -> the row fields whose values make a group's key ("condition/cluster", ...).
 GROUPINGS = {"by_cluster": ("condition", "cluster"), "by_condition": ("condition",), "by_task": ("condition", "task"),
-             "by_template": ("condition", "template_id"), "by_shots": ("condition", "shots")}
-
-
-def aggregate(rows: Iterable[Mapping[str, Any]], by: Sequence[str]) -> dict[str, dict[str, float]]:
-  """Means x 100 of each metric, and n, per group of rows with equal values of the fields `by`; the key is
-  those values joined by "/" (e.g. by=("condition", "template_id") -> "unseen_templates/9"), sorted."""
-  groups: dict[tuple, list[Mapping]] = collections.defaultdict(list)
-  for r in rows:
-    groups[tuple(r[k] for k in by)].append(r)
-  out = {}
-  for key in sorted(groups, key=lambda k: tuple((isinstance(v, str), v) for v in k)):
-    members = groups[key]
-    scores = {m: 100.0 * float(np.mean([x[m] for x in members if m in x]))
-              for m in METRICS if any(m in x for x in members)}
-    scores["n"] = len(members)
-    out["/".join(str(v) for v in key)] = scores
-  return out
+             "by_category": ("condition", "category"), "by_template": ("condition", "template_id"),
+             "by_shots": ("condition", "shots")}
 
 
 def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
   """`aggregate` for each of GROUPINGS: per (condition, cluster), condition, task, template id and shot count."""
   rows = list(rows)
-  return {name: aggregate(rows, by) for name, by in GROUPINGS.items() if all(k in r for r in rows for k in by)}
+  return {name: metrics_lib.aggregate(rows, by) for name, by in GROUPINGS.items()
+          if all(k in r for r in rows for k in by)}
 
 
 def flat_scalars(summary: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
@@ -144,6 +138,13 @@ def flat_scalars(summary: Mapping[str, Any], prefix: str = "eval/") -> dict[str,
         if metric != "n":
           out[f"{prefix}{key}/{metric}"] = value
   return out
+
+
+def long_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The summary as rows {grouping, key, metric, value} (counts as metric "n"), for eval_results.csv."""
+  return [{"grouping": grouping, "key": key, "metric": metric, "value": value}
+          for grouping, groups in summary.items() if isinstance(groups, Mapping)
+          for key, scores in groups.items() for metric, value in scores.items()]
 
 
 def format_table(summary: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str:

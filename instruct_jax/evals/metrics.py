@@ -11,9 +11,13 @@ Per instance (scores in [0, 1]):
 
 A missing prediction (None) is scored as the empty string.
 
-Aggregates are means over instances times 100, reported overall and per task category, task and
-track. For example `exact_match("The Answer!", ["the answer"])` is 1.0, and aggregating one row
-`{"task_id": "t1", "task_category": "c", "exact_match": 1.0, "rougeL": 0.5}` gives an overall
+Every evaluator in instruct_jax produces rows of one schema: id, task, category (a SuperNI task file's category,
+else the task's cluster), and where they apply condition, cluster, template_id, shots and track, plus the
+prediction and its scores in [0, 1] (exact_match, rougeL; rank_accuracy for tasks with answer options; score,
+the task's own metric). `aggregate(rows, by=...)` is the one grouping of such rows: means x 100 and a count per
+group of equal `by` fields. `superni_summary` presents it as SuperNI papers do: overall and per task category,
+task and track. For example `exact_match("The Answer!", ["the answer"])` is 1.0, and summarising one row
+`{"task": "t1", "category": "c", "exact_match": 1.0, "rougeL": 0.5}` gives an overall
 `{"exact_match": 100.0, "rougeL": 50.0}`.
 
 SuperNI's xlingual track scores ROUGE with a multilingual tokenizer; this module uses the default
@@ -28,12 +32,14 @@ import string
 
 from rouge_score import rouge_scorer
 
-METRIC_NAMES = ("exact_match", "rougeL")
+METRIC_NAMES = ("exact_match", "rougeL")  # SuperNI's two metrics
+ROW_METRICS = ("score", "exact_match", "rougeL", "rank_accuracy")  # what a row may carry, in report order
+TASK_METRICS = {"exact_match": "exact_match", "rouge_l": "rougeL"}  # Task.metric -> the row field it names
 
 _DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
-# Row fields that `aggregate` groups by, and the key each group gets in its output.
-_GROUPINGS = (("task_category", "by_category"), ("task_id", "by_task"), ("track", "by_track"))
+# Row fields that `superni_summary` groups by, and the key each group gets in its output.
+_GROUPINGS = (("category", "by_category"), ("task", "by_task"), ("track", "by_track"))
 
 
 def normalize_answer(text: str) -> str:
@@ -72,16 +78,35 @@ def instance_scores(prediction: str | None, references: Sequence[str]) -> dict[s
   return {"exact_match": exact_match(prediction, references), "rougeL": rouge_l(prediction, references)}
 
 
-def _mean_x100(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-  return {name: 100.0 * sum(row[name] for row in rows) / len(rows) for name in METRIC_NAMES}
+def aggregate(rows: Iterable[Mapping], by: Sequence[str] = (),
+              metrics: Sequence[str] = ROW_METRICS) -> dict[str, dict[str, float]]:
+  """Means x 100 of each of `metrics` that a group's rows carry, and the group's size "n", per group of rows
+  with equal values of the fields `by`. A group's key is those values joined by "/" (by=("condition",
+  "template_id") -> "unseen_templates/9"; by=() -> one group, ""); keys are sorted, numbers as numbers. Rows
+  whose value of a `by` field is None are left out."""
+  groups: dict[tuple, list[Mapping]] = collections.defaultdict(list)
+  for r in rows:
+    key = tuple(r.get(k) for k in by)
+    if None not in key:
+      groups[key].append(r)
+  out = {}
+  for key in sorted(groups, key=lambda k: tuple((isinstance(v, str), v) for v in k)):
+    members = groups[key]
+    scores = {}
+    for m in metrics:
+      values = [x[m] for x in members if x.get(m) is not None]
+      if values:
+        scores[m] = 100.0 * sum(values) / len(values)
+    out["/".join(str(v) for v in key)] = {**scores, "n": len(members)}
+  return out
 
 
-def aggregate(rows: Iterable[Mapping]) -> dict:
-  """Means x 100 overall and per group.
+def superni_summary(rows: Iterable[Mapping]) -> dict:
+  """SuperNI's presentation of `aggregate`: exact match and ROUGE-L x 100 overall and per group.
 
   Args:
-    rows: one mapping per instance with "exact_match" and "rougeL" in [0, 1] and the grouping fields
-      "task_category" and "task_id"; "track" is optional (rows without it are left out of by_track).
+    rows: evaluation rows with "exact_match" and "rougeL" in [0, 1] and the grouping fields "category" and
+      "task"; "track" is optional (rows without it are left out of by_track).
 
   Returns:
     {"num_instances", "overall": {metric: value}, "by_category", "by_task", "by_track"}, where each
@@ -91,15 +116,12 @@ def aggregate(rows: Iterable[Mapping]) -> dict:
   rows = list(rows)
   if not rows:
     raise ValueError("cannot aggregate zero instances")
-  result = {"num_instances": len(rows), "overall": _mean_x100(rows)}
+  def groups(by):
+    return {k: {m: v[m] for m in METRIC_NAMES} | {"num_instances": v["n"]}
+            for k, v in aggregate(rows, by, METRIC_NAMES).items()}
+  result = {"num_instances": len(rows), "overall": {m: v for m, v in groups(())[""].items() if m != "num_instances"}}
   for field, key in _GROUPINGS:
-    groups = collections.defaultdict(list)
-    for row in rows:
-      if row.get(field) is not None:
-        groups[row[field]].append(row)
-    if field == "track" and not groups:
-      continue
-    result[key] = {
-        name: {**_mean_x100(members), "num_instances": len(members)} for name, members in sorted(groups.items())
-    }
+    found = groups((field,))
+    if field != "track" or found:
+      result[key] = found
   return result

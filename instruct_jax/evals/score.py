@@ -92,8 +92,8 @@ def score_instances(
     source: how to name the predictions in error messages (e.g. their file).
 
   Returns:
-    One dict per reference: id, task_id, task_category, track, prediction (None when missing),
-    exact_match and rougeL.
+    One evaluation row per reference (the schema of `metrics`): id, task, category, track, prediction (None
+    when missing), exact_match and rougeL.
 
   Raises:
     ValueError: duplicate reference ids, or prediction ids that are not among the references.
@@ -113,8 +113,8 @@ def score_instances(
     prediction = predictions.get(ref["id"])
     rows.append({
         "id": ref["id"],
-        "task_id": ref["task_id"],
-        "task_category": ref["task_category"],
+        "task": ref["task_id"],
+        "category": ref["task_category"],
         "track": ref.get("track"),
         "prediction": prediction,
         **metrics.instance_scores(prediction, ref["references"]),
@@ -123,14 +123,14 @@ def score_instances(
 
 
 def summarize(rows: Sequence[Mapping]) -> dict:
-  """Aggregates per-instance rows and counts the missing predictions."""
-  result = metrics.aggregate(rows)
+  """`metrics.superni_summary` of evaluation rows (any evaluator's), and the count of missing predictions."""
+  result = metrics.superni_summary(rows)
   result["num_missing_predictions"] = sum(row["prediction"] is None for row in rows)
   return result
 
 
 def score(references: Sequence[Mapping], predictions: Mapping[str, str]) -> dict:
-  """SuperNI metrics (x 100) overall, by_category, by_task and by_track; see `metrics.aggregate`."""
+  """SuperNI metrics (x 100) overall, by_category, by_task and by_track; see `metrics.superni_summary`."""
   return summarize(score_instances(references, predictions))
 
 

@@ -154,3 +154,19 @@ def test_to_global_batch_on_a_device_mesh(spm_tokenizer, catalogues):
   assert g["decoder_target_tokens"].shape == (8, 16) and g["decoder_target_tokens"].sharding == sharding
   assert len(g["encoder_input_tokens"].addressable_shards) == 8
   np.testing.assert_array_equal(np.asarray(g["encoder_input_tokens"]), b["encoder_input_tokens"])
+
+
+def test_train_fraction_trains_on_each_tasks_first_examples_only(catalogues, monkeypatch):
+  """data.train_fraction keeps the first ceil(fraction x n) examples of every task, few-shot exemplars included."""
+  read = []
+  real = tasks_lib.Task.example
+  monkeypatch.setattr(tasks_lib.Task, "example", lambda self, split, i: read.append(i) or real(self, split, i))
+  cfg = pipeline.PipelineConfig(mixture="builtin_check", batch_size=4, train_fraction=0.0005,  # 20,000 -> 10
+                                render=render.RenderConfig(few_shot_rate=1.0, max_shots=2))
+  ex, names, _ = pipeline.rendered_examples(cfg, *catalogues)
+  rows = [ex[i] for i in range(400)]
+  by_task = {i: {r["source_index"] for r in rows if r["task_index"] == i} for i in range(len(names))}
+  assert all(indices == set(range(10)) for indices in by_task.values()), by_task  # each of the ten, none beyond
+  assert sum(r["shots"] for r in rows) > 300 and set(read) == set(range(10))  # exemplars from the ten too
+  with pytest.raises(ValueError, match="config.data.train_fraction must be in"):
+    pipeline.PipelineConfig(mixture="builtin", train_fraction=0.0)

@@ -1,8 +1,12 @@
-"""Evaluation rows carry task, cluster, template id and shots; results come out per template and per shot count."""
+"""Evaluation rows carry task, category, cluster, template id and shots; results come out per template and per
+shot count; one row schema and one grouping serve built-in tasks and SuperNI alike."""
 import pytest
 
 from instruct_jax.data import mixtures
+from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
+from instruct_jax.evals import metrics
+from instruct_jax.evals import score
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +19,7 @@ def rows():
 
 def test_every_row_carries_what_results_are_grouped_by(rows):
   for r in rows:
-    assert {"condition", "task", "cluster", "template_id", "shots"} <= set(r)
+    assert {"condition", "task", "category", "cluster", "template_id", "shots", "metric"} <= set(r)
   assert {r["template_id"] for r in rows if r["condition"] == "seen_templates"} == {0, 1}
   assert {r["template_id"] for r in rows if r["condition"] == "unseen_templates"} == {8, 9}
 
@@ -41,7 +45,29 @@ def test_results_per_template_list_seen_and_unseen_templates_one_by_one(rows):
 def test_aggregate_groups_by_any_fields():
   rows = [{"a": "x", "b": 2, "exact_match": 1.0}, {"a": "x", "b": 10, "exact_match": 0.0},
           {"a": "y", "b": 2, "exact_match": 1.0}]
-  assert evaluators.aggregate(rows, by=("a",)) == {"x": {"exact_match": 50.0, "n": 2},
-                                                   "y": {"exact_match": 100.0, "n": 1}}
-  assert list(evaluators.aggregate(rows, by=("b",))) == ["2", "10"]  # numbers sort as numbers
-  assert evaluators.aggregate(rows, by=("a", "b"))["x/10"] == {"exact_match": 0.0, "n": 1}
+  assert metrics.aggregate(rows, by=("a",)) == {"x": {"exact_match": 50.0, "n": 2},
+                                                "y": {"exact_match": 100.0, "n": 1}}
+  assert list(metrics.aggregate(rows, by=("b",))) == ["2", "10"]  # numbers sort as numbers
+  assert metrics.aggregate(rows, by=("a", "b"))["x/10"] == {"exact_match": 0.0, "n": 1}
+
+
+def test_superni_and_builtin_rows_share_one_schema_and_score_by_the_tasks_own_metric(shared_data):
+  """A SuperNI task (ROUGE-L, its file's category) and a built-in one (exact match, its cluster) evaluated together:
+  "score" is each task's own metric, and the SuperNI summary comes from the same rows without rescoring."""
+  tasks, _ = mixtures.catalogues(tasks_lib.DataPaths(superni_dir=str(shared_data / "natural-instructions")))
+  copa = "niv2/task1393_superglue_copa_text_completion"
+  sets = [evaluators.EvalSet("tasks", (copa, "builtin/sort_ascending"), None, num_examples=3)]
+  rows = evaluators.render_eval_examples(sets, tasks)
+  assert {(r["task"], r["category"], r["metric"]) for r in rows} == {
+      (copa, tasks[copa].source.task["categories"][0], "rougeL"), ("builtin/sort_ascending", "order", "exact_match")}
+  half = {r["inputs"]: " ".join(r["references"][0].split()[:1]) for r in rows}  # the reference's first word
+  scored = evaluators.evaluate(rows, lambda prompts: [half[p] for p in prompts])
+  for r in scored:
+    assert r["score"] == r[r["metric"]]
+  summary = evaluators.summarize(scored)
+  assert summary["by_category"]["tasks/order"]["score"] == summary["by_category"]["tasks/order"]["exact_match"]
+  superni = score.summarize([{**r, "track": "default"} for r in scored])
+  refs = [{"id": r["id"], "references": r["references"], "task_id": r["task"], "task_category": r["category"]}
+          for r in scored]
+  assert superni == score.score(refs, {r["id"]: r["prediction"] for r in scored}) | {"by_track": superni["by_track"]}
+  assert superni["by_task"][copa]["rougeL"] == summary["by_task"][f"tasks/{copa}"]["rougeL"]

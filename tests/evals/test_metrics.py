@@ -75,19 +75,23 @@ def test_rouge_l_is_max_over_references_and_argument_order_matters():
   assert metrics.rouge_l_scorer() is metrics.rouge_l_scorer()  # Built once.
 
 
-def test_aggregate_means_times_100_by_group():
+def test_superni_summary_means_times_100_by_group():
   rows = [
-      {"task_id": "t1", "task_category": "A", "track": "default", "exact_match": 1.0, "rougeL": 0.5},
-      {"task_id": "t1", "task_category": "A", "track": "default", "exact_match": 0.0, "rougeL": 0.25},
-      {"task_id": "t2", "task_category": "B", "track": "xlingual", "exact_match": 1.0, "rougeL": 1.0},
+      {"task": "t1", "category": "A", "track": "default", "exact_match": 1.0, "rougeL": 0.5},
+      {"task": "t1", "category": "A", "track": "default", "exact_match": 0.0, "rougeL": 0.25},
+      {"task": "t2", "category": "B", "track": "xlingual", "exact_match": 1.0, "rougeL": 1.0},
   ]
-  result = metrics.aggregate(rows)
+  result = metrics.superni_summary(rows)
   assert result["num_instances"] == 3
   assert result["overall"] == pytest.approx({"exact_match": 200 / 3, "rougeL": 175 / 3})
   assert result["by_task"]["t1"] == pytest.approx({"exact_match": 50.0, "rougeL": 37.5, "num_instances": 2})
   assert result["by_category"]["B"] == {"exact_match": 100.0, "rougeL": 100.0, "num_instances": 1}
   assert sorted(result["by_track"]) == ["default", "xlingual"]
-  no_track = metrics.aggregate([{k: v for k, v in row.items() if k != "track"} for row in rows])
+  no_track = metrics.superni_summary([{k: v for k, v in row.items() if k != "track"} for row in rows])
   assert "by_track" not in no_track
   with pytest.raises(ValueError, match="zero instances"):
-    metrics.aggregate([])
+    metrics.superni_summary([])
+  # One grouping underneath: aggregate by any field gives the same numbers, its count as "n".
+  assert metrics.aggregate(rows, by=("category",))["A"] == pytest.approx({"exact_match": 50.0, "rougeL": 37.5, "n": 2})
+  assert list(metrics.aggregate(rows, by=("category", "track"))) == ["A/default", "B/xlingual"]
+  assert metrics.aggregate([{"a": 1, "score": 1.0}, {"a": None, "score": 0.0}], by=("a",)) == {"1": {"score": 100.0, "n": 1}}
