@@ -7,9 +7,9 @@
 
 Every key below carries a one-line comment; nothing in instruct_jax reads a key that is not here, and
 `validate` refuses a config with a key that is not here (a typo in a config file or on the command line),
-naming it and the closest known key. Two sections are open maps whose keys the user names:
-`model.overrides` (model config fields, checked against the model's dataclass) and
-`data_paths.instruction_files` (task name -> file). Keys that are None by default are typed placeholders,
+naming it and the closest known key. Three sections are open maps whose keys the user names:
+`model.overrides` (model config fields, checked against the model's dataclass),
+`data_paths.instruction_files` (task name -> file) and `evals` (evaluator name -> its kind and schedule). Keys that are None by default are typed placeholders,
 so `--config.data.mixing_cap=3000` parses as an int.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ml_collections import config_dict, config_flags
 
 from instruct_jax import errors
 
-OPEN_MAPS = ("model.overrides", "data_paths.instruction_files")
+OPEN_MAPS = ("model.overrides", "data_paths.instruction_files", "evals")
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -133,6 +133,8 @@ def base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 32  # prompts decoded together
   c.eval.before_training = True  # also evaluate the starting weights
   c.eval.rank_classification = True  # score answer options by log-likelihood for tasks that have them
+  c.evals = ml_collections.ConfigDict()  # more evaluators, NAME -> dict(kind=tasks|superni, ..., every=N) or
+  #                                        "kind=superni,split=test,every=500" (instruct_jax/evals/evaluators.py)
   return c
 
 

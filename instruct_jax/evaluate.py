@@ -43,23 +43,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the SuperNI-style scor
 _OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")
 
 
-def split_tasks(superni_dir: str, split: str, tasks) -> list[str]:
-  """The niv2/ task names of a SuperNI split file that the directory has; the missing ones are reported."""
-  if not superni_dir:
-    raise errors.UserError("--superni_split needs --superni_dir (or the run's config.data_paths.superni_dir)")
-  listed = tasks_lib.superni_split(superni_dir, split)
-  if not listed:
-    raise errors.UserError(f"--superni_split {split}: {superni_dir}/splits/{split}_tasks.txt is missing or empty")
-  present = [t for t in listed if t in tasks]
-  missing = [t.removeprefix("niv2/") for t in listed if t not in tasks]
-  if missing:
-    print(f"note: {len(missing)} of the {len(listed)} tasks of split {split!r} are not in {superni_dir}/tasks and are "
-          f"not evaluated: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", flush=True)
-  if not present:
-    raise errors.UserError(f"--superni_split {split}: none of its {len(listed)} tasks is in {superni_dir}/tasks")
-  return present
-
-
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -73,36 +56,40 @@ def main(argv):
     config.data_paths.superni_dir = _SUPERNI.value
   catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
   if _SPLIT.value:
-    config.eval.tasks = tuple(split_tasks(config.data_paths.superni_dir, _SPLIT.value, catalogues[0]))
+    config.eval.tasks = tuple(evaluators.superni_split_tasks(config.data_paths.superni_dir, _SPLIT.value,
+                                                             catalogues[0], what=f"--superni_split {_SPLIT.value}"))
+  if _OUTPUT.value and not (_TASKS.value or _SPLIT.value):
+    raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
   loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
-  rows = evaluators.config_rows(config.eval, *catalogues)
-  if not rows:
+  # One evaluator, as the trainer runs them; tasks also get SuperNI's table (per category and task).
+  ev = evaluators.Evaluator("eval", evaluators.config_rows(config.eval, *catalogues),
+                            superni=bool(_TASKS.value or _SPLIT.value))
+  if not ev.rows:
     raise errors.UserError("nothing to evaluate: the config's evaluation has no examples (pass --tasks and "
                            "--num_examples)")
   t0 = time.time()
-  scored, summary = predict.evaluate(loaded.model, loaded.params, loaded.tokenizer, config.eval, rows,
-                                     max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh,
-                                     rules=loaded.rules)
+  dict(ev.run(predict.predict_fns(loaded.model, loaded.params, loaded.tokenizer, config.eval,
+                                  max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules)))
   seconds = time.time() - t0
+  scored = ev.scored
+  summary = {k: v for k, v in ev.summary.items() if k != "superni"}
   out_dir = _OUT.value or os.path.join(_WORKDIR.value, "eval")
   os.makedirs(out_dir, exist_ok=True)
   evaluators.write_jsonl(os.path.join(out_dir, "predictions.jsonl"), scored)
   result = {"summary": summary, "step": loaded.step, "examples": len(scored), "seconds": seconds,
             "examples_per_second": len(scored) / max(seconds, 1e-9)}
-  if _TASKS.value or _SPLIT.value:  # SuperNI-style breakdown by category and task
-    result["superni"] = score_lib.summarize([{**r, "track": "default"} for r in scored])  # the rows' own scores
+  if ev.superni:  # SuperNI-style breakdown by category and task
+    result["superni"] = ev.summary["superni"]
     if _OUTPUT.value:
       with open(_OUTPUT.value, "w") as f:
         json.dump(result["superni"], f, indent=1)
       print(score_lib.format_table(result["superni"]))
-  elif _OUTPUT.value:
-    raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=1)
   results = os.path.join(out_dir, metrics_lib.RESULTS_CSV)
   if os.path.exists(results):
     os.remove(results)
-  metrics_lib.append_results(results, loaded.step, evaluators.long_rows(summary))
+  metrics_lib.append_results(results, loaded.step, ev.result_rows())
   print(evaluators.format_table(summary))
   print(f"step {loaded.step}: {len(scored)} examples in {seconds:.1f} s ({result['examples_per_second']:.1f} "
         f"examples/s); wrote {out_dir}/predictions.jsonl, metrics.json and {metrics_lib.RESULTS_CSV}")

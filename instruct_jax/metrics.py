@@ -4,7 +4,7 @@ TensorBoard files are written with TensorBoard's own event writer and protos (no
 `tensorboard --logdir WORKDIR` reads them. Only process 0 writes. A run resumed from step S first drops
 what the previous process logged after S (those steps are trained again), from metrics.jsonl and from the
 event files, so every step appears once. Evaluation results also go to `workdir/eval_results.csv`, one row per
-(step, grouping, key, metric) (`RESULT_COLUMNS`), for pandas and spreadsheets; resumes truncate it the same way.
+(step, evaluator, grouping, key, metric) (`RESULT_COLUMNS`), for pandas and spreadsheets; resumes truncate it the same way.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 RESULTS_CSV = "eval_results.csv"
-RESULT_COLUMNS = ("step", "grouping", "key", "metric", "value")
+RESULT_COLUMNS = ("step", "evaluator", "grouping", "key", "metric", "value")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,7 +63,7 @@ class MetricWriter:
     self._jsonl.write(json.dumps(row) + "\n")
 
   def write_results(self, step: int, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Appends evaluation results ({grouping, key, metric, value} each) at `step` to eval_results.csv."""
+    """Appends evaluation results ({evaluator, grouping, key, metric, value} each) at `step` to eval_results.csv."""
     if self.enabled:
       append_results(os.path.join(self._workdir, RESULTS_CSV), step, rows)
 
@@ -79,7 +79,7 @@ class MetricWriter:
 
 
 def append_results(path: str, step: int, rows: Iterable[Mapping[str, Any]]) -> None:
-  """Appends rows {grouping, key, metric, value} at `step` to the CSV at `path` (header first if it is new)."""
+  """Appends rows {evaluator, grouping, key, metric, value} at `step` to the CSV at `path` (header first if new)."""
   new = not os.path.isfile(path) or os.path.getsize(path) == 0
   with open(path, "a", encoding="utf-8", newline="") as f:
     out = csv.DictWriter(f, RESULT_COLUMNS)

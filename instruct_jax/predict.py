@@ -162,9 +162,10 @@ def instruction_prompts(records: Sequence[Mapping[str, str]], config, *, templat
   return [ex["inputs"] for ex in render_lib.render_split(task, "prompts", cfg)]
 
 
-def evaluate(model, params, tokenizer, eval_cfg, rows: list[dict], *, max_prompt_tokens: int, mesh=None,
-             rules=None) -> tuple[list[dict], dict]:
-  """Generates and scores evaluation `rows` (config section `eval_cfg`); returns (scored rows, summary)."""
+def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, mesh=None,
+                rules=None) -> evaluators.PredictFns:
+  """The functions evaluators are run with (config section `eval_cfg`: decoding, batch size, rank
+  classification), for these parameters."""
   decode_cfg = sampling.DecodeConfig(max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams)
   gen = make_generate_fn(model, params, tokenizer, decode_cfg, batch_size=eval_cfg.batch_size,
                          max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
@@ -172,5 +173,12 @@ def evaluate(model, params, tokenizer, eval_cfg, rows: list[dict], *, max_prompt
   if eval_cfg.rank_classification:
     loglik = make_loglik_fn(model, params, tokenizer, batch_size=eval_cfg.batch_size,
                             max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
-  scored = evaluators.evaluate(rows, gen, loglik)
+  return evaluators.PredictFns(gen, loglik)
+
+
+def evaluate(model, params, tokenizer, eval_cfg, rows: list[dict], *, max_prompt_tokens: int, mesh=None,
+             rules=None) -> tuple[list[dict], dict]:
+  """Generates and scores evaluation `rows` (config section `eval_cfg`); returns (scored rows, summary)."""
+  fns = predict_fns(model, params, tokenizer, eval_cfg, max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
+  scored = evaluators.evaluate(rows, fns.generate, fns.loglik)
   return scored, evaluators.summarize(scored)

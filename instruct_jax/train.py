@@ -46,6 +46,7 @@ from instruct_jax.data import report as report_lib
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
+from instruct_jax.evals import score as score_lib
 from instruct_jax.models import build
 
 
@@ -207,6 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        flag_keys: Sequence[str] = ()) -> dict[str, Any]:
   """Trains and evaluates; returns {"before": summary|None, "after": summary, "final_step": int, ...}."""
   configs.validate(config, flag_keys=flag_keys)
+  for name, spec in config.evals.items():  # the evaluators' settings, before anything runs
+    evaluators.parse_spec(name, spec)
   changed = workdir_lib.check_restart(workdir, config, flag_keys)  # a restart's settings, before anything is written
   restart = os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG))
   preemption = _Preemption()
@@ -268,22 +271,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if restart and jax.process_index() == 0:
     workdir_lib.record_resume(workdir, step=start, changed=changed)
 
-  # Evaluation before training.
-  rows = evaluators.config_rows(config.eval, *catalogues)
-  evaluate = lambda params: predict.evaluate(model, params, tokenizer, config.eval, rows,
-                                             max_prompt_tokens=config.data.inputs_length, mesh=mesh, rules=rules)
+  # Evaluators ("eval", the eval section's, first; then config.evals), and the evaluation before training.
+  evals = [e for e in evaluators.from_config(config, *catalogues) if e.rows]
+  main = evals[0] if evals and evals[0].name == "eval" else None
 
-  def log_eval(at_step: int, summary: dict[str, Any]) -> None:  # TensorBoard scalars and eval_results.csv rows
-    writer.write(at_step, evaluators.flat_scalars(summary))
-    writer.write_results(at_step, evaluators.long_rows(summary))
+  def run_evals(params, at_step: int, which: list[evaluators.Evaluator], log: bool = True) -> None:
+    """Runs `which` on `params`; logs their scalars (TensorBoard, metrics.jsonl) and eval_results.csv rows."""
+    if not which:
+      return
+    fns = predict.predict_fns(model, params, tokenizer, config.eval, max_prompt_tokens=config.data.inputs_length,
+                              mesh=mesh, rules=rules)
+    for ev in which:
+      scalars = dict(ev.run(fns))
+      if log:
+        writer.write(at_step, scalars)
+        writer.write_results(at_step, ev.result_rows())
     writer.flush()
   result: dict[str, Any] = {"before": None}
   # Metrics and results: a resume first drops what an earlier process logged after `start` (all of it at 0).
   writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
-  if start == 0 and config.eval.before_training and rows:
-    _, result["before"] = evaluate(state.params)
-    log_eval(0, result["before"])
-    print("Before training:\n" + evaluators.format_table(result["before"]), flush=True)
+  if start == 0:
+    run_evals(state.params, 0, [e for e in evals if e.before_training])
+    if main is not None and main.before_training:
+      result["before"] = main.summary
+      print("Before training:\n" + evaluators.format_table(result["before"]), flush=True)
 
   # The loop.
   progress = metrics_lib.Progress(config.total_steps, start, config.log_every)
@@ -329,9 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if checkpointer.every and (t + 1) % checkpointer.every == 0:
         finish_pending()  # never save a state whose loss was not finite
         checkpointer.save(t + 1, state, data_iter)
-      if config.eval_every and (t + 1) % config.eval_every == 0 and t + 1 < config.total_steps and rows:
-        _, summary = evaluate(state.params)
-        log_eval(t + 1, summary)
+      if t + 1 < config.total_steps:
+        run_evals(state.params, t + 1, [e for e in evals if e.due(t + 1)])
       # Every process must agree to stop at the same step; asking the others costs a host sync, so
       # multi-process runs ask only every log_every steps.
       if (jax.process_count() == 1 or (t + 1) % config.log_every == 0) and _any_process(preemption.requested):
@@ -359,16 +369,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     print(data_report.summary(), flush=True)
   result.update(final_step=final_step, stopped_early=stopped_early, examples_seen=dict(zip(pipe.task_names,
                                                                                           seen.tolist())))
-  if not stopped_early and rows:
-    scored, result["after"] = evaluate(state.params)
-    if final_step > start:  # a restart of a finished run evaluates again but logs nothing twice
-      log_eval(final_step, result["after"])
-    if jax.process_index() == 0:
-      evaluators.write_jsonl(os.path.join(workdir, "predictions.jsonl"), scored)
-      with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump({"before": result["before"], "after": result["after"], "step": final_step}, f, indent=1)
-    print(f"After {final_step} steps" + (" (before -> after)" if result["before"] else "") + ":\n"
-          + evaluators.format_table(result["after"], result["before"]), flush=True)
+  if not stopped_early and evals:
+    run_evals(state.params, final_step, evals, log=final_step > start)  # a finished run's restart logs nothing twice
+    for ev in evals:
+      if jax.process_index() == 0:
+        suffix = "" if ev is main else f"_{ev.name}"
+        evaluators.write_jsonl(os.path.join(workdir, f"predictions{suffix}.jsonl"), ev.scored)
+        with open(os.path.join(workdir, f"eval{suffix}.json"), "w") as f:
+          json.dump({"before": result["before"] if ev is main else None, "after": ev.summary, "step": final_step},
+                    f, indent=1)
+      if ev is main:
+        result["after"] = ev.summary
+        print(f"After {final_step} steps" + (" (before -> after)" if result["before"] else "") + ":\n"
+              + evaluators.format_table(ev.summary, result["before"]), flush=True)
+      else:
+        result[f"after_{ev.name}"] = ev.summary
+        print(f"Evaluator {ev.name} after {final_step} steps:\n" + (
+            score_lib.format_table(ev.summary["superni"]) if ev.superni else evaluators.format_table(ev.summary)),
+            flush=True)
   writer.close()
   checkpointer.close()
   return result

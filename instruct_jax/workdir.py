@@ -5,7 +5,8 @@
     W/model_config.json     the model: {kind, config, source, hf_config}, the format of an imported directory
     W/tokenizer/            the run's tokenizer (a copy of the one it was given, or the one trained here)
     W/checkpoints/<step>/   orbax: `state` (params, optimizer state, step) and `data` (the iterator)
-    W/metrics.jsonl, W/tensorboard/, W/eval.json, W/predictions.jsonl
+    W/metrics.jsonl, W/tensorboard/, W/eval_results.csv (every evaluation, one row per metric)
+    W/eval.json, W/predictions.jsonl (and eval_<name>.json, predictions_<name>.jsonl per config.evals entry)
 
 A workdir describes itself: the model (whatever checkpoint it started from) and the tokenizer come from
 it, so programs that load one need nothing but its path. This module is that loader; it never imports
@@ -99,7 +100,7 @@ def check_restart(path: str | os.PathLike, config: ml_collections.ConfigDict,
     return {}
   recorded, now = _comparable(_config_file(path)), _comparable(config)
   differ = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
-  refused = [k for k in differ if k not in RESUMABLE]
+  refused = [k for k in differ if k not in RESUMABLE and not k.startswith("evals.")]  # evaluators may change
   if refused:
     shown = ", ".join(f"{'--config.' if k in set(flag_keys) else ''}{k} {recorded.get(k, '(absent)')} -> "
                       f"{now.get(k, '(absent)')}" for k in refused[:6])

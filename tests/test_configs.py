@@ -180,3 +180,21 @@ def test_the_code_reads_only_keys_that_the_base_has():
       assert path in prefixes, f"{file.name} reads config.{'.'.join(parts)}, which base() lacks"
       chains += 1
   assert chains > 30
+
+
+ABLATIONS = ["templates.py", "data_fraction.py"]
+
+
+def test_every_ablation_is_covered():
+  assert {f.name for f in (CONFIG_DIR / "ablations").glob("*.py")} == set(ABLATIONS)
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_shipped_ablations_load_and_every_points_command_parses(name):
+  from instruct_jax import sweep
+  path = str(CONFIG_DIR / "ablations" / name)
+  configs.validate(configs.load(path))
+  s = sweep.load(path)  # grid keys and plots checked against the base config
+  commands = {n: sweep.command(s, "/tmp/sweep", n, o) for n, o in sweep.points(s.grid)}
+  sweep.check_commands(s, commands)  # parsed as the trainer parses them
+  assert len(commands) == 8 and s.replicate == "seed" and s.tokenizer and len(s.plots) == 2

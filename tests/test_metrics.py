@@ -13,7 +13,7 @@ def _log(workdir, steps, results_at, resume_step=None):
   for s in steps:
     writer.write(s, {"loss": 1.0 / s}, prefix="train/")
   for s in results_at:
-    writer.write_results(s, [{"grouping": "by_condition", "key": "unseen_templates", "metric": "rougeL",
+    writer.write_results(s, [{"evaluator": "eval", "grouping": "by_condition", "key": "unseen_templates", "metric": "rougeL",
                               "value": float(s)}])
   writer.close()
 

@@ -14,7 +14,7 @@ from instruct_jax.models import build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"--config\.([a-z][\w.]*)=([^\s`'\"]+)")  # KEY=value placeholders are not flags
-CONFIG = re.compile(r"--config[ =](configs/[\w.]+(?::\w+)?)")
+CONFIG = re.compile(r"--config[ =](configs/[\w./]+(?::\w+)?)")
 
 
 def _documents() -> dict[str, str]:
@@ -81,6 +81,8 @@ def _as_seen_by_the_code(config, key: str):
     return dict(zip(sharding.MESH_AXES, sharding.mesh_sizes(dict(config.mesh), 8 * 4 * 2)))[rest]
   if head == "eval":
     evaluators.eval_sets(config.eval)  # the evaluation section still resolves
+  if head == "evals":
+    evaluators.parse_spec(rest, config.evals[rest])  # a documented evaluator spec is a valid one
   value = config
   for part in key.split("."):
     value = value[part]

@@ -335,17 +335,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_periodic_evaluation_and_the_cli_commands(tmp_path):
   work = tmp_path / "w"
-  _run(_cmd(work, "--config.total_steps=6", "--config.eval_every=3", "--config.eval.num_examples=1"))
+  _run(_cmd(work, "--config.total_steps=6", "--config.eval_every=3", "--config.eval.num_examples=1",
+            "--config.evals.check=kind=tasks,tasks=builtin_check,every=2,num_examples=2"))
   rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
   assert any(r["step"] == 3 and "eval/seen_templates/rougeL" in r for r in rows)
+  # The second evaluator on its own schedule (steps 2, 4 and the end), its rows named after it.
+  assert sorted(r["step"] for r in rows if "eval/check/rougeL" in r) == [2, 4, 6]
+  assert not any("eval/check/rougeL" in r and "eval/seen_templates/rougeL" in r for r in rows if r["step"] == 2)
+  check = json.loads((work / "eval_check.json").read_text())["after"]
+  assert check["by_condition"]["check"]["n"] == 3 * 2 and set(check["by_cluster"]) == {"check/check"}
+  assert len((work / "predictions_check.jsonl").read_text().splitlines()) == 6
   assert (work / "predictions.jsonl").is_file() and (work / "eval.json").is_file()
   # eval_results.csv beside the events: the periodic evaluation at 3 and the final one at 6, every grouping.
   import csv
   with open(work / "eval_results.csv", newline="") as f:
     results = list(csv.DictReader(f))
-  assert sorted({int(r["step"]) for r in results}) == [3, 6]
+  assert sorted({int(r["step"]) for r in results if r["evaluator"] == "eval"}) == [3, 6]
+  assert sorted({int(r["step"]) for r in results if r["evaluator"] == "check"}) == [2, 4, 6]
   final = json.loads((work / "eval.json").read_text())["after"]
-  got = {(r["grouping"], r["key"], r["metric"]): float(r["value"]) for r in results if r["step"] == "6"}
+  got = {(r["grouping"], r["key"], r["metric"]): float(r["value"]) for r in results
+         if r["step"] == "6" and r["evaluator"] == "eval"}
   want = {(g, k, m): v for g, groups in final.items() for k, scores in groups.items() for m, v in scores.items()}
   assert got == pytest.approx(want) and ("by_template", "unseen_templates/8", "rougeL") in got
   prompts = tmp_path / "prompts.txt"

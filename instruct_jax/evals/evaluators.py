@@ -12,20 +12,38 @@ scores, among them "score", the task's own metric: exact match or ROUGE-L as `Ta
 The built-in evaluation (`builtin_eval_sets`) measures instruction following three ways: training
 clusters with the templates seen in training, the same clusters with templates never seen, and a whole
 cluster held out of training.
+
+The contract, as big_vision's evaluators have it: an `Evaluator` holds its rendered rows and its schedule,
+and `run(predict_fns)` yields (name, value) scalars (keeping the scored rows and the summary for the files).
+`from_config(config, ...)` builds a run's evaluators: "eval" from the `eval` section (every `eval_every`
+steps), and one per entry of the open map `evals`, each with its own kind and schedule:
+
+    c.evals.ni_test = dict(kind="superni", split="test", every=500, num_examples=20)  # SuperNI's test tasks
+    c.evals.mine = dict(kind="tasks", tasks=("mine",), every=0)    # only after training
+    --config.evals.ni_test=kind=superni,split=test,every=500       # the same, on a command line
+
+Keys: kind ("tasks" or "superni"), tasks (kind tasks: tasks or mixtures; "a+b" on a command line), split
+(kind tasks: the tasks' split, default "test"; kind superni: the split file's name), num_examples (default:
+eval.num_examples), every (steps between runs; 0: at the end only), before_training (default False). Decoding
+settings come from the `eval` section. A SuperNI evaluator also reports SuperNI's own table (overall, per
+category, per task) as `evaluate --superni_split` does.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from instruct_jax import errors
 from instruct_jax.data import builtin
 from instruct_jax.data import render as render_lib
 from instruct_jax.data import superni
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import metrics as metrics_lib
 from instruct_jax.evals import rank as rank_lib
+from instruct_jax.evals import score as score_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,3 +186,150 @@ def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
   with open(path, "w", encoding="utf-8") as f:
     for r in rows:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- evaluators and their schedules
+
+EVAL_KINDS = ("tasks", "superni")
+EVAL_KEYS = ("kind", "tasks", "split", "num_examples", "every", "before_training")
+RESERVED_NAMES = ("eval", "tasks", "seen_templates", "unseen_templates", "held_out_cluster")
+
+
+class EvalConfigError(errors.UserError, ValueError):
+  """An `evals` entry that cannot be built; the message names the key as config.evals.NAME.KEY."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictFns:
+  """What an evaluator is given: functions of text, built by the trainer (or evaluate) from its model."""
+  generate: Callable[[Sequence[str]], list[str]]
+  loglik: Callable | None = None  # for rank classification of answer options
+
+
+class Evaluator:
+  """Rendered rows, a schedule, and `run(predict_fns)`, which yields (name, value) scalars.
+
+  After a run, `scored` holds the scored rows and `summary` the `summarize` groupings (plus "superni", SuperNI's
+  table, for SuperNI evaluators)."""
+
+  def __init__(self, name: str, rows: list[dict[str, Any]], *, every: int = 0, before_training: bool = False,
+               superni: bool = False):
+    self.name, self.rows, self.every, self.before_training, self.superni = name, rows, every, before_training, superni
+    self.scored: list[dict[str, Any]] = []
+    self.summary: dict[str, Any] = {}
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and step % self.every == 0
+
+  def run(self, predict_fns: PredictFns):
+    self.scored = evaluate(self.rows, predict_fns.generate, predict_fns.loglik)
+    self.summary = summarize(self.scored)
+    yield from flat_scalars(self.summary).items()
+    if self.superni:  # SuperNI's table: eval/<name>/superni_overall/rougeL, .../superni_category/<category>/rougeL
+      self.summary["superni"] = table = score_lib.summarize([{**r, "track": "default"} for r in self.scored])
+      groups = [("superni_overall", table["overall"])]
+      groups += [(f"superni_category/{c}", scores) for c, scores in table["by_category"].items()]
+      for group, scores in groups:
+        for metric in metrics_lib.METRIC_NAMES:
+          yield f"eval/{self.name}/{group}/{metric}", scores[metric]
+
+  def result_rows(self) -> list[dict[str, Any]]:
+    """The summary as eval_results.csv rows {evaluator, grouping, key, metric, value} (SuperNI's table as the
+    groupings superni_overall, superni_by_category and superni_by_task)."""
+    summary = {k: v for k, v in self.summary.items() if k != "superni"}
+    if "superni" in self.summary:
+      table = self.summary["superni"]
+      summary["superni_overall"] = {"": {**table["overall"], "n": table["num_instances"]}}
+      for group in ("by_category", "by_task"):
+        summary[f"superni_{group}"] = {k: {m: v for m, v in scores.items() if m != "num_instances"}
+                                       | {"n": scores["num_instances"]} for k, scores in table[group].items()}
+    return [{"evaluator": self.name, **r} for r in long_rows(summary)]
+
+
+def parse_spec(name: str, spec: Any) -> dict[str, Any]:
+  """An `evals` entry as a dict: a mapping (config files) or "kind=superni,split=test,every=500" (flags)."""
+  if hasattr(spec, "to_dict"):
+    spec = spec.to_dict()
+  if isinstance(spec, str):
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not all("=" in p for p in parts):
+      raise EvalConfigError(f"config.evals.{name}={spec!r}: expected KEY=VALUE pairs joined by ',', e.g. "
+                            "kind=superni,split=test,every=500")
+    spec = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in parts)}
+    for key in ("every", "num_examples"):
+      if key in spec:
+        try:
+          spec[key] = int(spec[key])
+        except ValueError:
+          raise EvalConfigError(f"config.evals.{name}.{key}: expected an integer, got {spec[key]!r}") from None
+    if "before_training" in spec:
+      spec["before_training"] = spec["before_training"].lower() in ("1", "true", "yes")
+    if "tasks" in spec:
+      spec["tasks"] = tuple(t for t in spec["tasks"].split("+") if t)
+  if not isinstance(spec, Mapping):
+    raise EvalConfigError(f"config.evals.{name}: expected a dict or KEY=VALUE text, got {spec!r}")
+  if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in RESERVED_NAMES:
+    raise EvalConfigError(f"config.evals.{name}: an evaluator's name is letters, digits and _, and none of "
+                          f"{RESERVED_NAMES} (it names its TensorBoard scalars and files)")
+  spec = dict(spec)
+  unknown = sorted(set(spec) - set(EVAL_KEYS))
+  if unknown:
+    raise EvalConfigError(f"config.evals.{name}.{unknown[0]}: no such key; an evaluator has {EVAL_KEYS}")
+  if spec.get("kind") not in EVAL_KINDS:
+    raise EvalConfigError(f"config.evals.{name}.kind: expected one of {EVAL_KINDS}, got {spec.get('kind')!r}")
+  if spec["kind"] == "tasks" and not spec.get("tasks"):
+    raise EvalConfigError(f"config.evals.{name}.tasks: a tasks evaluator names its tasks (or mixtures)")
+  if spec["kind"] == "superni" and not spec.get("split"):
+    raise EvalConfigError(f"config.evals.{name}.split: a superni evaluator names its split (e.g. test)")
+  if not isinstance(spec.get("every", 0), int) or spec.get("every", 0) < 0:
+    raise EvalConfigError(f"config.evals.{name}.every: expected steps >= 0, got {spec['every']!r}")
+  return spec
+
+
+def superni_split_tasks(superni_dir: str, split: str, tasks: Mapping[str, Any], *, what: str) -> list[str]:
+  """The niv2/ task names of a SuperNI split file that `tasks` has; the missing ones are reported on stdout.
+  `what` names the setting in errors (e.g. "--superni_split test")."""
+  if not superni_dir:
+    raise EvalConfigError(f"{what} needs a SuperNI directory (config.data_paths.superni_dir or --superni_dir)")
+  listed = tasks_lib.superni_split(superni_dir, split)
+  if not listed:
+    raise EvalConfigError(f"{what}: {superni_dir}/splits/{split}_tasks.txt is missing or empty")
+  present = [t for t in listed if t in tasks]
+  missing = [t.removeprefix("niv2/") for t in listed if t not in tasks]
+  if missing:
+    print(f"note: {len(missing)} of the {len(listed)} tasks of split {split!r} are not in {superni_dir}/tasks and are "
+          f"not evaluated: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", flush=True)
+  if not present:
+    raise EvalConfigError(f"{what}: none of its {len(listed)} tasks is in {superni_dir}/tasks")
+  return present
+
+
+def build_evaluator(name: str, spec: Mapping[str, Any], eval_section, tasks: Mapping[str, tasks_lib.Task],
+                    mixtures: Mapping[str, Any], superni_dir: str = "") -> Evaluator:
+  """One `evals` entry (already `parse_spec`ed) as an Evaluator; its rows' condition is its name."""
+  num = spec.get("num_examples", eval_section.num_examples)
+  if spec["kind"] == "superni":
+    names = superni_split_tasks(superni_dir, spec["split"], tasks, what=f"config.evals.{name}")
+    split = "test"
+  else:
+    names = []
+    for t in spec["tasks"]:
+      names += list(mixtures[t].members) if t in mixtures else [t]
+    split = spec.get("split", "test")
+  for t in names:
+    if t not in tasks:
+      raise EvalConfigError(f"config.evals.{name}.tasks: no task or mixture {t!r}")
+  rows = render_eval_examples([EvalSet(name, tuple(names), None, split, num)], tasks)
+  return Evaluator(name, rows, every=spec.get("every", 0), before_training=spec.get("before_training", False),
+                   superni=spec["kind"] == "superni")
+
+
+def from_config(config, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Any]) -> list[Evaluator]:
+  """A run's evaluators: "eval" (the `eval` section, every `eval_every` steps) first, then each `evals` entry in
+  name order."""
+  out = [Evaluator("eval", config_rows(config.eval, tasks, mixtures), every=config.eval_every,
+                   before_training=config.eval.before_training)]
+  for name, spec in config.evals.items():
+    out.append(build_evaluator(name, parse_spec(name, spec), config.eval, tasks, mixtures,
+                               config.data_paths.superni_dir))
+  return out

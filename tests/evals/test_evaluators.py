@@ -71,3 +71,48 @@ def test_superni_and_builtin_rows_share_one_schema_and_score_by_the_tasks_own_me
           for r in scored]
   assert superni == score.score(refs, {r["id"]: r["prediction"] for r in scored}) | {"by_track": superni["by_track"]}
   assert superni["by_task"][copa]["rougeL"] == summary["by_task"][f"tasks/{copa}"]["rougeL"]
+
+
+def test_evaluator_specs_from_config_files_and_command_lines():
+  from instruct_jax import configs
+  c = configs.base()
+  c.evals.held = dict(kind="tasks", tasks=("builtin_check",), every=5, num_examples=2)
+  c.evals.flag = "kind=tasks,tasks=builtin/reverse+builtin/first_k,every=0,before_training=true"
+  tasks, mixes = mixtures.catalogues()
+  evals = evaluators.from_config(c, tasks, mixes)
+  assert [(e.name, e.every, e.before_training) for e in evals] == [("eval", 0, True), ("flag", 0, True),
+                                                                   ("held", 5, False)]  # then in name order
+  assert {r["task"] for r in evals[1].rows} == {"builtin/reverse", "builtin/first_k"}
+  assert {r["condition"] for r in evals[2].rows} == {"held"} and len(evals[2].rows) == 3 * 2
+  assert evals[2].due(10) and not evals[2].due(7) and not evals[1].due(10)
+  for name, spec, message in [
+      ("a", "kind=tasks", "config.evals.a.tasks: a tasks evaluator names"),
+      ("a", "kind=superni", "config.evals.a.split"),
+      ("a", "kind=bleu,tasks=x", "config.evals.a.kind: expected one of"),
+      ("a", "kind=tasks,tasks=x,every=often", "config.evals.a.every: expected an integer"),
+      ("a", {"kind": "tasks", "tasks": ("x",), "evry": 3}, "config.evals.a.evry: no such key"),
+      ("a", "tasks", "expected KEY=VALUE pairs"),
+      ("seen_templates", "kind=tasks,tasks=x", "an evaluator's name"),
+  ]:
+    with pytest.raises(evaluators.EvalConfigError, match=message):
+      evaluators.parse_spec(name, spec)
+  c.evals.bad = "kind=tasks,tasks=no_such_task"
+  with pytest.raises(evaluators.EvalConfigError, match="config.evals.bad.tasks: no task or mixture 'no_such_task'"):
+    evaluators.from_config(c, tasks, mixes)
+
+
+def test_an_evaluator_yields_scalars_and_superni_tables_from_predict_fns(shared_data):
+  tasks, mixes = mixtures.catalogues(tasks_lib.DataPaths(superni_dir=str(shared_data / "natural-instructions")))
+  spec = evaluators.parse_spec("ni", "kind=superni,split=test,num_examples=2")
+  from instruct_jax import configs
+  ev = evaluators.build_evaluator("ni", spec, configs.base().eval, tasks, mixes,
+                                  str(shared_data / "natural-instructions"))
+  echo = evaluators.PredictFns(generate=lambda prompts: [p.split()[-1] for p in prompts])
+  scalars = dict(ev.run(echo))
+  table = ev.summary["superni"]
+  assert scalars["eval/ni/superni_overall/rougeL"] == table["overall"]["rougeL"]
+  assert {k.split("/")[3] for k in scalars if "/superni_category/" in k} == set(table["by_category"])
+  assert table["num_instances"] == len(ev.rows) == 2 * len(table["by_task"])
+  rows = ev.result_rows()
+  assert {r["evaluator"] for r in rows} == {"ni"}
+  assert {r["grouping"] for r in rows} >= {"by_cluster", "superni_overall", "superni_by_category", "superni_by_task"}
