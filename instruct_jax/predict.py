@@ -174,11 +174,3 @@ def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, m
     loglik = make_loglik_fn(model, params, tokenizer, batch_size=eval_cfg.batch_size,
                             max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
   return evaluators.PredictFns(gen, loglik)
-
-
-def evaluate(model, params, tokenizer, eval_cfg, rows: list[dict], *, max_prompt_tokens: int, mesh=None,
-             rules=None) -> tuple[list[dict], dict]:
-  """Generates and scores evaluation `rows` (config section `eval_cfg`); returns (scored rows, summary)."""
-  fns = predict_fns(model, params, tokenizer, eval_cfg, max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
-  scored = evaluators.evaluate(rows, fns.generate, fns.loglik)
-  return scored, evaluators.summarize(scored)

@@ -151,11 +151,7 @@ def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
 
 
 class _PreemptedWaitingForData(Exception):
-  """SIGTERM came while a single-process run waited for a batch; `state` is the iterator's state before it."""
-
-  def __init__(self):
-    super().__init__("SIGTERM while waiting for data")
-    self.state: Any = None
+  """SIGTERM came while a single-process run waited for a batch (`_Preemption.before`: the data position)."""
 
 
 class _IteratorState:
@@ -176,6 +172,7 @@ class _Preemption:
   def __init__(self):
     self.requested = False
     self.waiting = False
+    self.before: Any = None  # the iterator's state before the newest next_batch (None: it has no get_state)
     try:
       signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. a notebook worker): preemption handling is off
@@ -191,17 +188,14 @@ class _Preemption:
     """next(iterator), given up on SIGTERM in single-process runs. Several processes must stop at a step they
     agree on (checked every log_every steps), so there a SIGTERM only sets the flag."""
     single = jax.process_count() == 1
-    before = iterator.get_state() if single and hasattr(iterator, "get_state") else None
+    self.before = iterator.get_state() if single and hasattr(iterator, "get_state") else None
     self.waiting = single
     try:
       if self.requested and self.waiting:
         raise _PreemptedWaitingForData()
       return next(iterator)
-    except _PreemptedWaitingForData as e:
-      e.state = before
-      raise
     finally:
-      self.waiting = False
+      self.waiting = False  # a second SIGTERM from here on only sets the flag
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -221,6 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # The model (init_from's shape, or config.model's) and its tokenizer; nothing is written until they fit.
   catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict))
+  built_evals = evaluators.from_config(config, *catalogues)  # their tasks and splits, before anything is written
   pretrained = pretrained_source(config, mesh, rules)
   if pretrained is None:  # a bad model section fails before a tokenizer is trained for it
     build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size), flag_keys=flag_keys)
@@ -272,7 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir_lib.record_resume(workdir, step=start, changed=changed)
 
   # Evaluators ("eval", the eval section's, first; then config.evals), and the evaluation before training.
-  evals = [e for e in evaluators.from_config(config, *catalogues) if e.rows]
+  evals = [e for e in built_evals if e.rows]
+  for ev in built_evals[1:]:
+    if not ev.rows:
+      print(f"warning: evaluator {ev.name} has no examples (config.evals.{ev.name}) and is not run", flush=True)
   main = evals[0] if evals and evals[0].name == "eval" else None
 
   def run_evals(params, at_step: int, which: list[evaluators.Evaluator], log: bool = True) -> None:
@@ -325,8 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for t in range(start, config.total_steps):
       try:
         host_batch = preemption.next_batch(data_iter)
-      except _PreemptedWaitingForData as e:
-        interrupted = e
+      except _PreemptedWaitingForData:
+        interrupted = preemption.before is not None  # the data position to save with the steps done
         break
       counts = metrics_lib.task_counts(host_batch, len(pipe.task_names))
       seen += counts
@@ -340,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if checkpointer.every and (t + 1) % checkpointer.every == 0:
         finish_pending()  # never save a state whose loss was not finite
         checkpointer.save(t + 1, state, data_iter)
-      if t + 1 < config.total_steps:
+      if t + 1 < config.total_steps and not preemption.requested:  # a stop notice leaves no time to decode
         run_evals(state.params, t + 1, [e for e in evals if e.due(t + 1)])
       # Every process must agree to stop at the same step; asking the others costs a host sync, so
       # multi-process runs ask only every log_every steps.
@@ -360,7 +358,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise
   final_step = int(jax.device_get(state.step))
   if interrupted is not None:  # every step done is saved, with the data position from before the broken wait
-    checkpointer.save(final_step, state, _IteratorState(interrupted.state), force=True)
+    if not interrupted:  # an iterator without a state (never the pipeline's): nothing consistent to save
+      good = checkpointer.newest_good()
+      print("SIGTERM received while waiting for data from an iterator without a state: stopped without saving "
+            f"(newest checkpoint: {'none' if good is None else f'step {good}'})", flush=True)
+      writer.close()
+      checkpointer.close()
+      return {**result, "final_step": good or 0, "stopped_early": True}
+    checkpointer.save(final_step, state, _IteratorState(preemption.before), force=True)
     print(f"SIGTERM received: saved checkpoint at step {final_step} and stopped (it came while waiting for "
           "data)", flush=True)
     stopped_early = True
@@ -490,6 +495,13 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
           f"{100 * np.mean(seg > 0):.0f}% of decoder slots used")
   except (errors.UserError, ValueError, FileNotFoundError) as e:  # unprepared TFDS data, unknown mixtures, ...
     problems.append(f"data: {e}")
+  else:
+    try:  # the evaluators: their tasks, splits and examples
+      built = evaluators.from_config(config, tasks, mixes)
+      out("evals     " + "; ".join(f"{e.name}: {len(e.rows)} examples, "
+                                   + (f"every {e.every} steps" if e.every else "at the end") for e in built))
+    except (errors.UserError, ValueError, FileNotFoundError) as e:
+      problems.append(f"evaluation: {e}")
   tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
   out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
       f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")

@@ -39,6 +39,7 @@ RESUME_HISTORY = "resume_history.jsonl"
 # how the same computation is laid out or carried out (mesh, sharding, remat, microbatches, compute dtype,
 # reader threads). Every other key changes the
 # model, the tokenizer, the data order or the optimisation, so a restart with another value is refused.
+# Keys a restart may change (every config.evals entry too: evaluators may be added, changed or removed).
 RESUMABLE = (
     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "preemption_exit_code",
     "num_microbatches", "model.dtype",
@@ -110,7 +111,8 @@ def check_restart(path: str | os.PathLike, config: ml_collections.ConfigDict,
                        "eval.held_out_cluster, mesh and layout). Use a new workdir, or the settings it was started "
                        "with" + (
                            "" if checkpoint_steps(path) else " (it has no checkpoint yet: remove it to start over)"))
-  return {k: [json.loads(recorded[k]) if k in recorded else None, json.loads(now[k])] for k in differ}
+  return {k: [json.loads(recorded[k]) if k in recorded else None, json.loads(now[k]) if k in now else None]
+          for k in differ}
 
 
 def write_config(path: str | os.PathLike, config: ml_collections.ConfigDict) -> None:

@@ -56,6 +56,20 @@ def test_a_restart_that_changes_the_model_tokenizer_or_data_is_refused_naming_th
   assert "\n" not in str(e.value) and "no checkpoint yet: remove it" in str(e.value)
 
 
+def test_a_restart_may_add_change_or_remove_evaluators(tmp_path):
+  config = configs.load(ROOT / "configs" / "tiny.py")
+  config.evals.ni = "kind=superni,split=test,every=100"
+  config.evals.mine = dict(kind="tasks", tasks=("builtin_check",), every=0)
+  workdir_lib.write_config(tmp_path, config)
+  restart = configs.load(ROOT / "configs" / "tiny.py")
+  restart.evals.ni = "kind=superni,split=test,every=50"
+  restart.evals.extra = "kind=tasks,tasks=builtin/reverse"
+  changed = workdir_lib.check_restart(tmp_path, restart)
+  assert changed == {"evals.ni": ["kind=superni,split=test,every=100", "kind=superni,split=test,every=50"],
+                     "evals.mine": [{"kind": "tasks", "tasks": ["builtin_check"], "every": 0}, None],
+                     "evals.extra": [None, "kind=tasks,tasks=builtin/reverse"]}
+
+
 def test_sigterm_while_waiting_for_data_stops_the_wait():
   """A batch that never comes (a stalled reader) must not make the trainer ignore SIGTERM."""
   preemption = train._Preemption()  # pylint: disable=protected-access

@@ -353,7 +353,7 @@ def _fits(tokenizer: tokenizer_lib.Tokenizer, limit: int):
 def pool_size(config: PipelineConfig, task: tasks_lib.Task) -> int:
   """How many of the task's first examples of the split are trained on (all, or config.train_fraction)."""
   n = task.num_examples(config.split)
-  return n if config.train_fraction >= 1 else min(n, max(1, math.ceil(n * config.train_fraction)))
+  return n if config.train_fraction >= 1 else min(n, max(1, math.ceil(round(n * config.train_fraction, 9))))
 
 
 def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task],

@@ -36,6 +36,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
+
 from instruct_jax import errors
 from instruct_jax.data import builtin
 from instruct_jax.data import render as render_lib
@@ -263,15 +265,18 @@ def parse_spec(name: str, spec: Any) -> dict[str, Any]:
         except ValueError:
           raise EvalConfigError(f"config.evals.{name}.{key}: expected an integer, got {spec[key]!r}") from None
     if "before_training" in spec:
-      spec["before_training"] = spec["before_training"].lower() in ("1", "true", "yes")
-    if "tasks" in spec:
-      spec["tasks"] = tuple(t for t in spec["tasks"].split("+") if t)
+      text = spec["before_training"].lower()
+      if text not in ("1", "0", "true", "false", "yes", "no"):
+        raise EvalConfigError(f"config.evals.{name}.before_training: expected true or false, got {text!r}")
+      spec["before_training"] = text in ("1", "true", "yes")
   if not isinstance(spec, Mapping):
     raise EvalConfigError(f"config.evals.{name}: expected a dict or KEY=VALUE text, got {spec!r}")
   if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in RESERVED_NAMES:
     raise EvalConfigError(f"config.evals.{name}: an evaluator's name is letters, digits and _, and none of "
                           f"{RESERVED_NAMES} (it names its TensorBoard scalars and files)")
   spec = dict(spec)
+  if isinstance(spec.get("tasks"), str):  # "mine" or "a+b" in a config file too
+    spec["tasks"] = tuple(t for t in spec["tasks"].split("+") if t)
   unknown = sorted(set(spec) - set(EVAL_KEYS))
   if unknown:
     raise EvalConfigError(f"config.evals.{name}.{unknown[0]}: no such key; an evaluator has {EVAL_KEYS}")
@@ -281,8 +286,13 @@ def parse_spec(name: str, spec: Any) -> dict[str, Any]:
     raise EvalConfigError(f"config.evals.{name}.tasks: a tasks evaluator names its tasks (or mixtures)")
   if spec["kind"] == "superni" and not spec.get("split"):
     raise EvalConfigError(f"config.evals.{name}.split: a superni evaluator names its split (e.g. test)")
-  if not isinstance(spec.get("every", 0), int) or spec.get("every", 0) < 0:
-    raise EvalConfigError(f"config.evals.{name}.every: expected steps >= 0, got {spec['every']!r}")
+  for key, low in (("every", 0), ("num_examples", 1)):
+    value = spec.get(key, low)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise EvalConfigError(f"config.evals.{name}.{key}: expected an integer >= {low}, got {value!r}")
+  if not isinstance(spec.get("before_training", False), bool):
+    raise EvalConfigError(f"config.evals.{name}.before_training: expected True or False, got "
+                          f"{spec['before_training']!r}")
   return spec
 
 
@@ -296,7 +306,7 @@ def superni_split_tasks(superni_dir: str, split: str, tasks: Mapping[str, Any], 
     raise EvalConfigError(f"{what}: {superni_dir}/splits/{split}_tasks.txt is missing or empty")
   present = [t for t in listed if t in tasks]
   missing = [t.removeprefix("niv2/") for t in listed if t not in tasks]
-  if missing:
+  if missing and jax.process_index() == 0:
     print(f"note: {len(missing)} of the {len(listed)} tasks of split {split!r} are not in {superni_dir}/tasks and are "
           f"not evaluated: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", flush=True)
   if not present:

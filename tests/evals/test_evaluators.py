@@ -93,9 +93,13 @@ def test_evaluator_specs_from_config_files_and_command_lines():
       ("a", {"kind": "tasks", "tasks": ("x",), "evry": 3}, "config.evals.a.evry: no such key"),
       ("a", "tasks", "expected KEY=VALUE pairs"),
       ("seen_templates", "kind=tasks,tasks=x", "an evaluator's name"),
+      ("a", "kind=tasks,tasks=x,before_training=ture", "config.evals.a.before_training: expected true or false"),
+      ("a", {"kind": "tasks", "tasks": "x", "num_examples": "5"}, "config.evals.a.num_examples: expected an integer"),
   ]:
     with pytest.raises(evaluators.EvalConfigError, match=message):
       evaluators.parse_spec(name, spec)
+  assert evaluators.parse_spec("a", {"kind": "tasks", "tasks": "builtin/reverse+builtin_check"})["tasks"] == (
+      "builtin/reverse", "builtin_check")  # one string in a config file too, never its characters
   c.evals.bad = "kind=tasks,tasks=no_such_task"
   with pytest.raises(evaluators.EvalConfigError, match="config.evals.bad.tasks: no task or mixture 'no_such_task'"):
     evaluators.from_config(c, tasks, mixes)
