@@ -53,6 +53,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 from absl import flags
@@ -400,7 +401,8 @@ def _draw(path: str, sweep: Sweep, plot: dict, data: dict[str, list[dict]]) -> N
   ax.set_xticks([where(v) for v in xs], [str(v) for v in xs])
   ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
   rep = f" (mean ± std over {sweep.replicate})" if sweep.replicate else ""
-  ax.set(xlabel=plot["xlabel"], ylabel=plot["ylabel"], title=(plot["title"] + rep).strip())
+  ax.set(xlabel=plot["xlabel"], ylabel=plot["ylabel"])
+  ax.set_title(textwrap.fill((plot["title"] + rep).strip(), 60), fontsize="medium")  # long titles wrap
   ax.grid(alpha=0.3)
   if len(data) > 1:
     ax.legend(fontsize="small")

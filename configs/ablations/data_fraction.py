@@ -7,10 +7,11 @@ first 200, 1,000, 5,000 or all of them, `data.train_fraction`), two seeds each: 
 of 64 packed rows, so the smaller pools are simply seen more often. Evaluated on the trained templates, on
 templates 8-10 and on the held-out "check" cluster, as the quickstart is. One tokenizer, trained once by the
 sweep, serves all runs.
-Hardware: 2 CPU cores. Runtime: about 25 minutes (8 runs one after another).
-Expected result (BENCHMARKS.md has the figures): scores change little between 5% and 100% of the data at
-this step budget (the model is compute-bound, not data-bound, like LIMA's 1,000 examples), and 1% falls
-behind on unseen templates as the model starts to memorise its 200 examples per task.
+Hardware: 2 CPU cores. Runtime: about 19 minutes, measured (8 runs one after another).
+Expected result (measured, BENCHMARKS.md): from 5% up every condition is flat (seen ROUGE-L about 51.5);
+1% is about 2 points lower on seen templates while its training loss halves (each example seen ~24 times),
+and unseen-template ROUGE-L does not fall with less data (35-40, no clear trend with two seeds). So 1,000
+examples per task are as good as 20,000 at this step budget, the LIMA direction.
 """
 import pathlib
 
