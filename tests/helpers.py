@@ -3,6 +3,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from instruct_jax.data import packing, transforms
 from instruct_jax.models import build
@@ -10,6 +11,8 @@ from instruct_jax.models import build
 EOS = 1
 BOS = 2
 KINDS = ("encoder_decoder", "decoder")
+# Both kinds, the costlier T5 one marked slow (for tests whose decoder case covers the same code path).
+KINDS_T5_SLOW = (pytest.param("encoder_decoder", marks=pytest.mark.slow), "decoder")
 
 
 def tiny_model(kind: str, **overrides) -> build.Model:

@@ -175,6 +175,7 @@ def test_finetune_from_another_runs_workdir_in_the_scanned_layout(checkpoints, t
   assert (second / "tokenizer" / "spm.model").read_bytes() == (hf_dir / "tokenizer.model").read_bytes()
 
 
+@pytest.mark.slow
 def test_user_mistakes_are_one_line_errors(checkpoints, tmp_path):
   hf_dir, _ = checkpoints["t5"]
   tiny = str(ROOT / "configs" / "tiny.py")

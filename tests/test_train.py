@@ -321,6 +321,7 @@ def test_kill_9_at_ten_random_moments_then_the_same_final_loss(reference_run, tm
   assert kills >= 5, kills  # most of the kills landed before the run could finish
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   proc = subprocess.run(_cmd(tmp_path, "--config.optim.learning_rate=1e12", "--config.optim.grad_clip_norm=0",
                              "--config.optim.warmup_steps=0", "--config.optim.schedule=constant",
