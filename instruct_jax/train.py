@@ -202,8 +202,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        flag_keys: Sequence[str] = ()) -> dict[str, Any]:
   """Trains and evaluates; returns {"before": summary|None, "after": summary, "final_step": int, ...}."""
   configs.validate(config, flag_keys=flag_keys)
-  for name, spec in config.evals.items():  # the evaluators' settings, before anything runs
-    evaluators.parse_spec(name, spec)
   changed = workdir_lib.check_restart(workdir, config, flag_keys)  # a restart's settings, before anything is written
   restart = os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG))
   preemption = _Preemption()
