@@ -47,7 +47,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.kind = ""  # "encoder_decoder" (T5) or "decoder" (LLaMA-style); "": the kind of init_from
-  c.model.size = ""  # named shape (t5: tiny small base large xl xxl; decoder: tiny 1b 7b); "": init_from's shape
+  c.model.size = ""  # named shape (t5: tiny small base large xl xxl; decoder: tiny 1b 7b mistral_7b); "": init_from's shape
   c.model.overrides = ml_collections.ConfigDict()  # model config fields over the size (d_model=..., num_layers=...)
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
   c.model.param_dtype = "float32"  # dtype the parameters (and optimizer moments) are stored in

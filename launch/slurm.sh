@@ -11,7 +11,7 @@
 # command. Submit it from the repository root, with the Python environment that has instruct_jax
 # installed active (srun passes the environment on to every node):
 #
-#   sbatch --nodes=4 launch/slurm.sh configs/flan_t5.py:xl /shared/runs/flan_t5_xl -- --config.total_steps=20000
+#   sbatch --nodes=4 launch/slurm.sh configs/recipes/flan_t5.py:xl /shared/runs/flan_t5_xl -- --config.total_steps=20000
 #
 # Arguments: CONFIG WORKDIR [-- TRAINER_ARGS...]; everything after `--` goes to the trainer unchanged.
 # The #SBATCH lines above are defaults (1 node, 8 GPUs, 8 CPUs per GPU, 24 h); anything given to sbatch

@@ -3,7 +3,7 @@
 # checkout to every worker, install it, and start the same command on all of them at once.
 #
 #   TPU_NAME=my-pod ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 \
-#     launch/tpu_pod.sh configs/flan_t5.py:base /mnt/my-bucket/runs/flan_t5_base -- --config.total_steps=20000
+#     launch/tpu_pod.sh configs/recipes/flan_t5.py:base /mnt/my-bucket/runs/flan_t5_base -- --config.total_steps=20000
 #
 # Every setting comes from the environment (defaults in brackets):
 #   TPU_NAME          pod name                                        [instruct-jax]

@@ -49,6 +49,9 @@ SIZES: dict[str, dict] = {
     # LLaMA-2-7B shapes.
     "7b": dict(vocab_size=32000, d_model=4096, d_ff=11008, num_heads=32, num_kv_heads=32, head_dim=128,
                num_layers=32, rope_theta=10000.0),
+    # Mistral-7B-v0.1 shapes: grouped-query attention (8 kv heads), a wider MLP and a 4096-position window.
+    "mistral_7b": dict(vocab_size=32000, d_model=4096, d_ff=14336, num_heads=32, num_kv_heads=8, head_dim=128,
+                       num_layers=32, rope_theta=10000.0, sliding_window=4096),
 }
 
 
