@@ -3,7 +3,9 @@
     per task: index stream (this host's share, shuffled with the seed, reshuffled every epoch, repeated)
       -> mix (grain's deterministic interleave: realised shares equal the rates)
       -> render (template, options, few-shot; one seeded generator per element)
-      -> tokenize -> features (`transforms`: truncation, loss weights; unlearnable examples dropped, counted)
+      -> tokenize -> features (`transforms`: truncation, loss weights; unlearnable examples dropped, counted;
+         a chat-rendered conversation is one decoder row scored on its assistant turns, or for T5 one example
+         per assistant turn: `chat.py`)
       -> pack or pad, batch (`packing.pack_and_batch`; meta features per token)
 
 Each element is addressed by its index, so the iterator state (`get_state` / `set_state`, saved with the
@@ -237,7 +239,6 @@ class Featurizer:
   def __call__(self, ex: dict[str, Any] | None) -> dict[str, Any] | None:
     if ex is None:
       return None
-    cfg = self.config
     if "chat" in ex:
       return self._chat(ex)
     inputs, targets = self.tokenizer.encode(ex["inputs"]), self.tokenizer.encode(ex["targets"])

@@ -1,18 +1,21 @@
 """Conversations: chat records, chat formats, the scored spans, and chat rows for both model kinds."""
+import functools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instruct_jax import losses, predict
+from instruct_jax import convert, losses, predict
 from instruct_jax.data import chat
 from instruct_jax.data import mixtures
 from instruct_jax.data import pipeline
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.data import transforms
+from instruct_jax.models import build
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -165,9 +168,17 @@ def test_trained_tokenizer_holds_the_format_specials_as_single_pieces(spm_chat):
 # --- rows, masks and gradients -------------------------------------------------------------------------
 
 
-def _loss(logits, targets, weights, segs=None):
-  scale, denom = losses.token_scale_and_denominator(weights, segs, "tokens")
+def _loss(logits, targets, weights):
+  scale, denom = losses.token_scale_and_denominator(weights, None, "tokens")
   return losses.loss_and_metrics(logits, targets, weights, scale_BL=scale, denominator=denom)[0]
+
+
+@functools.partial(jax.jit, static_argnames="vocab")
+def _loss_and_grad_norms(targets, weights, vocab):
+  """The token-mean loss of random logits, and the size of its gradient at each target position."""
+  logits = jax.random.normal(jax.random.key(0), (*targets.shape, vocab))
+  loss, grad = jax.value_and_grad(_loss)(logits, targets, weights)
+  return loss, jnp.abs(grad).sum(-1)
 
 
 def _pipeline(tmp_path, tok, kind, conversations, **kw):
@@ -193,14 +204,13 @@ def test_decoder_rows_score_assistant_turns_and_their_end_of_turn_only(tmp_path,
       assert int((t[w > 0] == im_end).sum()) == len(found[-1])  # each turn's end is scored
   assert ["I am fine<|im_end|>", "thanks, fine<|im_end|>"] in found and ["I am fine<|im_end|>"] in found
   assert int(batch["decoder_segment_ids"].max()) >= 2  # packed: a row holds more than one conversation
-  logits = jax.random.normal(jax.random.key(0), (*targets.shape, spm_chat.vocab_size))
-  grad = jax.grad(lambda lg: _loss(lg, targets, weights, jnp.asarray(batch["decoder_segment_ids"])))(logits)
-  norms = np.abs(np.asarray(grad)).sum(-1)
+  vocab = spm_chat.vocab_size
+  loss, norms = map(np.asarray, _loss_and_grad_norms(targets, weights, vocab))
   assert np.all(norms[np.asarray(weights) == 0] == 0.0)  # system, user, headers, padding: exactly no gradient
   assert np.all(norms[np.asarray(weights) > 0] > 0)
   eot = np.nonzero((np.asarray(targets) == im_end) & (np.asarray(weights) > 0))
   changed = targets.at[eot].set(im_end + 1)  # another stop token changes the loss: the end of turn is learned
-  assert float(_loss(logits, targets, weights)) != float(_loss(logits, changed, weights))
+  assert float(loss) != float(_loss_and_grad_norms(changed, weights, vocab)[0])
 
 
 def test_t5_gets_one_example_per_assistant_turn_with_the_conversation_so_far(tmp_path, spm_chat):
@@ -216,8 +226,7 @@ def test_t5_gets_one_example_per_assistant_turn_with_the_conversation_so_far(tmp
     enc = batch["encoder_input_tokens"][row]
     assert enc[enc > 0].tolist() == [*chat.encode(spm_chat, examples[row]["inputs"]), spm_chat.eos_id]
   targets, weights = jnp.asarray(batch["decoder_target_tokens"]), jnp.asarray(batch["decoder_loss_weights"])
-  logits = jax.random.normal(jax.random.key(1), (*targets.shape, spm_chat.vocab_size))
-  norms = np.abs(np.asarray(jax.grad(lambda lg: _loss(lg, targets, weights))(logits))).sum(-1)
+  norms = np.asarray(_loss_and_grad_norms(targets, weights, spm_chat.vocab_size)[1])
   assert np.all(norms[np.asarray(weights) == 0] == 0.0) and np.all(norms[np.asarray(weights) > 0] > 0)
   last = np.nonzero(np.asarray(weights[1]))[0][-1]
   assert int(targets[1, last]) == spm_chat.eos_id  # the turn's end-of-text is scored
@@ -256,14 +265,13 @@ def test_chat_prompts_and_the_exported_template(hf_dir, tmp_path):
   assert prompts == [chat.render(fmt, CONVERSATION)["inputs"]]
   with pytest.raises(chat.ChatError, match="ends with a user"):
     predict.chat_prompts([CONVERSATION], fmt)
-  # An export's tokenizer_config.json carries the named format, led by begin-of-text for decoders: transformers then
-  # gives the ids a decoder row starts with.
-  out = tmp_path / "export"
-  tok.save_for_hf(out, "llama")
-  config = json.loads((out / "tokenizer_config.json").read_text())
-  config["chat_template"] = chat.export_template("chatml", begin_of_text=True)
-  (out / "tokenizer_config.json").write_text(json.dumps(config))
-  hf = transformers.AutoTokenizer.from_pretrained(str(out))
+  # An export (convert --to hf) writes the named format into tokenizer_config.json, led by begin-of-text for decoders:
+  # transformers then gives the ids a decoder's prompt row holds.
+  model = build.Model(build.config_for("decoder", "tiny", vocab_size=tok.vocab_size))
+  params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nn.meta.unbox(model.param_shapes()))
+  convert.export_hf(model.config, params, tmp_path, tokenizer=tok,
+                    chat_template=chat.export_template("chatml", begin_of_text=True))
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   want = hf.apply_chat_template(CONVERSATION[:4], tokenize=True, add_generation_prompt=True)
   want = want["input_ids"] if hasattr(want, "keys") else want
-  assert list(want) == [tok.bos_id, *chat.SpecialAware(tok).encode(prompts[0]).tolist()]
+  assert list(want) == model.prompt_ids(chat.SpecialAware(tok), prompts[0], max_tokens=512)
