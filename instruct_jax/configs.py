@@ -7,10 +7,11 @@
 
 Every key below carries a one-line comment; nothing in instruct_jax reads a key that is not here, and
 `validate` refuses a config with a key that is not here (a typo in a config file or on the command line),
-naming it and the closest known key. Three sections are open maps whose keys the user names:
+naming it and the closest known key. Four sections are open maps whose keys the user names:
 `model.overrides` (model config fields, checked against the model's dataclass),
-`data_paths.instruction_files` and `data_paths.chat_files` (task name -> file) and `evals` (evaluator name -> its kind and schedule). Keys that are None by default are typed placeholders,
-so `--config.data.mixing_cap=3000` parses as an int.
+`data_paths.instruction_files` and `data_paths.chat_files` (task name -> file) and `evals` (evaluator name -> its
+kind and schedule). Keys that are None by default are typed placeholders, so `--config.data.mixing_cap=3000`
+parses as an int.
 """
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
                       "instruct_jax.configs.base() (or a shipped config) instead of building a ConfigDict")
   for name in OPEN_MAPS:
     for key, value in got[name].items():
-      if name in ("data_paths.instruction_files", "data_paths.chat_files") and (not isinstance(value, str) or not value):
+      is_file_map = name in ("data_paths.instruction_files", "data_paths.chat_files")
+      if is_file_map and (not isinstance(value, str) or not value):
         raise ConfigError(f"{_flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
 
 

@@ -55,7 +55,8 @@ _BEAMS = flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams 
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts decoded together.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _CHAT = flags.DEFINE_bool("chat", False, "Prompts are conversations, rendered with the run's chat format (or the "
-                          "tokenizer's template): --prompt is a user message, --prompts_file holds {\"messages\"} lines.")
+                          "tokenizer's template): --prompt is a user message, --prompts_file holds "
+                          "{\"messages\": [...]} lines.")
 _SYSTEM = flags.DEFINE_string("system", None, "With --chat: a system message opening each --prompt conversation.")
 
 
@@ -129,7 +130,6 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = workdir_lib.read_config(_WORKDIR.value)
-  stop, tokenizer = -1, None
   if _CHAT.value:
     system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
     records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]
@@ -149,17 +149,15 @@ def main(argv):
       raise errors.UserError("give --prompt or --prompts_file")
     prompts = prompt_texts(records, config)
   loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
-  tokenizer = loaded.tokenizer
-  if _CHAT.value:
-    stop = predict.chat_stop_id(loaded.model, tokenizer, fmt)
-    tokenizer = chat_lib.SpecialAware(tokenizer)
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-                              top_p=_TOP_P.value, num_beams=_BEAMS.value, stop_id=stop)
-  generate_fn = predict.make_generate_fn(loaded.model, loaded.params, tokenizer, cfg,
-                                         batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length,
-                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value, with_ids=True,
-                                         with_finish=True)
-  outputs = generate_fn(prompts)
+                              top_p=_TOP_P.value, num_beams=_BEAMS.value)
+  options = dict(batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh,
+                 rules=loaded.rules, seed=_SEED.value, with_ids=True, with_finish=True)
+  if _CHAT.value:  # the same prompts, rendered again by the Python API
+    chat_fn = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg, **options)
+    outputs = chat_fn([r["messages"] for r in records])
+  else:
+    outputs = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg, **options)(prompts)
   out = open(_OUTPUT.value, "w", encoding="utf-8") if _OUTPUT.value else sys.stdout
   for record, p, (text, ids, finish) in zip(records, prompts, outputs):
     if _OUTPUT.value:

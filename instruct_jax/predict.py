@@ -188,6 +188,21 @@ def chat_stop_id(model, tokenizer, fmt: chat_lib.ChatFormat | None) -> int:
   return -1 if stop == tokenizer.eos_id else stop
 
 
+def make_chat_generate_fn(model, params, tokenizer, fmt: chat_lib.ChatFormat, decode_cfg: sampling.DecodeConfig,
+                          **kwargs) -> Callable[[Sequence[Sequence[Mapping[str, str]]]], list]:
+  """Conversations -> replies: each rendered in `fmt` with the generation prompt (`chat_prompts`), read with its
+  special strings as their ids, and decoded until end-of-text or the format's end of turn. `kwargs` go to
+  `make_generate_fn` (batch_size, max_prompt_tokens, mesh, rules, seed, with_ids, with_finish).
+
+      fmt = predict.chat_format(loaded.config, loaded.tokenizer)   # the run's format
+      reply = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg)(
+          [[{"role": "user", "content": "Name a prime."}]])[0]
+  """
+  cfg = dataclasses.replace(decode_cfg, stop_id=chat_stop_id(model, tokenizer, fmt))
+  generate = make_generate_fn(model, params, chat_lib.SpecialAware(tokenizer), cfg, **kwargs)
+  return lambda conversations: generate(chat_prompts(conversations, fmt))
+
+
 def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, mesh=None,
                 rules=None, chat_format: chat_lib.ChatFormat | None = None) -> evaluators.PredictFns:
   """The functions evaluators are run with (config section `eval_cfg`: decoding, batch size, rank

@@ -325,7 +325,8 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   `AutoTokenizer.from_pretrained` reads: `Tokenizer.save_for_hf`) and config.json and
   generation_config.json carry its special token ids; `tokenizer_src` (a source directory) contributes its
   generation_config.json when it has one; `chat_template` (a run's named chat format) goes into
-  tokenizer_config.json, so `apply_chat_template` renders prompts as the run did. Host memory: one parameter plus one output shard at a time.
+  tokenizer_config.json, so `apply_chat_template` renders prompts as the run did. Host memory: one parameter plus
+  one output shard at a time.
   """
   family = EXPORTERS[config.kind]
   dst = pathlib.Path(dst)

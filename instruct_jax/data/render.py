@@ -12,8 +12,8 @@ Per example, from one seeded random generator (so a pipeline is deterministic fo
 
 SuperNI templates build their own demonstrations (definition + positive examples), so their shot
 count is the number of demonstrations that fit. Chat-rendered examples (`chat.ChatFields`) skip all of this:
-their prompt is the chat format's rendering, and they carry it whole as "chat" (text and scored spans). Every rendered example carries the task index,
-template id and shot count.
+their prompt is the chat format's rendering, and they carry it whole as "chat" (text and scored spans).
+Every rendered example carries the task index, template id and shot count.
 """
 from __future__ import annotations
 
