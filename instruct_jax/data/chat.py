@@ -219,18 +219,8 @@ def named_formats() -> dict[str, dict[str, Any]]:
 
 
 def tokenizer_template(tokenizer) -> str | None:
-  """The Jinja chat template next to the tokenizer's file: chat_template.jinja, or tokenizer_config.json's
-  chat_template (a string, or a list of {name, template} whose "default" is taken)."""
-  folder = pathlib.Path(tokenizer.model_path).parent
-  if (folder / "chat_template.jinja").is_file():
-    return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-  config_file = folder / "tokenizer_config.json"
-  if not config_file.is_file():
-    return None
-  template = json.loads(config_file.read_text(encoding="utf-8")).get("chat_template")
-  if isinstance(template, list):
-    template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
-  return template if isinstance(template, str) and template.strip() else None
+  """The tokenizer's own Jinja chat template (`Tokenizer.chat_template`), None when it has none."""
+  return tokenizer.chat_template() if hasattr(tokenizer, "chat_template") else None
 
 
 def _strings(tokenizer) -> tuple[str, str]:

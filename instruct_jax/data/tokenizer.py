@@ -79,6 +79,7 @@ class TokenizerNotFound(errors.UserError, FileNotFoundError):
 PAD_ID, EOS_ID, UNK_ID, BOS_ID = 0, 1, 2, 3
 MODEL_FILENAME = "spm.model"
 HF_FILENAME = "tokenizer.json"
+CHAT_TEMPLATE_FILENAME = "chat_template.jinja"  # as transformers 5 saves a tokenizer's chat template
 SENTENCEPIECE_FILENAMES = (MODEL_FILENAME, "spiece.model", "tokenizer.model")
 HF_FAMILIES = ("t5", "llama", "mistral")
 
@@ -168,9 +169,27 @@ class Tokenizer:
     raise NotImplementedError
 
   def save(self, out_dir: str | os.PathLike) -> list[str]:
-    """Writes a self-contained copy into `out_dir`; `load(out_dir)` gives the same tokenizer and special ids.
-    Returns the names of the files written."""
+    """Writes a self-contained copy into `out_dir`; `load(out_dir)` gives the same tokenizer and special ids (and
+    `chat_template()` the same template). Returns the names of the files written."""
     raise NotImplementedError
+
+  def chat_template(self) -> str | None:
+    """The Jinja chat template beside the tokenizer's file: chat_template.jinja, else tokenizer_config.json's
+    chat_template (a string, or a list of {name, template} whose "default" is taken); None without one."""
+    folder = pathlib.Path(self.model_path).parent
+    if (folder / CHAT_TEMPLATE_FILENAME).is_file():
+      return (folder / CHAT_TEMPLATE_FILENAME).read_text(encoding="utf-8")
+    template = _read_json(folder / "tokenizer_config.json").get("chat_template")
+    if isinstance(template, list):
+      template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+    return template if isinstance(template, str) and template.strip() else None
+
+  def _save_chat_template(self, out_dir: pathlib.Path) -> list[str]:
+    template = self.chat_template()
+    if template is None:
+      return []
+    (out_dir / CHAT_TEMPLATE_FILENAME).write_text(template, encoding="utf-8")
+    return [CHAT_TEMPLATE_FILENAME]
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     """Writes the tokenizer for `transformers.AutoTokenizer.from_pretrained(out_dir)`, set up to tokenize like
@@ -259,8 +278,9 @@ class SentencePieceTokenizer(Tokenizer):
   def save(self, out_dir: str | os.PathLike) -> list[str]:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    template = self._save_chat_template(out_dir)
     _copy(self.model_path, out_dir / MODEL_FILENAME)  # the name `load` looks for first
-    return [MODEL_FILENAME]
+    return [MODEL_FILENAME, *template]
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     family = self._check_family(family)
@@ -420,7 +440,7 @@ class HFTokenizer(Tokenizer):
     _copy(self.model_path, out_dir / HF_FILENAME)
     config = {**self._own_config(), **self._special_tokens()}  # explicit nulls: no later file can add a token
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return [HF_FILENAME, "tokenizer_config.json"]
+    return [HF_FILENAME, "tokenizer_config.json", *self._save_chat_template(out_dir)]
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     family = self._check_family(family)

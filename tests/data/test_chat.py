@@ -276,3 +276,22 @@ def test_chat_prompts_and_the_exported_template(hf_dir, tmp_path):
   want = hf.apply_chat_template(CONVERSATION[:4], tokenize=True, add_generation_prompt=True)
   want = want["input_ids"] if hasattr(want, "keys") else want
   assert list(want) == model.prompt_ids(chat.SpecialAware(tok), prompts[0], max_tokens=512)
+
+
+def test_a_template_that_writes_begin_of_text_gets_it_once(hf_dir, tmp_path):
+  tok = tokenizer_lib.load(hf_dir)
+  fmt = chat.ChatFormat("own", "{{ bos_token }}" + CHATML, ("<|im_start|>", "<|im_end|>", "<s>", "</s>"), "<s>", "</s>")
+  ids, weights, ends = chat.scored_tokens(tok, chat.render(fmt, CONVERSATION))
+  assert ids[0] == tok.bos_id and ids[1] != tok.bos_id
+  row = transforms.chat_decoder_features(ids, weights, ends, bos_id=tok.bos_id, max_len=256)
+  assert row["decoder_input_tokens"].tolist() == ids[:-2].tolist()  # not [bos, bos, ...]; the trailing "\n" is cut
+  prompt = chat.SpecialAware(tok).encode(chat.prompt(fmt, CONVERSATION[:4]))
+  assert [tok.bos_id, *prompt.tolist()] == ids[:len(prompt) + 1].tolist()  # inference reads the same prefix
+  tok.save(tmp_path / "copy")  # a workdir's copy keeps the template
+  assert tokenizer_lib.load(tmp_path / "copy").chat_template() == CHATML
+
+
+def test_a_template_whose_prefixes_are_not_prefixes_is_refused():
+  last_only = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}!{% endif %}{% endfor %}"
+  with pytest.raises(chat.ChatError, match="not a prefix of its whole rendering"):
+    chat.render(chat.ChatFormat("odd", last_only), CONVERSATION)
