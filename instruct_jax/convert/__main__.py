@@ -81,9 +81,10 @@ def main(argv: Sequence[str]) -> None:
       tokenizer = None
       print(f"note: no tokenizer exported ({e})")
     template = None
-    if tokenizer is not None and workdir_lib.is_workdir(_SRC.value):  # a run's named chat format, for transformers
+    if tokenizer is not None and workdir_lib.is_workdir(_SRC.value):  # the run's chat format, for transformers
       spec = workdir_lib.read_config(_SRC.value).data.chat_format
-      template = chat.export_template(spec, begin_of_text=pretrained.config.kind == "decoder")
+      template = (tokenizer.chat_template() if spec in ("", "tokenizer") else
+                  chat.export_template(spec, begin_of_text=pretrained.config.kind == "decoder"))
     files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
                               dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),
                               max_shard_bytes=int(_MAX_SHARD_GB.value * 1024**3), tokenizer=tokenizer,

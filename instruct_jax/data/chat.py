@@ -317,17 +317,28 @@ def encode(tokenizer, text: str) -> np.ndarray:
 
 
 def scored_tokens(tokenizer, rendered: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-  """(ids, weights, turn ends): the rendering's ids, 1 on tokens overlapping a scored span, and per assistant turn
-  the index one past its last scored token."""
-  ids, starts, ends = encode_with_offsets(tokenizer, rendered["text"])
+  """(ids, weights, turn ends): the rendering's ids, 1 on each assistant turn's tokens, and per assistant turn the
+  index one past its last scored token.
+
+  A turn's tokens run from the end of its prompt's own tokenization (what inference reads; a prefix of the ids
+  whenever no token straddles the boundary, which holds for the named formats) to the last token overlapping its
+  span. So a token inference must generate is scored even where it covers a prompt character: SentencePiece drops a
+  prompt's trailing newline, and the "▁" piece that stands for it in the whole text is the turn's first token.
+  Where a token does straddle the boundary, the turn starts at the first token overlapping its span.
+  """
+  text = rendered["text"]
+  ids, starts, ends = encode_with_offsets(tokenizer, text)
   ends = np.maximum(ends, starts + 1)  # a zero-width token counts at its position
   weights = np.zeros(len(ids), np.float32)
   turn_ends = []
   for a, b in rendered["spans"]:
-    hit = (starts < b) & (ends > a)
-    weights[hit] = 1.0
-    if hit.any():
-      turn_ends.append(int(np.nonzero(hit)[0][-1]) + 1)
+    overlapping = np.nonzero((starts < b) & (ends > a))[0]
+    if not overlapping.size:
+      continue
+    prompt = encode_with_offsets(tokenizer, text[:a])[0]
+    first = len(prompt) if np.array_equal(ids[:len(prompt)], prompt) else int(overlapping[0])
+    weights[first:overlapping[-1] + 1] = 1.0
+    turn_ends.append(int(overlapping[-1]) + 1)
   return ids, weights, turn_ends
 
 
@@ -388,8 +399,8 @@ class SpecialAware:
 def export_template(spec: str, *, begin_of_text: bool) -> str | None:
   """The Jinja template to write into an exported tokenizer_config.json for a run's `config.data.chat_format`: a
   named format's or a .jinja file's (begin_of_text: led by {{ bos_token }}, as decoder rows start with it; the
-  export's tokenizer then gives the run's ids through apply_chat_template). None for the tokenizer's own template
-  (already in the tokenizer's files) and for no format."""
+  export's tokenizer then gives the run's ids through apply_chat_template). None for "" and "tokenizer" (the
+  tokenizer's own template is exported as it is)."""
   named = named_formats()
   if spec in named:
     template = named[spec]["template"]

@@ -295,3 +295,17 @@ def test_a_template_whose_prefixes_are_not_prefixes_is_refused():
   last_only = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}!{% endif %}{% endfor %}"
   with pytest.raises(chat.ChatError, match="not a prefix of its whole rendering"):
     chat.render(chat.ChatFormat("odd", last_only), CONVERSATION)
+
+
+def test_the_piece_standing_for_the_prompts_last_newline_is_the_turns_first_scored_token(tmp_path):
+  # SentencePiece drops the prompt's trailing "\n" ("...assistant\n"), so inference must generate the "▁" that stands
+  # for it in the whole text: that piece is scored although its character belongs to the prompt.
+  tok = tokenizer_lib.train(["café naïve 東京 and more text"] * 30, vocab_size=60, out_dir=tmp_path,
+                            user_defined_symbols=("<|im_start|>", "<|im_end|>"))
+  fmt = chat.resolve_format("chatml", tok)
+  r = chat.render(fmt, [{"role": "user", "content": "東京"}, {"role": "assistant", "content": "café"}])
+  ids, weights, _ = chat.scored_tokens(tok, r)
+  prompt = chat.encode(tok, r["inputs"])
+  assert ids[:len(prompt)].tolist() == prompt.tolist() and tok.piece(ids[len(prompt)]) == "▁"
+  assert np.nonzero(weights)[0].tolist() == list(range(len(prompt), len(ids)))  # to the end: <|im_end|> (the
+  assert tok.piece(ids[-1]) == "<|im_end|>"  # text's final "\n" is trailing whitespace, which SentencePiece drops)
