@@ -20,9 +20,12 @@ generation prompt (a prefix of the whole rendering, which a template must keep) 
 end-of-turn marker: the first special string after its content (<|im_end|>, <|eot_id|>, end-of-text), or the
 turn's text up to its trailing whitespace when it has none. Those characters are scored; everything else
 (system, user, role headers, generation prompts, the newline after <|im_end|>) is not. The whole rendering is
-tokenized at once (`encode_with_offsets`) and a token is scored when its characters overlap a scored span, so
-the ids equal those of tokenizing the whole string, and the tokens of the generation prompt are a prefix of
-them (the split falls where inference stops: the prompt ends where the assistant's text begins).
+tokenized at once (`encode_with_offsets`), so the ids equal those of tokenizing the whole string (as
+`apply_chat_template` does), and a turn's scored tokens run from the end of its prompt's own tokenization (what
+inference reads, a prefix of the ids) to the last token overlapping its characters (`scored_tokens`).
+
+    tokens  <|im_start|> user \n Hi <|im_end|> \n <|im_start|> assistant \n Hello <|im_end|> \n
+    weight       0        0   0  0     0      0      0          0      0    1       1      0
 """
 from __future__ import annotations
 
