@@ -118,16 +118,13 @@ class ChatSource(sources._FileSource):  # pylint: disable=protected-access
     super().__init__(files)
     self.strict, self.per_turn = strict, per_turn
     self.stats = sources.ReadStats()
+    self._conversations: dict[str, list[list[dict[str, str]]]] = {}  # by file, shared with the turns view
 
   def turns_view(self) -> "ChatSource":
     """The same files, one record per assistant turn (sharing this source's reads and counts)."""
     view = ChatSource(self.files, strict=self.strict, per_turn=True)
     view.stats, view._conversations = self.stats, self._conversations  # pylint: disable=protected-access
     return view
-
-  @functools.cached_property
-  def _conversations(self) -> dict[str, list[list[dict[str, str]]]]:
-    return {}
 
   def _read(self, path: str) -> list[dict[str, Any]]:
     if path not in self._conversations:
