@@ -7,10 +7,11 @@
 
 Every key below carries a one-line comment; nothing in instruct_jax reads a key that is not here, and
 `validate` refuses a config with a key that is not here (a typo in a config file or on the command line),
-naming it and the closest known key. Three sections are open maps whose keys the user names:
+naming it and the closest known key. Four sections are open maps whose keys the user names:
 `model.overrides` (model config fields, checked against the model's dataclass),
-`data_paths.instruction_files` (task name -> file) and `evals` (evaluator name -> its kind and schedule). Keys that are None by default are typed placeholders,
-so `--config.data.mixing_cap=3000` parses as an int.
+`data_paths.instruction_files` and `data_paths.chat_files` (task name -> file) and `evals` (evaluator name -> its
+kind and schedule). Keys that are None by default are typed placeholders, so `--config.data.mixing_cap=3000`
+parses as an int.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ml_collections import config_dict, config_flags
 
 from instruct_jax import errors
 
-OPEN_MAPS = ("model.overrides", "data_paths.instruction_files", "evals")
+OPEN_MAPS = ("model.overrides", "data_paths.instruction_files", "data_paths.chat_files", "evals")
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -79,6 +80,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.strict = True  # a malformed record is an error naming file:line (False: skipped, counted, reported)
   c.data.truncation_warning = 0.1  # warn when more than this share of a task's examples is cut or dropped
   c.data.host_input = "own_share"  # own_share: each host reads its share; slice_of_global: tests only
+  c.data.chat_format = ""  # chat files' format, and instruction files' when set: alpaca | vicuna | chatml | llama3 |
+  #                          tokenizer (its Jinja template) | FILE.jinja; "": the tokenizer's template for chat files
   c.data.render = ml_collections.ConfigDict()
   c.data.render.num_templates = config_dict.placeholder(int)  # keep the first N standard templates of each task
   c.data.render.template_ids = config_dict.placeholder(tuple)  # only these template ids (num_templates then
@@ -98,6 +101,8 @@ def base() -> ml_collections.ConfigDict:
   c.data_paths.superni_eval_instances = 100  # SuperNI: a task's test split is its first N instances (official: 100)
   c.data_paths.tfds_data_dir = ""  # TFDS data_dir with prepared (array_record) datasets
   c.data_paths.instruction_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: Alpaca JSONL
+  c.data_paths.chat_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: conversations JSONL
+  #                                                        (OpenAI messages or ShareGPT); the mixture "chat" holds all
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh; -1: the remaining devices
   c.sharding = "data_parallel"  # logical-axis rules preset: data_parallel | fsdp | fsdp_tensor
@@ -175,7 +180,8 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
                       "instruct_jax.configs.base() (or a shipped config) instead of building a ConfigDict")
   for name in OPEN_MAPS:
     for key, value in got[name].items():
-      if name == "data_paths.instruction_files" and (not isinstance(value, str) or not value):
+      is_file_map = name in ("data_paths.instruction_files", "data_paths.chat_files")
+      if is_file_map and (not isinstance(value, str) or not value):
         raise ConfigError(f"{_flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
 
 

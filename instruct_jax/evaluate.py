@@ -54,7 +54,8 @@ def main(argv):
     config.eval.tasks = tuple(_TASKS.value)
   if _SUPERNI.value:
     config.data_paths.superni_dir = _SUPERNI.value
-  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths))
+  chat = predict.chat_format(config, workdir_lib.tokenizer(_WORKDIR.value))  # what chat tasks are rendered with
+  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, chat_format=chat))
   if _SPLIT.value:
     config.eval.tasks = tuple(evaluators.superni_split_tasks(config.data_paths.superni_dir, _SPLIT.value,
                                                              catalogues[0], what=f"--superni_split {_SPLIT.value}"))
@@ -69,7 +70,8 @@ def main(argv):
                            "--num_examples)")
   t0 = time.time()
   dict(ev.run(predict.predict_fns(loaded.model, loaded.params, loaded.tokenizer, config.eval,
-                                  max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules)))
+                                  max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules,
+                                  chat_format=chat)))
   seconds = time.time() - t0
   scored = ev.scored
   summary = {k: v for k, v in ev.summary.items() if k != "superni"}

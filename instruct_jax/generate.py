@@ -12,6 +12,14 @@ with a "prompt" field, or Alpaca-style JSONL records {"instruction", "input" (op
 preprocessing and template file; --template_id picks the template, default the first standard one the run
 trained with).
 
+--chat reads conversations instead: each --prompt is one user message (after --system, if given), and a prompts file
+holds JSONL records {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} ending where the
+model is to answer. They are rendered with the run's chat format (config.data.chat_format in the workdir's
+config.json), or the tokenizer's own chat template when the run used none, with the generation prompt; a
+decoder stops at the format's end of turn:
+
+    python -m instruct_jax.generate --workdir DIR --chat --system "Answer briefly." --prompt "Name a prime."
+
 --output writes one JSONL record per prompt, in order: the prompt record's own fields (instruction, input,
 any others such as a category; an "output" it had is kept as "reference"), then "prompt" (the text the model
 read), "output", "ids" (the generated token ids, end-of-text excluded) and "finish_reason" ("length" when
@@ -27,6 +35,7 @@ from absl import flags, logging
 
 from instruct_jax import errors, predict, sampling
 from instruct_jax import workdir as workdir_lib
+from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import sources
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
@@ -45,6 +54,10 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 _BEAMS = flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams when > 1.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts decoded together.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_CHAT = flags.DEFINE_bool("chat", False, "Prompts are conversations, rendered with the run's chat format (or the "
+                          "tokenizer's template): --prompt is a user message, --prompts_file holds "
+                          "{\"messages\": [...]} lines.")
+_SYSTEM = flags.DEFINE_string("system", None, "With --chat: a system message opening each --prompt conversation.")
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -87,6 +100,24 @@ def prompt_texts(records: list[dict], config) -> list[str]:
   return [r["prompt"] if "prompt" in r else next(rendered) for r in records]
 
 
+def read_conversations(path: str) -> list[dict]:
+  """{"messages": [...]} records of a JSONL file (each checked: roles, string contents), for --chat."""
+  records = []
+  for n, record in sources.read_jsonl_numbered(path):
+    try:
+      chat_lib.check_prompt_messages(record.get("messages"), f"{path}:{n}: field 'messages'")
+    except chat_lib.ChatError as e:
+      raise errors.UserError(str(e)) from None
+    records.append(record)
+  return records
+
+
+def chat_prompt_texts(records: list[dict], config, tokenizer) -> tuple[list[str], chat_lib.ChatFormat]:
+  """The prompt of each conversation record in the run's chat format (or the tokenizer's own template)."""
+  fmt = predict.chat_format(config, tokenizer) or chat_lib.resolve_format("tokenizer", tokenizer, flag="--chat")
+  return predict.chat_prompts([r["messages"] for r in records], fmt), fmt
+
+
 def output_record(record: dict, prompt: str, text: str, ids: list[int], finish: str) -> dict:
   out = {k: v for k, v in record.items() if k not in ("prompt", "output", "ids", "finish_reason")}
   if "output" in record:
@@ -98,19 +129,35 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  records = [{"prompt": p} for p in _PROMPT.value] + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
-                                                       else [])
-  if not records:
-    raise errors.UserError("give --prompt or --prompts_file")
-  prompts = prompt_texts(records, workdir_lib.read_config(_WORKDIR.value))
+  config = workdir_lib.read_config(_WORKDIR.value)
+  if _CHAT.value:
+    system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
+    records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]
+    records += read_conversations(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else []
+    if not records:
+      raise errors.UserError("give --prompt or --prompts_file")
+    try:
+      prompts, fmt = chat_prompt_texts(records, config, workdir_lib.tokenizer(_WORKDIR.value))
+    except chat_lib.ChatError as e:
+      raise errors.UserError(str(e)) from None
+  else:
+    if _SYSTEM.value:
+      raise errors.UserError("--system goes with --chat")
+    records = [{"prompt": p} for p in _PROMPT.value] + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
+                                                         else [])
+    if not records:
+      raise errors.UserError("give --prompt or --prompts_file")
+    prompts = prompt_texts(records, config)
   loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                               top_p=_TOP_P.value, num_beams=_BEAMS.value)
-  generate_fn = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg,
-                                         batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length,
-                                         mesh=loaded.mesh, rules=loaded.rules, seed=_SEED.value, with_ids=True,
-                                         with_finish=True)
-  outputs = generate_fn(prompts)
+  options = dict(batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh,
+                 rules=loaded.rules, seed=_SEED.value, with_ids=True, with_finish=True)
+  if _CHAT.value:  # the same prompts, rendered again by the Python API
+    chat_fn = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg, **options)
+    outputs = chat_fn([r["messages"] for r in records])
+  else:
+    outputs = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg, **options)(prompts)
   out = open(_OUTPUT.value, "w", encoding="utf-8") if _OUTPUT.value else sys.stdout
   for record, p, (text, ids, finish) in zip(records, prompts, outputs):
     if _OUTPUT.value:

@@ -7,7 +7,9 @@ Evaluators and synthetic-data generators receive these functions and never impor
 
 A generate function made `with_finish` also says why each row ended: "length" when it used all of
 max_new_tokens without emitting end-of-text, else "stop". `instruction_prompts` renders Alpaca-style
-{instruction, input} records the way a run trained on its instruction files.
+{instruction, input} records the way a run trained on its instruction files; `chat_prompts` renders
+conversations with the run's chat format (`chat_format`), and `predict_fns(..., chat_format=)` reads such prompts
+(special strings as their ids) and stops a decoder at the format's end of turn.
 
 Work is cut into fixed-size batches (the last one padded) and prompt lengths are bucketed, so a long
 evaluation compiles a handful of programs rather than one per batch.
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax import losses, sampling, sharding, step
+from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import render as render_lib
 from instruct_jax.data import sources
@@ -162,11 +165,54 @@ def instruction_prompts(records: Sequence[Mapping[str, str]], config, *, templat
   return [ex["inputs"] for ex in render_lib.render_split(task, "prompts", cfg)]
 
 
+def chat_format(config, tokenizer) -> chat_lib.ChatFormat | None:
+  """The chat format a run rendered its data with (its config's data.chat_format, for its tokenizer), or None when
+  it used none (no chat files and no chat_format)."""
+  return chat_lib.resolve_format(config.data.chat_format, tokenizer, has_chat_data=bool(config.data_paths.chat_files))
+
+
+def chat_prompts(conversations: Sequence[Sequence[Mapping[str, str]]], fmt: chat_lib.ChatFormat) -> list[str]:
+  """Conversations ([{role, content}], OpenAI style, ending where the model is to answer) as prompts in `fmt`:
+  the rendering with the generation prompt, as training rendered what came before each assistant turn."""
+  for i, messages in enumerate(conversations):
+    chat_lib.check_prompt_messages(messages, f"conversation {i}")
+  return [chat_lib.prompt(fmt, messages) for messages in conversations]
+
+
+def chat_stop_id(model, tokenizer, fmt: chat_lib.ChatFormat | None) -> int:
+  """The token besides end-of-text that ends a generated turn: a decoder's end-of-turn marker in `fmt` (-1: none;
+  T5 targets end with end-of-text)."""
+  if fmt is None or model.kind != "decoder":
+    return -1
+  stop = chat_lib.end_of_turn_id(fmt, tokenizer)
+  return -1 if stop == tokenizer.eos_id else stop
+
+
+def make_chat_generate_fn(model, params, tokenizer, fmt: chat_lib.ChatFormat, decode_cfg: sampling.DecodeConfig,
+                          **kwargs) -> Callable[[Sequence[Sequence[Mapping[str, str]]]], list]:
+  """Conversations -> replies: each rendered in `fmt` with the generation prompt (`chat_prompts`), read with its
+  special strings as their ids, and decoded until end-of-text or the format's end of turn. `kwargs` go to
+  `make_generate_fn` (batch_size, max_prompt_tokens, mesh, rules, seed, with_ids, with_finish).
+
+      fmt = predict.chat_format(loaded.config, loaded.tokenizer)   # the run's format
+      reply = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg)(
+          [[{"role": "user", "content": "Name a prime."}]])[0]
+  """
+  cfg = dataclasses.replace(decode_cfg, stop_id=chat_stop_id(model, tokenizer, fmt))
+  generate = make_generate_fn(model, params, chat_lib.SpecialAware(tokenizer), cfg, **kwargs)
+  return lambda conversations: generate(chat_prompts(conversations, fmt))
+
+
 def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, mesh=None,
-                rules=None) -> evaluators.PredictFns:
+                rules=None, chat_format: chat_lib.ChatFormat | None = None) -> evaluators.PredictFns:
   """The functions evaluators are run with (config section `eval_cfg`: decoding, batch size, rank
-  classification), for these parameters."""
-  decode_cfg = sampling.DecodeConfig(max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams)
+  classification), for these parameters. With the run's `chat_format`, prompts are read as chat renderings
+  (special strings as their ids) and a decoder also stops at the format's end of turn."""
+  stop = chat_stop_id(model, tokenizer, chat_format)
+  if chat_format is not None:
+    tokenizer = chat_lib.SpecialAware(tokenizer)
+  decode_cfg = sampling.DecodeConfig(max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams,
+                                     stop_id=stop)
   gen = make_generate_fn(model, params, tokenizer, decode_cfg, batch_size=eval_cfg.batch_size,
                          max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
   loglik = None

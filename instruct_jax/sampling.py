@@ -34,6 +34,7 @@ class DecodeConfig:
   length_penalty: float = 0.0  # beam scores are log p / ((5 + length) / 6) ** length_penalty
   eos_id: int = 1
   pad_id: int = 0
+  stop_id: int = -1  # a second token that ends a row, kept out of its output (a chat format's end of turn; -1: none)
 
   def __post_init__(self):
     if self.length_penalty < 0:
@@ -78,7 +79,7 @@ def _sample_loop(stepper, prompts_BP, pad_B, rng, cfg: DecodeConfig):
     rng, sub = jax.random.split(rng)
     tok = jnp.where(done, cfg.pad_id, _choose(logits, sub, cfg))
     out = out.at[:, t].set(tok)
-    done = done | (tok == cfg.eos_id)
+    done = done | (tok == cfg.eos_id) | (tok == cfg.stop_id)
     state, logits = jax.lax.cond(t + 1 < N, lambda: stepper.step(state, tok, t), lambda: (state, logits))
     return t + 1, state, logits, done, out, rng
 
@@ -110,7 +111,7 @@ def _beam_loop(stepper, prompts_BP, pad_B, cfg: DecodeConfig, scan_layers: bool)
     top_lp, top_idx = jax.lax.top_k(lp.reshape(B, W * V), 2 * W)
     parent, tok = top_idx // V, (top_idx % V).astype(jnp.int32)
     seqs = jnp.take_along_axis(c["alive"], parent[:, :, None], axis=1).at[:, :, t].set(tok)
-    is_eos = tok == cfg.eos_id
+    is_eos = (tok == cfg.eos_id) | (tok == cfg.stop_id)
     # Finished: merge new EOS candidates with the old finished set, keep the best W.
     new_fin_score = jnp.where(is_eos, top_lp / penalty(t + 1), NEG_INF)
     all_score = jnp.concatenate([c["fin_score"], new_fin_score], axis=1)
@@ -173,5 +174,6 @@ def generate(model: build.Model, params, prompts: Sequence[Sequence[int]], cfg: 
                                  rules=None if rules is None else tuple(sorted(rules.items()))))
   result = []
   for row in out.tolist():
-    result.append(row[:row.index(cfg.eos_id)] if cfg.eos_id in row else row)
+    ends = [row.index(t) for t in (cfg.eos_id, cfg.stop_id) if t in row]
+    result.append(row[:min(ends)] if ends else row)
   return result

@@ -39,6 +39,7 @@ from instruct_jax import configs, convert, errors, host, optim, predict, shardin
 from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import builtin
+from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import render as render_lib
@@ -74,10 +75,30 @@ def tokenizer_source(config, pretrained) -> str:
   return config.init_from if pretrained is not None else ""
 
 
-def load_tokenizer(config, workdir: str, catalogues, pretrained) -> tokenizer_lib.Tokenizer:
+def chat_format(config, workdir: str) -> chat_lib.ChatFormat | None:
+  """config.data.chat_format resolved for the tokenizer the run will use, before that is loaded or trained (the
+  catalogue renders with it): the run's own copy on a restart, config.tokenizer.path, init_from's, or the pieces of
+  the one `load_tokenizer` trains. None when the run has neither chat files nor a chat format."""
+  if not config.data.chat_format and not config.data_paths.chat_files:
+    return None
+  own = os.path.join(workdir, workdir_lib.TOKENIZER)
+  if os.path.isdir(own) and os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG)):
+    tokenizer = tokenizer_lib.load(own)
+  elif config.tokenizer.path:
+    tokenizer = _load_or_fail(config.tokenizer.path)
+  elif config.init_from:
+    tokenizer = convert.load_tokenizer(config.init_from)
+  else:
+    tokenizer = None
+  return predict.chat_format(config, tokenizer)
+
+
+def load_tokenizer(config, workdir: str, catalogues, pretrained, chat: chat_lib.ChatFormat | None = None
+                   ) -> tokenizer_lib.Tokenizer:
   """The run's tokenizer: on a restart the run's own copy (workdir/tokenizer), else config.tokenizer.path, else
   init_from's (both only read here; `keep_tokenizer` copies them into the workdir once the run is checked),
-  else a SentencePiece model trained once on the mixture into workdir/tokenizer."""
+  else a SentencePiece model trained once on the mixture into workdir/tokenizer (with the `chat` format's special
+  strings as pieces of their own)."""
   out_dir = os.path.join(workdir, workdir_lib.TOKENIZER)
   recorded = os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG)) or workdir_lib.checkpoint_steps(workdir)
   if os.path.isdir(out_dir) and recorded:
@@ -98,7 +119,8 @@ def load_tokenizer(config, workdir: str, catalogues, pretrained) -> tokenizer_li
       texts += render_lib.sample_texts(held_out, tasks, render_lib.RenderConfig(), n=2000, seed=config.seed)
     tmp = out_dir + ".tmp"  # written whole, then renamed: a crash never leaves half a tokenizer
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer_lib.train(texts, vocab_size=config.tokenizer.vocab_size, out_dir=tmp)
+    tokenizer_lib.train(texts, vocab_size=config.tokenizer.vocab_size, out_dir=tmp,
+                        user_defined_symbols=chat.user_symbols() if chat is not None else ())
     os.replace(tmp, out_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("tokenizer")
@@ -212,13 +234,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logging.info("mesh %s, rules %s", dict(mesh.shape), config.sharding)
 
   # The model (init_from's shape, or config.model's) and its tokenizer; nothing is written until they fit.
-  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict))
+  chat = chat_format(config, workdir)
+  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict,
+                                                                       chat_format=chat))
   built_evals = evaluators.from_config(config, *catalogues)  # their tasks and splits, before anything is written
   pretrained = pretrained_source(config, mesh, rules)
   if pretrained is None:  # a bad model section fails before a tokenizer is trained for it
     build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size), flag_keys=flag_keys)
   os.makedirs(workdir, exist_ok=True)
-  tokenizer = load_tokenizer(config, workdir, catalogues, pretrained)
+  tokenizer = load_tokenizer(config, workdir, catalogues, pretrained, chat)
   model = resolve_model(config, tokenizer, pretrained, flag_keys)
   guard_workdir(workdir, model)
   keep_tokenizer(tokenizer, workdir)
@@ -276,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if not which:
       return
     fns = predict.predict_fns(model, params, tokenizer, config.eval, max_prompt_tokens=config.data.inputs_length,
-                              mesh=mesh, rules=rules)
+                              mesh=mesh, rules=rules, chat_format=chat)
     for ev in which:
       scalars = dict(ev.run(fns))
       if log:
@@ -460,8 +484,10 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
 
   data_cfg = pipeline_config(config, model)
   try:
+    chat = predict.chat_format(config, tokenizer)
     tasks, mixes = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths,
-                                                                            strict=config.data.strict))
+                                                                            strict=config.data.strict,
+                                                                            chat_format=chat))
     examples, task_names, rates = pipeline_lib.rendered_examples(data_cfg, tasks, mixes)
     report_lib.check_files(config, tasks, rates)
     counts = np.zeros(len(task_names))

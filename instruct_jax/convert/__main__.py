@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from instruct_jax import convert, errors, sharding
+from instruct_jax import workdir as workdir_lib
+from instruct_jax.data import chat
 
 _FROM = flags.DEFINE_enum("from", "instruct_jax", ["hf", "t5x", "instruct_jax"], "Format of --src.")
 _TO = flags.DEFINE_enum("to", "instruct_jax", ["hf", "instruct_jax"], "Format written to --dst.")
@@ -78,10 +80,15 @@ def main(argv: Sequence[str]) -> None:
     except convert.ConversionError as e:
       tokenizer = None
       print(f"note: no tokenizer exported ({e})")
+    template = None
+    if tokenizer is not None and workdir_lib.is_workdir(_SRC.value):  # the run's chat format, for transformers
+      spec = workdir_lib.read_config(_SRC.value).data.chat_format
+      template = (tokenizer.chat_template() if spec in ("", "tokenizer") else
+                  chat.export_template(spec, begin_of_text=pretrained.config.kind == "decoder"))
     files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
                               dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),
                               max_shard_bytes=int(_MAX_SHARD_GB.value * 1024**3), tokenizer=tokenizer,
-                              tokenizer_src=_SRC.value)
+                              tokenizer_src=_SRC.value, chat_template=template)
     print(f"wrote {_DST.value}: {', '.join(files)}")
   else:
     convert.save_imported(pretrained, _DST.value, tokenizer_src=_SRC.value)

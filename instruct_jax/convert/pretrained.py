@@ -317,14 +317,16 @@ EXPORTERS = {"encoder_decoder": hf_t5, "decoder": hf_llama}
 
 def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: dict | None = None,
               dtype=None, max_shard_bytes: int = 2 * 1024**3, tokenizer: tokenizer_lib.Tokenizer | None = None,
-              tokenizer_src=None) -> list[str]:
+              tokenizer_src=None, chat_template: str | None = None) -> list[str]:
   """Writes config.json + safetensors (sharded above `max_shard_bytes`) that transformers loads.
 
   `hf_base` (the imported config.json) keeps bookkeeping fields and the model type (e.g. mistral); `dtype`
   defaults to the parameters' dtype. With `tokenizer`, its files go beside the weights (in the form
   `AutoTokenizer.from_pretrained` reads: `Tokenizer.save_for_hf`) and config.json and
   generation_config.json carry its special token ids; `tokenizer_src` (a source directory) contributes its
-  generation_config.json when it has one. Host memory: one parameter plus one output shard at a time.
+  generation_config.json when it has one; `chat_template` (a run's named chat format) goes into
+  tokenizer_config.json, so `apply_chat_template` renders prompts as the run did. Host memory: one parameter plus
+  one output shard at a time.
   """
   family = EXPORTERS[config.kind]
   dst = pathlib.Path(dst)
@@ -339,6 +341,10 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   files.append("config.json")
   if tokenizer is not None:
     files += tokenizer.save_for_hf(dst, family.tokenizer_family(hf))
+    if chat_template is not None:
+      tokenizer_config = json.loads((dst / "tokenizer_config.json").read_text(encoding="utf-8"))
+      tokenizer_config["chat_template"] = chat_template
+      (dst / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
   source_generation = pathlib.Path(tokenizer_src or "/nonexistent") / "generation_config.json"
   if source_generation.is_file():
     shutil.copyfile(source_generation, dst / "generation_config.json")

@@ -4,6 +4,7 @@
     superni      SuperNI task files and the "Definition + k positive examples" encoding
     builtin      procedurally generated tasks (the default; no download)
     templates    template files (templates/*.yaml) and safe rendering
+    chat         conversations (OpenAI / ShareGPT), chat formats (Jinja) and their scored spans
     tasks        Task and the task catalogue
     render       per-example template / options / few-shot / inversion / chain-of-thought choices
     mixtures     mixing rates and the mixture catalogue

@@ -154,6 +154,9 @@ def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = Non
   instruction = [n for n, t in tasks.items() if t.cluster == "instructions"]
   if instruction:
     add(Mixture("instructions", instruction))
+  conversations = [n for n, t in tasks.items() if t.cluster == "chat"]
+  if conversations:
+    add(Mixture("chat", conversations))
   return out
 
 

@@ -3,7 +3,9 @@
     per task: index stream (this host's share, shuffled with the seed, reshuffled every epoch, repeated)
       -> mix (grain's deterministic interleave: realised shares equal the rates)
       -> render (template, options, few-shot; one seeded generator per element)
-      -> tokenize -> features (`transforms`: truncation, loss weights; unlearnable examples dropped, counted)
+      -> tokenize -> features (`transforms`: truncation, loss weights; unlearnable examples dropped, counted;
+         a chat-rendered conversation is one decoder row scored on its assistant turns, or for T5 one example
+         per assistant turn: `chat.py`)
       -> pack or pad, batch (`packing.pack_and_batch`; meta features per token)
 
 Each element is addressed by its index, so the iterator state (`get_state` / `set_state`, saved with the
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from instruct_jax import errors
+from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import packing
 from instruct_jax.data import render as render_lib
@@ -40,7 +43,7 @@ from instruct_jax.data import transforms
 META_FEATURES = ("task_index", "template_id", "shots")
 MODEL_KINDS = ("encoder_decoder", "decoder")
 HOST_INPUTS = ("own_share", "slice_of_global")
-NOT_PIPELINE_KEYS = ("strict", "truncation_warning")  # config.data keys the catalogue and the trainer read
+NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format")  # data keys the catalogue and the trainer read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +217,13 @@ def check_lengths(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, ta
                           "the template out (config.data.render.template_ids)")
 
 
+def check_end_of_turn(tokenizer: tokenizer_lib.Tokenizer, tasks: Mapping[str, tasks_lib.Task],
+                      task_names: list[str]) -> None:
+  """A decoder must be able to stop at the end of its turn: ChatError if a chat format's marker is not one token."""
+  for fmt in {getattr(tasks[n].preprocess, "fmt", None) for n in task_names} - {None}:
+    chat_lib.end_of_turn_id(fmt, tokenizer)
+
+
 class Featurizer:
   """Rendered example -> tokenized model features plus meta features, or None (dropped, counted).
 
@@ -229,8 +239,29 @@ class Featurizer:
   def __call__(self, ex: dict[str, Any] | None) -> dict[str, Any] | None:
     if ex is None:
       return None
-    cfg = self.config
+    if "chat" in ex:
+      return self._chat(ex)
     inputs, targets = self.tokenizer.encode(ex["inputs"]), self.tokenizer.encode(ex["targets"])
+    return self._finish(ex, inputs, targets)
+
+  def _chat(self, ex: dict[str, Any]) -> dict[str, Any] | None:
+    """A chat-rendered example: a decoder row of the whole conversation, or a T5 example of one turn."""
+    cfg = self.config
+    if cfg.model_kind == "encoder_decoder":  # the conversation so far (special strings as their ids) -> the turn
+      return self._finish(ex, chat_lib.encode(self.tokenizer, ex["inputs"]), self.tokenizer.encode(ex["targets"]))
+    ids, weights, turn_ends = chat_lib.scored_tokens(self.tokenizer, ex["chat"])
+    max_len = cfg.inputs_length + cfg.targets_length
+    features = transforms.chat_decoder_features(ids, weights, turn_ends, bos_id=self.tokenizer.bos_id,
+                                                max_len=max_len, train_on_inputs=cfg.train_on_inputs)
+    n_out = int(weights.sum())
+    truncated = False
+    if features is not None:  # the whole row would predict every token up to the last turn's end
+      whole = turn_ends[-1] - (1 if ids[0] == self.tokenizer.bos_id else 0)
+      truncated = features["decoder_target_tokens"].size < whole
+    return self._record(ex, features, ids.size - n_out, n_out, truncated)
+
+  def _finish(self, ex: dict[str, Any], inputs: np.ndarray, targets: np.ndarray) -> dict[str, Any] | None:
+    cfg = self.config
     if cfg.model_kind == "encoder_decoder":
       features = transforms.seq2seq_features(inputs, targets, eos_id=self.tokenizer.eos_id,
                                              max_input_len=cfg.inputs_length, max_target_len=cfg.targets_length)
@@ -241,14 +272,20 @@ class Featurizer:
                                              eos_id=self.tokenizer.eos_id, max_len=max_len,
                                              train_on_inputs=cfg.train_on_inputs)
       truncated = inputs.size + targets.size + 1 > max_len
+    return self._record(ex, features, inputs.size, targets.size, truncated)
+
+  def _record(self, ex, features, n_in: int, n_out: int, truncated: bool) -> dict[str, Any] | None:
+    """Counts the example, raises if a task keeps failing, and adds the meta features."""
+    cfg = self.config
     ti = ex["task_index"]
-    self.stats.add(ti, inputs.size, targets.size, truncated, features is None)
+    self.stats.add(ti, n_in, n_out, truncated, features is None)
     if features is None:
       if self.give_up is not None and self.stats.examples[ti] == 0 and self.stats.dropped[ti] >= self.give_up[ti]:
         raise sources.DataError(
             f"task {self.stats.task_names[ti]!r}: none of its first {int(self.stats.dropped[ti])} examples can be "
             f"trained on at config.data.inputs_length={cfg.inputs_length}, targets_length={cfg.targets_length} "
-            "(each has an empty instruction or output after tokenization and truncation)")
+            "(each has an empty instruction or output after tokenization and truncation, or a conversation's first "
+            "turn does not fit)")
       return None
     for m in META_FEATURES:
       features[m] = np.int32(ex[m])
@@ -361,6 +398,8 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
                       process_index: int = 0, process_count: int = 1
                       ) -> tuple[grain.MapDataset, list[str], dict[str, float]]:
   """The infinite, mixed, rendered example stream (before tokenization) and its task list and rates."""
+  if config.model_kind == "encoder_decoder":  # each assistant turn of a conversation is one example
+    tasks = {name: tasks_lib.per_turn(task) for name, task in tasks.items()}
   rates = mixtures_lib.task_rates(config.mixture, tasks, mixtures, cap=config.mixing_cap,
                                   temperature=config.mixing_temperature, split=config.split)
   task_names = list(rates)
@@ -415,6 +454,8 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
   if process_index == 0:
     mixtures_lib.log_rates(config.mixture, rates)
   check_lengths(config, tokenizer, tasks, task_names)
+  if config.model_kind == "decoder":
+    check_end_of_turn(tokenizer, tasks, task_names)
   stats = Stats(task_names)
   give_up = [min(max(pool_size(config, tasks[name]) // process_count, 1), 1000) for name in task_names]
   features = examples.map(Featurizer(config, tokenizer, stats, give_up))

@@ -11,8 +11,9 @@ Per example, from one seeded random generator (so a pipeline is deterministic fo
    rendered with the same template as "prompt\\nanswer", joined by 1-3 newlines.
 
 SuperNI templates build their own demonstrations (definition + positive examples), so their shot
-count is the number of demonstrations that fit. Every rendered example carries the task index,
-template id and shot count.
+count is the number of demonstrations that fit. Chat-rendered examples (`chat.ChatFields`) skip all of this:
+their prompt is the chat format's rendering, and they carry it whole as "chat" (text and scored spans).
+Every rendered example carries the task index, template id and shot count.
 """
 from __future__ import annotations
 
@@ -158,6 +159,11 @@ class Renderer:
     fields = self.task.example(self.split, index)
     if fields is None:
       return None
+    if "chat" in fields:  # rendered by its chat format (`chat.ChatFields`): no templates, options or exemplars
+      c = fields["chat"]
+      return {"inputs": c["inputs"], "targets": c["targets"], "references": [c["targets"]],
+              "task_index": self.task_index, "template_id": 0, "shots": 0, "source_index": index,
+              "chat": {"text": c["text"], "spans": c["spans"]}}
     t = self._pick(stream_pos, rng)
     with_options = bool(fields.get("options")) and rng.random() < self.cfg.options_rate
     shots = 0

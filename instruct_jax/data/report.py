@@ -11,20 +11,23 @@ from instruct_jax.data import pipeline
 
 
 def check_files(config, tasks, rates: Mapping[str, float]) -> None:
-  """Reads every configured instruction file now (a bad one fails before training starts, naming file and line)
-  and says which ones neither the mixture nor the evaluation uses."""
+  """Reads every configured instruction and chat file now (a bad one fails before training starts, naming file and
+  line) and says which ones neither the mixture nor the evaluation uses."""
   used = set(rates) | set(config.eval.tasks)
-  for name in config.data_paths.instruction_files:
+  files = [("instruction_files", n) for n in config.data_paths.instruction_files]
+  for key, name in files + [("chat_files", n) for n in config.data_paths.chat_files]:
     task = tasks[name]
     for split in task.source.splits:
       task.source.load(split)
     if name not in used and jax.process_index() == 0:
-      print(f"note: config.data_paths.instruction_files.{name} is read and valid, but neither "
+      print(f"note: config.data_paths.{key}.{name} is read and valid, but neither "
             f"config.data.mixture={config.data.mixture!r} nor config.eval.tasks uses it", flush=True)
     stats = getattr(task.source, "stats", None)
-    if stats is not None and (stats.bad_lines or stats.empty_outputs) and jax.process_index() == 0:
-      print(f"note: task {name}: skipped {stats.bad_lines} malformed line(s) and {stats.empty_outputs} record(s) "
-            f"with an empty output" + (f"; first: {stats.problems[0]}" if stats.problems else ""), flush=True)
+    bad = stats is not None and (stats.bad_lines or stats.empty_outputs or stats.bad_records)
+    if bad and jax.process_index() == 0:
+      print(f"note: task {name}: skipped {stats.bad_lines} malformed line(s), {stats.empty_outputs} record(s) "
+            f"with an empty output and {stats.bad_records} unusable conversation(s)"
+            + (f"; first: {stats.problems[0]}" if stats.problems else ""), flush=True)
 
 
 class TruncationReport:

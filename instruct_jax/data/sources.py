@@ -33,6 +33,7 @@ class ReadStats:
   records: int = 0
   bad_lines: int = 0
   empty_outputs: int = 0
+  bad_records: int = 0  # chat records that are not a usable conversation (lenient mode)
   problems: list[str] = dataclasses.field(default_factory=list)
 
   def skip(self, what: str, message: str) -> None:

@@ -7,7 +7,11 @@ The catalogue is a plain dict built by `catalogue(paths)`; nothing registers its
                           TFDS datasets, read with `tfds.data_source` from `paths.tfds_data_dir`
                           (they must be prepared there in array_record format; errors say so)
     niv2/<task>           every SuperNI task file under `paths.superni_dir/tasks/`
-    <name>                each Alpaca / Self-Instruct file in `paths.instruction_files`
+    <name>                each Alpaca / Self-Instruct file in `paths.instruction_files`, and each conversation
+                          file in `paths.chat_files` (cluster "chat"; `chat.ChatSource`)
+
+With `paths.chat_format` set, chat tasks and instruction files are rendered with that chat format
+(`chat.ChatFields`); instruction files without one keep their plain templates.
 
 A preprocessor turns a source record into template fields, always including `answer` (the training
 target) and optionally `references` (all acceptable answers), `options` and `rationale`. It may return
@@ -24,6 +28,7 @@ from typing import Any
 
 from instruct_jax import errors
 from instruct_jax.data import builtin
+from instruct_jax.data import chat
 from instruct_jax.data import sources
 from instruct_jax.data import superni
 from instruct_jax.data import templates as templates_lib
@@ -168,13 +173,16 @@ class DataPaths:
   instruction_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> .json/.jsonl
   builtin_seed: int = 0
   strict: bool = True  # instruction files: a malformed line is an error (False: skipped and counted)
+  chat_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> conversations .jsonl
+  chat_format: chat.ChatFormat | None = None  # renders chat files (and instruction files, when set)
 
   @classmethod
-  def from_config(cls, section, *, strict: bool = True) -> "DataPaths":
-    """From a run config's `data_paths` section ("" means unset) and its `data.strict`."""
+  def from_config(cls, section, *, strict: bool = True, chat_format: chat.ChatFormat | None = None) -> "DataPaths":
+    """From a run config's `data_paths` section ("" means unset), its `data.strict` and its resolved chat format."""
     return cls(superni_dir=section.superni_dir or None, superni_train_instances=section.superni_train_instances,
                superni_eval_instances=section.superni_eval_instances, tfds_data_dir=section.tfds_data_dir or None,
-               instruction_files=dict(section.instruction_files), strict=strict)
+               instruction_files=dict(section.instruction_files), strict=strict,
+               chat_files=dict(section.chat_files), chat_format=chat_format)
 
 
 def builtin_tasks(seed: int = 0) -> dict[str, Task]:
@@ -238,12 +246,35 @@ def split_files(value: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
   return {"train": text}
 
 
-def instruction_task(name: str, files: str | Mapping[str, str], *, strict: bool = True) -> Task:
-  """An Alpaca / Self-Instruct file (or {split: file}, or "train=FILE,test=FILE") as a task scored by ROUGE-L."""
+CHAT_TEMPLATES = (templates_lib.Template(id=0, inputs="{prompt}"),)  # chat tasks render with their chat format
+
+
+def instruction_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
+                     chat_format: chat.ChatFormat | None = None) -> Task:
+  """An Alpaca / Self-Instruct file (or {split: file}, or "train=FILE,test=FILE") as a task scored by ROUGE-L;
+  with a chat format, each record is rendered as the conversation [system?, user, assistant]."""
   files = split_files(files)
+  if chat_format is not None:
+    return Task(name=name, source=sources.InstructionSource(files, strict=strict), templates=CHAT_TEMPLATES,
+                preprocess=chat.ChatFields(chat_format, instructions=True), metric="rouge_l", cluster="instructions")
   return Task(name=name, source=sources.InstructionSource(files, strict=strict),
               templates=templates_lib.load("instructions")["instructions"], preprocess=preprocess_instruction,
               metric="rouge_l", cluster="instructions")
+
+
+def chat_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
+              chat_format: chat.ChatFormat | None = None) -> Task:
+  """A file of OpenAI-messages or ShareGPT conversations (or {split: file}, or "train=A,test=B") as a task of
+  cluster "chat" scored by ROUGE-L on its last assistant turn; rendered with `chat_format` (ChatError if None)."""
+  return Task(name=name, source=chat.ChatSource(split_files(files), strict=strict), templates=CHAT_TEMPLATES,
+              preprocess=chat.ChatFields(chat_format), metric="rouge_l", cluster="chat")
+
+
+def per_turn(task: Task) -> Task:
+  """An encoder-decoder's view of a chat task: one example per assistant turn (other tasks as they are)."""
+  if isinstance(task.source, chat.ChatSource) and not task.source.per_turn:
+    return dataclasses.replace(task, source=task.source.turns_view())
+  return task
 
 
 def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
@@ -256,6 +287,10 @@ def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
   for name, files in paths.instruction_files.items():
     if name in tasks:
       raise ValueError(f"instruction file name {name!r} clashes with a catalogue task")
-    tasks[name] = instruction_task(name, files, strict=paths.strict)
+    tasks[name] = instruction_task(name, files, strict=paths.strict, chat_format=paths.chat_format)
+  for name, files in paths.chat_files.items():
+    if name in tasks:
+      raise ValueError(f"chat file name {name!r} clashes with a catalogue task or instruction file")
+    tasks[name] = chat_task(name, files, strict=paths.strict, chat_format=paths.chat_format)
   return tasks
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -78,6 +79,7 @@ class TokenizerNotFound(errors.UserError, FileNotFoundError):
 PAD_ID, EOS_ID, UNK_ID, BOS_ID = 0, 1, 2, 3
 MODEL_FILENAME = "spm.model"
 HF_FILENAME = "tokenizer.json"
+CHAT_TEMPLATE_FILENAME = "chat_template.jinja"  # as transformers 5 saves a tokenizer's chat template
 SENTENCEPIECE_FILENAMES = (MODEL_FILENAME, "spiece.model", "tokenizer.model")
 HF_FAMILIES = ("t5", "llama", "mistral")
 
@@ -129,6 +131,16 @@ class Tokenizer:
     del num_threads
     return [self.encode(text) for text in texts]
 
+  def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, starts, ends) of `text`: like `encode`, but special strings in the text (begin- and end-of-text,
+    added tokens) become their ids, as transformers tokenizes rendered chat templates, and each token comes with
+    the character span of `text` it covers (the chat rendering uses them to find the scored tokens)."""
+    raise NotImplementedError
+
+  def special_strings(self) -> tuple[str, ...]:
+    """Strings that are one special token each (begin/end-of-text, added special tokens)."""
+    return tuple(self.piece(i) for i in (self.bos_id, self.eos_id) if i >= 0)
+
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`, stopping at the first end-of-text.
 
@@ -157,9 +169,27 @@ class Tokenizer:
     raise NotImplementedError
 
   def save(self, out_dir: str | os.PathLike) -> list[str]:
-    """Writes a self-contained copy into `out_dir`; `load(out_dir)` gives the same tokenizer and special ids.
-    Returns the names of the files written."""
+    """Writes a self-contained copy into `out_dir`; `load(out_dir)` gives the same tokenizer and special ids (and
+    `chat_template()` the same template). Returns the names of the files written."""
     raise NotImplementedError
+
+  def chat_template(self) -> str | None:
+    """The Jinja chat template beside the tokenizer's file: chat_template.jinja, else tokenizer_config.json's
+    chat_template (a string, or a list of {name, template} whose "default" is taken); None without one."""
+    folder = pathlib.Path(self.model_path).parent
+    if (folder / CHAT_TEMPLATE_FILENAME).is_file():
+      return (folder / CHAT_TEMPLATE_FILENAME).read_text(encoding="utf-8")
+    template = _read_json(folder / "tokenizer_config.json").get("chat_template")
+    if isinstance(template, list):
+      template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+    return template if isinstance(template, str) and template.strip() else None
+
+  def _save_chat_template(self, out_dir: pathlib.Path) -> list[str]:
+    template = self.chat_template()
+    if template is None:
+      return []
+    (out_dir / CHAT_TEMPLATE_FILENAME).write_text(template, encoding="utf-8")
+    return [CHAT_TEMPLATE_FILENAME]
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     """Writes the tokenizer for `transformers.AutoTokenizer.from_pretrained(out_dir)`, set up to tokenize like
@@ -204,6 +234,36 @@ class SentencePieceTokenizer(Tokenizer):
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._sp.encode(text), dtype=np.int32)
 
+  def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # SentencePiece extracts user-defined pieces itself; control pieces (<s>, </s>) are split out here.
+    specials = {self.piece(i): i for i in (self.bos_id, self.eos_id) if i >= 0}
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+    ids, starts, ends = [], [], []
+    pos = 0
+    for m in [*pattern.finditer(text), None]:
+      stop = m.start() if m is not None else len(text)
+      if stop > pos:
+        chunk = text[pos:stop]
+        char_of_byte = np.cumsum([0] + [len(c.encode("utf-8")) for c in chunk])  # byte offset of each char
+        for p in self._sp.encode(chunk, return_type="proto").pieces:
+          ids.append(p.id)
+          starts.append(pos + int(np.searchsorted(char_of_byte, p.begin, side="right")) - 1)
+          ends.append(pos + int(np.searchsorted(char_of_byte, p.end, side="left")))
+      if m is not None:
+        ids.append(specials[m.group(0)])
+        starts.append(m.start())
+        ends.append(m.end())
+        pos = m.end()
+    return np.asarray(ids, np.int32), np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+
+  def special_strings(self) -> tuple[str, ...]:
+    try:
+      from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+      proto = sentencepiece_model_pb2.ModelProto.FromString(self._sp.serialized_model_proto())
+    except Exception:  # pylint: disable=broad-except
+      return super().special_strings()  # protobuf is missing: user-defined pieces are not listed
+    return (*super().special_strings(), *(p.piece for p in proto.pieces if p.type == p.USER_DEFINED))
+
   def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[np.ndarray]:
     """Token ids of each text. sentencepiece starts threads per call when num_threads > 1, which only pays off
     for long lists."""
@@ -218,8 +278,9 @@ class SentencePieceTokenizer(Tokenizer):
   def save(self, out_dir: str | os.PathLike) -> list[str]:
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    template = self._save_chat_template(out_dir)
     _copy(self.model_path, out_dir / MODEL_FILENAME)  # the name `load` looks for first
-    return [MODEL_FILENAME]
+    return [MODEL_FILENAME, *template]
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     family = self._check_family(family)
@@ -334,6 +395,15 @@ class HFTokenizer(Tokenizer):
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+  def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    enc = self._tok.encode(text, add_special_tokens=False)  # added tokens are split out by `tokenizers` itself
+    offsets = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
+    return np.asarray(enc.ids, np.int32), offsets[:, 0], offsets[:, 1]
+
+  def special_strings(self) -> tuple[str, ...]:
+    added = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+    return tuple(dict.fromkeys([*super().special_strings(), *added]))
+
   def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[np.ndarray]:
     """Token ids of each text. With num_threads > 1 the `tokenizers` library encodes the list in parallel on its
     own thread pool (sized by RAYON_NUM_THREADS, not by num_threads)."""
@@ -370,7 +440,7 @@ class HFTokenizer(Tokenizer):
     _copy(self.model_path, out_dir / HF_FILENAME)
     config = {**self._own_config(), **self._special_tokens()}  # explicit nulls: no later file can add a token
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return [HF_FILENAME, "tokenizer_config.json"]
+    return [HF_FILENAME, "tokenizer_config.json", *self._save_chat_template(out_dir)]
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     family = self._check_family(family)
@@ -436,11 +506,12 @@ def load(path: str | os.PathLike) -> Tokenizer:
 
 def train(texts: Iterable[str], *, vocab_size: int, out_dir: str | os.PathLike,
           model_type: str = "unigram", character_coverage: float = 1.0,
-          byte_fallback: bool = False) -> SentencePieceTokenizer:
+          byte_fallback: bool = False, user_defined_symbols: Sequence[str] = ()) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `texts` and writes `out_dir/spm.model` (and `.vocab`).
 
   `vocab_size` is an upper bound: a small corpus yields a smaller vocabulary rather than an error.
   Digits are split into single-digit pieces so numbers tokenize the same way everywhere.
+  `user_defined_symbols` become pieces of their own that text never splits (a chat format's <|im_start|>, ...).
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -451,7 +522,8 @@ def train(texts: Iterable[str], *, vocab_size: int, out_dir: str | os.PathLike,
       character_coverage=character_coverage, byte_fallback=byte_fallback, hard_vocab_limit=False,
       split_digits=True, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=BOS_ID,
       pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", bos_piece="<s>",
-      input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2)
+      input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2,
+      **({"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}))
   return SentencePieceTokenizer(out_dir / MODEL_FILENAME)
 
 

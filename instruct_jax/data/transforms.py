@@ -91,3 +91,38 @@ def decoder_features(inputs, targets, *, bos_id: int, eos_id: int, max_len: int,
       "decoder_target_tokens": seq[1:],
       "decoder_loss_weights": weights,
   }
+
+
+def chat_decoder_features(ids, weights, turn_ends, *, bos_id: int, max_len: int,
+                          train_on_inputs: bool = False) -> dict[str, np.ndarray] | None:
+  """Features for a decoder-only model from a rendered conversation (`chat.scored_tokens`): its ids, a weight per
+  id (1 on assistant turns and their end-of-turn tokens) and, per assistant turn, the index one past its last
+  scored id. The row starts with begin-of-text (unless the rendering does) and ends at the end of the last
+  assistant turn that fits whole: leading turns are kept, a turn is never cut, and what follows the last turn
+  (trailing newlines, unanswered messages) is left out. None if not even the first turn fits, or nothing is
+  scored; the caller drops and counts the example.
+
+      ids      B  u1 u2 a1 a2 E  u3 a3 E        (B begin-of-text, E the turn's end marker)
+      weights  0  0  0  1  1  1  0  1  1
+      decoder_input_tokens   B  u1 u2 a1 a2 E  u3 a3
+      decoder_target_tokens  u1 u2 a1 a2 E  u3 a3 E
+      decoder_loss_weights   0  0  1  1  1  0  1  1
+  """
+  ids, weights = _as_ids(ids), np.asarray(weights, np.float32).reshape(-1)
+  if ids.size == 0 or not turn_ends or max_len < 1:
+    return None
+  ends = np.asarray(turn_ends, np.int64)
+  if ids[0] != bos_id:
+    ids, weights, ends = np.concatenate([[bos_id], ids]).astype(np.int32), np.concatenate([[0.0], weights]), ends + 1
+  fitting = ends[ends - 1 <= max_len]  # a row of ids[:e] predicts e - 1 tokens
+  if fitting.size == 0:
+    return None
+  e = int(fitting.max())
+  row_weights = np.ones(e - 1, np.float32) if train_on_inputs else weights[1:e].astype(np.float32)
+  if not weights[1:e].any():
+    return None
+  return {
+      "decoder_input_tokens": ids[:e - 1],
+      "decoder_target_tokens": ids[1:e],
+      "decoder_loss_weights": row_weights,
+  }
