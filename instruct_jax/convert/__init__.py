@@ -12,5 +12,5 @@ placement).
 from instruct_jax.convert.pretrained import (  # noqa: F401
     EXPORTERS, FAMILIES, MODEL_CONFIG, PARAMS_DIR, Pretrained, export_hf, import_hf, import_t5x, load_imported,
     check_tokenizer, load_pretrained, load_tokenizer, load_workdir, read_hf_config, save_imported, source_kind)
-from instruct_jax.convert.peft import export_peft, import_peft, read_peft_config  # noqa: F401
+from instruct_jax.convert.peft import base_model_name, export_peft, import_peft, read_peft_config  # noqa: F401
 from instruct_jax.convert.tensors import ConversionError  # noqa: F401

@@ -81,6 +81,14 @@ def export_peft(config: build.ModelConfig, params, dst: str | os.PathLike, *, ba
   return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
 
 
+def base_model_name(path: str | os.PathLike) -> str | None:
+  """What a workdir or imported directory started from (its model_config.json `source`), for adapter_config.json."""
+  try:
+    return json.loads((pathlib.Path(path) / "model_config.json").read_text()).get("source") or None
+  except (OSError, ValueError):
+    return None
+
+
 def read_peft_config(src: str | os.PathLike, kind: str, where: str | None = None) -> lora_lib.LoraConfig:
   """The LoRA settings (rank, alpha, dropout, targets in our names) of a PEFT adapter directory."""
   path = pathlib.Path(src) / ADAPTER_CONFIG

@@ -125,6 +125,14 @@ def with_trainable(tree, sub, lora: LoraConfig | None):
   return flax.traverse_util.unflatten_dict({**flat, **new})
 
 
+def combine(base_params, adapters):
+  """One params tree from a base model's params and adapters (from `trainable`) that it lacks."""
+  flat, new = _flat(base_params), _flat(adapters)
+  if set(flat) & set(new) or not all(is_adapter(p) for p in new):
+    raise ValueError("combine takes a base model's params and adapter leaves (lora_a, lora_b) only")
+  return flax.traverse_util.unflatten_dict({**flat, **new})
+
+
 def overlay_base(params, weights):
   """`params` (with adapters) whose base leaves are replaced by `weights` (a base model's params)."""
   flat, new = _flat(params), _flat(weights)

@@ -1,0 +1,101 @@
+"""LoRA: only the adapters train (the base is bitwise unchanged and holds no optimizer state), step 0 is the base
+model, adapters shard by their logical axes, dropout acts in training only, and bad settings name their key."""
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from instruct_jax import configs, optim, sharding, step
+from instruct_jax.models import build, lora
+from tests import helpers
+
+LORA = lora.LoraConfig(rank=4, alpha=8.0, dropout=0.1, targets=("query", "value", "out", "wo"))
+
+
+@pytest.mark.parametrize("kind,scan", [("decoder", False), pytest.param("decoder", True, marks=pytest.mark.slow),
+                                       pytest.param("encoder_decoder", False, marks=pytest.mark.slow)])
+def test_only_adapters_change_and_the_optimizer_holds_no_base_state(kind, scan):
+  mesh, rules = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), sharding.get_rules("fsdp_tensor")
+  model = helpers.tiny_model(kind, lora=LORA, scan_layers=scan)
+  ocfg = optim.OptimConfig(learning_rate=1e-2, schedule="constant")
+  tx = optim.make_optimizer(ocfg)
+  state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
+  adapters = model.trainable(state.params)
+  n_adapter = sum(x.size for x in jax.tree.leaves(adapters))
+  n_base = sum(x.size for x in jax.tree.leaves(lora.base(state.params)))
+  assert 0 < n_adapter < n_base / 10
+  assert sum(x.size for x in jax.tree.leaves(state.opt_state)) <= 2 * n_adapter + 8  # Adam's moments, a count
+  base_shapes = {x.shape for x in jax.tree.leaves(lora.base(state.params)) if x.ndim > 1}
+  assert not base_shapes & {x.shape for x in jax.tree.leaves(state.opt_state)}
+
+  # Adapters shard by the kernel's logical axes (embed -> fsdp, heads -> tensor); the rank is never split.
+  layer = state_sh.params["layers"]["layers" if scan else "layer_0"] if kind == "decoder" else None
+  if layer is not None:
+    lead = (None,) if scan else ()
+    assert layer["attention"]["query"]["lora_a"].spec == P(*lead, "fsdp", None)
+    assert layer["attention"]["query"]["lora_b"].spec == P(*lead, None, "tensor", None)
+
+  before = jax.device_get(state.params)  # the step donates the state
+  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh)
+  batch = helpers.concat_batches(helpers.make_batches(kind, helpers.random_examples(kind, 8, seed=3), pack=False,
+                                                      batch_size=8, inputs_len=12, targets_len=10))
+  for i in range(2):  # B moves in step 1 (A's gradient is zero while B is), A in step 2
+    state, metrics = train(state, batch, jax.random.key(i))
+  after = jax.device_get(state.params)
+  assert np.isfinite(float(metrics["loss"]))
+  jax.tree.map(np.testing.assert_array_equal, lora.base(after), lora.base(before))
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), model.trainable(after), model.trainable(before))
+  assert all(jax.tree.leaves(changed)), changed
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS)
+def test_step_zero_is_the_base_model_and_dropout_acts_in_training_only(kind):
+  model = helpers.tiny_model(kind, lora=LORA)
+  base_model = helpers.tiny_model(kind)
+  params = helpers.init_params(model)
+  b = model.dummy_batch(6)
+  np.testing.assert_array_equal(np.asarray(model.apply(params, b)), np.asarray(base_model.apply(lora.base(params), b)))
+  moved = model.with_trainable(params, jax.tree.map(lambda x: x + 0.1, model.trainable(params)))
+  evaluated = np.asarray(model.apply(moved, b))
+  np.testing.assert_array_equal(evaluated, np.asarray(model.apply(moved, b)))  # no dropout at inference
+  assert np.abs(np.asarray(model.apply(moved, b, dropout_rng=jax.random.key(1))) - evaluated).max() > 1e-4
+  merged_model, merged = model.merged(moved)
+  np.testing.assert_allclose(np.asarray(merged_model.apply(merged, b)), evaluated, atol=1e-4)
+  assert merged_model.config.lora is None and not any(
+      k in lora.ADAPTER_LEAVES for path in jax.tree_util.tree_flatten_with_path(merged)[0] for k in map(str, path[0]))
+
+
+def _section(**lora_keys):
+  c = configs.base()
+  c.model.kind, c.model.size = "decoder", "tiny"
+  for k, v in lora_keys.items():
+    c.model.lora[k] = v
+  return c.model
+
+
+def test_config_section_builds_lora_and_names_bad_keys():
+  model = build.from_section(_section(rank=8, alpha=32.0, targets=("query", "wi_0")))
+  assert model.config.lora == lora.LoraConfig(8, 32.0, 0.0, ("query", "wi_0"))
+  assert model.config.lora.scale == 4.0
+  assert build.from_section(_section()).config.lora is None  # rank 0: off
+  blob = build.config_to_json(model.config)
+  assert build.config_from_json(blob, "x") == model.config
+  cases = [(dict(rank=-1), r"config.model.lora.rank=-1"), (dict(rank=4, alpha=0.0), r"config.model.lora.alpha=0.0"),
+           (dict(rank=4, dropout=1.0), r"config.model.lora.dropout=1.0"),
+           (dict(rank=4, targets=("q_proj",)), r"config.model.lora.targets: unknown projection 'q_proj'.*'query'"),
+           (dict(rank=4, targets=("lm_head",)), r"unknown projection 'lm_head'"),
+           (dict(rank=4, init_from="/nonexistent"), r"config.model.lora.init_from")]
+  for keys, match in cases:
+    with pytest.raises(build.ModelConfigError, match=match):
+      build.from_section(_section(**keys))
+  with pytest.raises(build.ModelConfigError, match=r"--config.model.lora.rank=-1"):
+    build.from_section(_section(rank=-1), flag_keys=("model.lora.rank",))
+  adapter = lora.LoraConfig(4, 8.0, 0.3, ("query",))
+  assert build.from_section(_section(dropout=0.05), adapter=adapter).config.lora == dataclasses.replace(
+      adapter, dropout=0.05)  # rank 0: the adapter's rank, alpha and targets
+  with pytest.raises(build.ModelConfigError, match=r"config.model.lora.rank=8 contradicts"):
+    build.from_section(_section(rank=8), adapter=adapter)
+  assert isinstance(configs.base().model.lora, ml_collections.ConfigDict)
