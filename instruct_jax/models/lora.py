@@ -88,8 +88,11 @@ def from_section(section, key=lambda k: f"config.model.lora.{k}") -> LoraConfig 
   """The LoRA config of a config.model.lora section (None when rank is 0)."""
   if section.rank == 0:
     return None
-  check(section.rank, section.alpha, section.dropout, tuple(section.targets), key)
-  return LoraConfig(int(section.rank), float(section.alpha), float(section.dropout), tuple(section.targets))
+  targets = section.targets
+  targets = tuple(t.strip() for t in (targets.split(",") if isinstance(targets, str) else
+                                      [part for t in targets for part in str(t).split(",")]) if t.strip())
+  check(section.rank, section.alpha, section.dropout, targets, key)  # "query,value" from a flag is two targets
+  return LoraConfig(int(section.rank), float(section.alpha), float(section.dropout), targets)
 
 
 # ---------------------------------------------------------------- parameter trees
