@@ -36,7 +36,8 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
   train.train_and_evaluate(_config(total_steps=1), str(tmp_path / "base_run"))
   mesh, rules = sharding.make_mesh({"data": 1}, jax.devices()[:1]), sharding.get_rules("data_parallel")
   base = convert.load_pretrained(tmp_path / "base_run", mesh, rules)
-  convert.export_hf(base.config, base.params, tmp_path / "base_hf", tokenizer=convert.load_tokenizer(tmp_path / "base_run"))
+  convert.export_hf(base.config, base.params, tmp_path / "base_hf",
+                    tokenizer=convert.load_tokenizer(tmp_path / "base_run"))
 
   lora_keys = {"init_from": str(tmp_path / "base_hf"), "model.size": "", "model.overrides": ml_collections.ConfigDict(),
                "model.lora.rank": 4, "model.lora.targets": ("query", "value", "wo"), "optim.learning_rate": 1e-2}
