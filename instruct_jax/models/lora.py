@@ -21,11 +21,12 @@ Targets are the projection names of our models. Their Hugging Face names (what P
 In T5 a target applies to every attention that has it (encoder self-attention, decoder self- and
 cross-attention), as PEFT's target_modules does.
 
-Why a small wrapper and not qwix (MaxText's LoRA): qwix finds the weight of a matmul by intercepting
-`dot_general` / `einsum` and tracing its right operand back to a param, but our projections reach the dot
-as a reshaped cast copy inside a custom_vjp (`layers._matmul`), where the interception cannot see the
-param; its dropout is not switched off at inference; and its adapters get no logical axes of ours. The
-adapter math is 20 lines in `layers.Dense`; the tree functions below are what the trainer needs.
+Why a small wrapper and not qwix (MaxText's LoRA; its 0.1.8 source read, not run here): qwix finds the weight
+of a matmul by intercepting `dot_general` / `einsum` and matching its right operand to a param, but our
+projections reach the dot as a cast, reshaped copy inside a custom_vjp (`layers._matmul`, the CPU fast path),
+where that match would fail; its LoRA dropout runs whenever the rate is non-zero, with no switch for inference; and
+the PEFT export needs A and B laid out as the kernel's (in, out) split, which is simplest when we create
+them. The adapter is ~20 lines in `layers.Dense`; the tree functions below are what the trainer needs.
 """
 from __future__ import annotations
 
