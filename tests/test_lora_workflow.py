@@ -1,7 +1,11 @@
 """LoRA end to end: a run on a Hugging Face base with config.model.lora keeps the base frozen, resumes, loads its
-workdir with the adapters, and exports a PEFT adapter that PEFT applies to the base with our logits; the adapter
-imports back (convert --from peft) and starts a new run (config.model.lora.init_from)."""
+workdir with the adapters, and exports (convert --to peft) a PEFT adapter that PEFT applies to the base with our
+logits; the adapter on the base exports merged (convert --from peft --to hf) with the same logits, and starts a
+new run (config.model.lora.init_from) with the same adapters."""
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -26,6 +30,13 @@ def _config(**keys):
       node = node[p]
     node[leaf] = v
   return c
+
+
+def _convert(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  proc = subprocess.run([sys.executable, "-m", "instruct_jax.convert", *args], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -54,7 +65,10 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
   assert all(np.abs(np.asarray(b)).max() > 0 for b in jax.tree.leaves(
       loaded.model.trainable(loaded.params)))  # every adapter did
 
-  convert.export_peft(loaded.model.config, loaded.params, tmp_path / "adapter")
+  # The command line: the run's adapters as a PEFT directory; that directory on the base, merged, as HF weights.
+  _convert("--to", "peft", "--src", run, "--dst", str(tmp_path / "adapter"))
+  _convert("--from", "peft", "--to", "hf", "--src", str(tmp_path / "adapter"), "--base", str(tmp_path / "base_hf"),
+           "--dst", str(tmp_path / "merged_hf"))
   batch = {"decoder_input_tokens": np.array([[3, 17, 40, 9, 22, 5]], np.int32),
            "decoder_segment_ids": np.ones((1, 6), np.int32), "decoder_positions": np.arange(6)[None].astype(np.int32)}
   ours = np.asarray(step.forward(loaded.model, loaded.params, batch))
@@ -63,6 +77,9 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
     theirs = peft.PeftModel.from_pretrained(hf_model, str(tmp_path / "adapter")).eval()(
         input_ids=torch.tensor(batch["decoder_input_tokens"])).logits.numpy()
   assert np.abs(ours - theirs).max() < 1e-4
+  merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged_hf").eval()
+  with torch.no_grad():
+    assert np.abs(ours - merged(input_ids=torch.tensor(batch["decoder_input_tokens"])).logits.numpy()).max() < 1e-4
 
   # A new run starting from the exported adapter holds the same adapters before its first step.
   start = train.initial_params(_config(**lora_keys, **{"model.lora.init_from": str(tmp_path / "adapter")}),
