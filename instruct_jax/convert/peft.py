@@ -38,7 +38,8 @@ _TASK_TYPES = {"encoder_decoder": "SEQ_2_SEQ_LM", "decoder": "CAUSAL_LM"}
 _PLAIN = {"use_rslora": False, "use_dora": False, "bias": "none", "fan_in_fan_out": False, "layers_to_transform": None,
           "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None,
           "megatron_config": None, "trainable_token_indices": None, "alora_invocation_tokens": None,
-          "use_qalora": False, "lora_bias": False, "target_parameters": None, "layer_replication": None}
+          "use_qalora": False, "lora_bias": False, "target_parameters": None, "layer_replication": None,
+          "exclude_modules": None}
 
 
 def adapter_maps(config: build.ModelConfig) -> dict[tensors.Path, TensorMap]:

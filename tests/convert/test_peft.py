@@ -58,3 +58,6 @@ def test_peft_loads_our_adapters_with_our_logits_and_import_round_trips(name, sc
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), imported,
                model.trainable(params))
   assert convert.read_peft_config(tmp_path / "adapter", model.kind) == model.config.lora
+  peft_model.save_pretrained(tmp_path / "saved_by_peft")  # PEFT's own writing of it (its full config) reads back
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               convert.import_peft(tmp_path / "saved_by_peft", model.config, *mesh_rules), model.trainable(params))
