@@ -32,11 +32,12 @@ setuptools.setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        # torch/transformers: parity tests and the PyTorch reference benchmark only.
+        # torch/transformers: parity tests and the PyTorch reference benchmark only; peft: the LoRA adapter parity
+        # test (peft needs torch>=1.13 and transformers, so it leaves the torch pin alone).
         # importlib_resources: TFDS resolves the code path of a builder defined inside a package (the tests' own)
         # with it, and does not declare it.
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6", "nbclient>=0.10", "ipykernel>=6",
-                 "matplotlib>=3.7", "importlib_resources>=6"],
+                 "matplotlib>=3.7", "importlib_resources>=6", "peft>=0.17,<0.22"],
         "bench": ["torch==2.13.0", "transformers>=5,<6"],
     },
 )

@@ -1,6 +1,8 @@
 """Tokens/s of one full train step (forward, backward, AdamW update), optionally beside PyTorch.
 
     python benchmarks/train_step.py --model t5 --size small --batch 8 --inputs 256 --targets 64 --torch
+    python benchmarks/train_step.py --model decoder --size 1b --layers 2 --batch 1 --inputs 96 --targets 32 \
+        --lora_rank 16                                   # LoRA: only the adapters train (BENCHMARKS.md, LoRA)
 
 Runs instruct_jax's jitted step on all local devices (data parallel), then, with --torch, Hugging Face
 transformers' T5ForConditionalGeneration (or LlamaForCausalLM) with torch.optim.AdamW on the same shapes, fp32.
@@ -10,6 +12,7 @@ Both run in this one process, so both get the same malloc setting (see --system_
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import jax
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax import host, optim, sharding, step
-from instruct_jax.models import build, decoder, t5
+from instruct_jax.models import build, decoder, lora, t5
 
 
 def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, seed: int = 0):
@@ -36,6 +39,12 @@ def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, s
 def bench_jax(args) -> tuple[float, float]:
   """Median seconds per step and XLA's FLOP count for one device's share of the step."""
   kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype))
+  if args.layers:
+    kw.update(dict(num_encoder_layers=args.layers, num_decoder_layers=args.layers) if args.model == "t5"
+              else dict(num_layers=args.layers))
+  if args.lora_rank:
+    kw["lora"] = lora.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank,
+                                 targets=tuple(args.lora_targets.split(",")))
   model = build.from_config((t5 if args.model == "t5" else decoder).config_for(args.size, **kw))
   mesh = sharding.make_mesh({"data": -1})
   rules = sharding.get_rules("data_parallel")
@@ -49,6 +58,12 @@ def bench_jax(args) -> tuple[float, float]:
   compiled = train.lower(state, batch, jax.random.key(0)).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  mem, gib = compiled.memory_analysis(), 1024 ** 3
+  n_train = sum(x.size for x in jax.tree.leaves(model.trainable(state.params)))
+  print(f"jax: {sum(x.size for x in jax.tree.leaves(state.params)) / 1e6:,.1f}M parameters, {n_train / 1e6:,.2f}M "
+        f"trained; params {nbytes(state.params) / gib:.2f} GiB, optimizer state {nbytes(state.opt_state) / gib:.2f} "
+        f"GiB; XLA temp buffers {mem.temp_size_in_bytes / gib:.2f} GiB")
   state, m = compiled(state, batch, jax.random.key(0))
   jax.block_until_ready(m)
   # cost_analysis() describes the partitioned program, i.e. one device's share of the step.
@@ -60,6 +75,8 @@ def bench_jax(args) -> tuple[float, float]:
     state, m = compiled(state, batch, jax.random.key(0))
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
+  print(f"jax: peak resident memory of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} "
+        "GiB")
   return float(np.median(times)), float(cost["flops"])
 
 
@@ -115,6 +132,9 @@ def main():
   p.add_argument("--targets", type=int, default=64)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--remat", default="none")
+  p.add_argument("--layers", type=int, default=0, help="override the size's layer count (0: the size's)")
+  p.add_argument("--lora_rank", type=int, default=0, help="train LoRA adapters of this rank only (0: everything)")
+  p.add_argument("--lora_targets", default="query,value", help="projections that get adapters (models/lora.py)")
   p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay fp32): bfloat16 on GPU/TPU")
   p.add_argument("--peak_tflops", type=float, default=0.0,
                  help="peak TFLOP/s of one device (989 for an H100's dense bf16); prints MFU")

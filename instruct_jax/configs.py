@@ -55,6 +55,12 @@ def base() -> ml_collections.ConfigDict:
   c.model.remat_policy = "none"  # none | dots | dots_no_batch | full (recompute in the backward pass)
   c.model.scan_layers = False  # one scanned layer instead of N unrolled ones (faster compiles for big models)
   c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default (0) or the checkpoint's
+  c.model.lora = ml_collections.ConfigDict()  # low-rank adapters; only they train (instruct_jax/models/lora.py)
+  c.model.lora.rank = 0  # adapter rank (0: no LoRA, every parameter trains)
+  c.model.lora.alpha = 16.0  # adapter output scaled by alpha / rank
+  c.model.lora.dropout = 0.0  # dropout on the adapters' input, in training only
+  c.model.lora.targets = ("query", "value")  # projections (query key value out wi_0 wi_1 wo; HF: q_proj v_proj ...)
+  c.model.lora.init_from = ""  # a PEFT adapter directory to start the adapters from (sets rank, alpha, targets)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # SentencePiece .model, tokenizer.json or a directory; "": init_from's, else trained

@@ -2,7 +2,8 @@
 
 Models name every parameter dimension and main activation with a logical axis (T5X's vocabulary):
 
-    parameters   vocab, embed, mlp, heads, kv_heads, head_dim, relpos_buckets, layers (scanned stacks)
+    parameters   vocab, embed, mlp, heads, kv_heads, head_dim, relpos_buckets, layers (scanned stacks),
+                 lora_rank (LoRA adapters' rank dimension)
     activations  act_batch, act_length, act_embed, act_heads, act_mlp, act_vocab
 
 `RULES` is the one table that maps logical axes to the mesh axes (data, fsdp, tensor); a config picks a
@@ -31,7 +32,7 @@ _BATCH = ("data", "fsdp")
 _ACTIVATIONS = {"act_batch": _BATCH, "act_length": None, "act_embed": None, "act_heads": "tensor",
                 "act_mlp": "tensor", "act_vocab": "tensor"}
 _REPLICATED = {"vocab": None, "embed": None, "mlp": None, "heads": None, "kv_heads": None, "head_dim": None,
-               "relpos_buckets": None, "layers": None}
+               "relpos_buckets": None, "layers": None, "lora_rank": None}
 
 RULES: dict[str, dict[str, MeshAxes]] = {
     # Parameters replicated, batch split over every device.

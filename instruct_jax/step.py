@@ -2,6 +2,10 @@
 
 The train step normalises the loss over the whole optimizer step before the forward pass (see losses.py),
 so k microbatches of gradient accumulation give the same update as one batch k times the size.
+
+With LoRA (config.lora of the model) only the adapters train: the optimizer state is built over
+`model.trainable(params)` alone, gradients are taken with respect to that subtree, and the base parameters
+pass through the step untouched (bitwise).
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None) -> ja
 def _init_state_fn(model: build.Model, tx: optax.GradientTransformation):
   def init_state(rng):
     params = nn.meta.unbox(model.init(rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(model.trainable(params)))
   return init_state
 
 
@@ -54,7 +58,8 @@ def abstract_train_state(model: build.Model, tx: optax.GradientTransformation, m
   abstract = jax.eval_shape(_init_state_fn(model, tx), rng)
   state_sh = TrainState(
       step=NamedSharding(mesh, P()), params=params_sh,
-      opt_state=sharding.like_params_shardings(abstract.opt_state, abstract.params, params_sh, mesh))
+      opt_state=sharding.like_params_shardings(abstract.opt_state, model.trainable(abstract.params),
+                                               model.trainable(params_sh), mesh))
   return abstract, state_sh
 
 
@@ -87,30 +92,32 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
         batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), loss_cfg.normalization)
     step_rng = jax.random.fold_in(rng, state.step)
 
-    def loss_fn(params, mb, mb_scale, mb_rng):
+    def loss_fn(trainable, mb, mb_scale, mb_rng):
       mb = dict(mb)
       groups = {name: (mb.pop(feature), n) for name, feature, n in metric_groups}
+      params = model.with_trainable(state.params, trainable)
       logits = forward(model, params, mb, dropout_rng=mb_rng if _has_dropout(model) else None)
       return losses.loss_and_metrics(logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
                                      scale_BL=mb_scale, denominator=denominator, z_loss=loss_cfg.z_loss,
                                      label_smoothing=loss_cfg.label_smoothing, groups=groups)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    trainable = model.trainable(state.params)
     if num_microbatches == 1:
-      (loss, sums), grads = grad_fn(state.params, batch, scale_BL, step_rng)
+      (loss, sums), grads = grad_fn(trainable, batch, scale_BL, step_rng)
     else:
       micro = jax.tree.map(functools.partial(_split_microbatches, k=num_microbatches), (batch, scale_BL))
 
       def accumulate(carry, xs):
         j, (mb, mb_scale) = xs
-        (mb_loss, mb_sums), mb_grads = grad_fn(state.params, mb, mb_scale, jax.random.fold_in(step_rng, j))
+        (mb_loss, mb_sums), mb_grads = grad_fn(trainable, mb, mb_scale, jax.random.fold_in(step_rng, j))
         return jax.tree.map(jnp.add, carry, (mb_loss, mb_sums, mb_grads)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), _zero_sums(metric_groups), state.params))
+      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), _zero_sums(metric_groups), trainable))
       (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro))
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    params = model.with_trainable(state.params, optax.apply_updates(trainable, updates))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                "learning_rate": schedule(state.step), **sums}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -124,7 +131,8 @@ def _zero_sums(metric_groups=()):
 
 
 def _has_dropout(model: build.Model) -> bool:
-  return model.config.dropout_rate > 0
+  lora = model.config.lora
+  return model.config.dropout_rate > 0 or (lora is not None and lora.dropout > 0)
 
 
 def jit_train_step(model, tx, loss_cfg: LossConfig, schedule, mesh: Mesh, rules, state_shardings,

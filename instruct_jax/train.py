@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -48,7 +49,7 @@ from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import score as score_lib
-from instruct_jax.models import build
+from instruct_jax.models import build, lora as lora_lib
 
 
 DEVICE_FEATURES = ("task_index", "template_id")  # meta features the train step reads (per-task, per-template NLL)
@@ -144,13 +145,40 @@ def _load_or_fail(path: str) -> tokenizer_lib.Tokenizer:
     raise configs.ConfigError(f"config.tokenizer.path: {e}") from None
 
 
+def lora_adapter(config, pretrained) -> lora_lib.LoraConfig | None:
+  """The LoRA settings of the PEFT directory config.model.lora.init_from names (None when it names none)."""
+  if not config.model.lora.init_from:
+    return None
+  kind = pretrained.config.kind if pretrained is not None else config.model.kind
+  return convert.read_peft_config(config.model.lora.init_from, kind, where="config.model.lora.init_from")
+
+
 def resolve_model(config, tokenizer, pretrained, flag_keys: Sequence[str] = ()) -> build.Model:
-  """config.model -> the model: init_from's shape when it names a checkpoint, else kind + size + overrides."""
+  """config.model -> the model: init_from's shape when it names a checkpoint, else kind + size + overrides;
+  LoRA as config.model.lora (and its init_from adapter) says."""
+  adapter = lora_adapter(config, pretrained)
   if pretrained is not None:
     convert.check_tokenizer(pretrained, tokenizer, f"config.init_from={config.init_from}")
     return build.from_section(config.model, checkpoint=pretrained.config, flag_keys=flag_keys,
-                              source=f"config.init_from={config.init_from}")
-  return build.from_section(config.model, vocab_size=padded_vocab(tokenizer.vocab_size), flag_keys=flag_keys)
+                              source=f"config.init_from={config.init_from}", adapter=adapter)
+  return build.from_section(config.model, vocab_size=padded_vocab(tokenizer.vocab_size), flag_keys=flag_keys,
+                            adapter=adapter)
+
+
+def initial_params(config, model: build.Model, params, params_sh, mesh, rules, pretrained):
+  """`params` (fresh init) with init_from's weights as the base and model.lora.init_from's adapters, if named.
+
+  A LoRA workdir as init_from contributes its weights with its adapters merged in."""
+  if pretrained is not None:
+    loaded = convert.load_pretrained(config.init_from, mesh, rules, **build.runtime_fields(model.config))
+    _, weights = build.Model(loaded.config).merged(loaded.params)
+    params = lora_lib.overlay_base(params, jax.tree.map(jax.device_put, weights, lora_lib.base(params_sh)))
+    print(f"Initialised weights from {config.init_from}", flush=True)
+  if config.model.lora.init_from:
+    adapters = convert.import_peft(config.model.lora.init_from, model.config, mesh, rules)
+    params = model.with_trainable(params, jax.tree.map(jax.device_put, adapters, model.trainable(params_sh)))
+    print(f"Initialised LoRA adapters from {config.model.lora.init_from}", flush=True)
+  return params
 
 
 def guard_workdir(workdir: str, model: build.Model) -> None:
@@ -240,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   built_evals = evaluators.from_config(config, *catalogues)  # their tasks and splits, before anything is written
   pretrained = pretrained_source(config, mesh, rules)
   if pretrained is None:  # a bad model section fails before a tokenizer is trained for it
-    build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size), flag_keys=flag_keys)
+    build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size), flag_keys=flag_keys,
+                       adapter=lora_adapter(config, None))
   os.makedirs(workdir, exist_ok=True)
   tokenizer = load_tokenizer(config, workdir, catalogues, pretrained, chat)
   model = resolve_model(config, tokenizer, pretrained, flag_keys)
@@ -281,10 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     print(f"Resumed from checkpoint step {start}", flush=True)
   else:
     start = 0
-    if pretrained is not None:
-      weights = convert.load_pretrained(config.init_from, mesh, rules, **build.runtime_fields(model.config)).params
-      state = state.replace(params=jax.tree.map(jax.device_put, weights, state_sh.params))
-      print(f"Initialised weights from {config.init_from}", flush=True)
+    state = state.replace(params=initial_params(config, model, state.params, state_sh.params, mesh, rules,
+                                                pretrained))
   if restart and jax.process_index() == 0:
     workdir_lib.record_resume(workdir, step=start, changed=changed)
 
@@ -462,11 +489,14 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
     out(f"tokenizer trained on the first run into WORKDIR/{workdir_lib.TOKENIZER} (at most "
         f"{config.tokenizer.vocab_size} pieces, from {config.tokenizer.train_examples} examples)")
     model = build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size),
-                               flag_keys=flag_keys)
+                               flag_keys=flag_keys, adapter=lora_adapter(config, None))
   fields = ", ".join(f"{f.name}={getattr(model.config, f.name)}" for f in dataclasses.fields(model.config)
                      if f.name not in ("dtype", "param_dtype"))
   out(f"model     {model.kind} {model.num_params() / 1e6:,.1f}M parameters; {fields}; compute "
       f"{config.model.dtype}, parameters {config.model.param_dtype}")
+  if model.config.lora is not None:
+    n_train = sum(x.size for x in jax.tree.leaves(model.trainable(nn.meta.unbox(model.param_shapes()))))
+    out(f"lora      {n_train / 1e6:,.2f}M adapter parameters train (the base is frozen): {model.config.lora}")
 
   optim_cfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
   tx = optim.make_optimizer(optim_cfg)

@@ -9,8 +9,9 @@
     W/eval.json, W/predictions.jsonl (and eval_<name>.json, predictions_<name>.jsonl per config.evals entry)
 
 A workdir describes itself: the model (whatever checkpoint it started from) and the tokenizer come from
-it, so programs that load one need nothing but its path. This module is that loader; it never imports
-the trainer.
+it, so programs that load one need nothing but its path. A LoRA run's model_config.json holds its `lora`
+settings and its checkpoints the adapters, so generate and evaluate load the adapted model. This module is
+that loader; it never imports the trainer.
 """
 from __future__ import annotations
 

@@ -6,6 +6,10 @@
     python -m instruct_jax.convert --from t5x --src flan_t5_base/checkpoint_1184000 --dst ckpt/flan-t5-base
     # a training workdir (its newest checkpoint, or --step N) or an imported dir -> a Hugging Face dir
     python -m instruct_jax.convert --to hf --src /tmp/finetune [--step 800] --dst out/my-model-hf
+    # LoRA: a workdir's adapters as a PEFT adapter directory (--to hf writes the model with them merged in)
+    python -m instruct_jax.convert --to peft --src /tmp/lora_run --dst out/my-adapter [--base_model NAME]
+    # a PEFT adapter directory on a base checkpoint (any --src of load_pretrained) -> imported dir with LoRA
+    python -m instruct_jax.convert --from peft --src out/my-adapter --base ckpt/llama --dst ckpt/llama-lora
 
 --from and --to default to `instruct_jax`; `--from t5x --to hf` converts without an intermediate dir.
 An export writes the weights, config.json, generation_config.json and the tokenizer files, so that
@@ -15,6 +19,7 @@ reading, so host memory holds the parameters once; exports write one tensor at a
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -25,9 +30,15 @@ from absl import app, flags
 from instruct_jax import convert, errors, sharding
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat
+from instruct_jax.models import build, lora
 
-_FROM = flags.DEFINE_enum("from", "instruct_jax", ["hf", "t5x", "instruct_jax"], "Format of --src.")
-_TO = flags.DEFINE_enum("to", "instruct_jax", ["hf", "instruct_jax"], "Format written to --dst.")
+_FROM = flags.DEFINE_enum("from", "instruct_jax", ["hf", "t5x", "peft", "instruct_jax"], "Format of --src.")
+_TO = flags.DEFINE_enum("to", "instruct_jax", ["hf", "peft", "instruct_jax"], "Format written to --dst (hf: "
+                        "LoRA adapters merged into the weights; peft: the adapters alone).")
+_BASE = flags.DEFINE_string("base", None, "--from peft: the base checkpoint the adapters belong to (a workdir, "
+                            "imported, Hugging Face or T5X directory).")
+_BASE_MODEL = flags.DEFINE_string("base_model", None, "--to peft: base_model_name_or_path written to "
+                                  "adapter_config.json (default: the run's init_from).")
 _SRC = flags.DEFINE_string("src", None, "Source directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir --src (default: the newest).")
 _DST = flags.DEFINE_string("dst", None, "Destination directory.", required=True)
@@ -52,6 +63,15 @@ def _read(mesh, rules) -> convert.Pretrained:
                              param_dtype=_PARAM_DTYPE.value)
   if kind == "t5x":
     return convert.import_t5x(src, mesh, rules, scan_layers=_SCAN.value, param_dtype=_PARAM_DTYPE.value)
+  if kind == "peft":
+    if not _BASE.value:
+      raise app.UsageError("--from peft needs --base, the checkpoint the adapters were trained on")
+    base = convert.load_pretrained(_BASE.value, mesh, rules, allow_pickle=_ALLOW_PICKLE.value,
+                                   allow_unknown_fields=_ALLOW_UNKNOWN.value, step=_STEP.value)
+    model, base_params = build.Model(base.config).merged(base.params)
+    config = dataclasses.replace(model.config, lora=convert.read_peft_config(src, model.kind))
+    adapters = convert.import_peft(src, config, mesh, rules)
+    return convert.Pretrained(config, lora.combine(base_params, adapters), f"{_BASE.value} + {src}", base.hf_config)
   kind = convert.source_kind(src)
   if kind not in ("imported", "workdir"):
     raise convert.ConversionError(f"--src {src} is a {kind} checkpoint; pass --from {kind}")
@@ -64,7 +84,7 @@ def main(argv: Sequence[str]) -> None:
   kind, to = flags.FLAGS["from"].value, _TO.value
   if kind == to:
     raise app.UsageError(f"--from and --to are both {kind!r}; pass --from hf|t5x to import or --to hf to export")
-  if to == "hf":  # the exporter fetches parameters to the host one by one: keep them on the CPU
+  if to in ("hf", "peft"):  # the exporter fetches parameters to the host one by one: keep them on the CPU
     mesh, rules = sharding.make_mesh({"data": 1}, jax.devices("cpu")[:1]), sharding.get_rules("data_parallel")
   else:
     mesh, rules = sharding.make_mesh({"fsdp": -1}), sharding.get_rules(_SHARDING.value)
@@ -75,20 +95,26 @@ def main(argv: Sequence[str]) -> None:
   print(f"read {pretrained.source}{step}: {type(pretrained.config).__name__}, {n / 1e6:.1f}M parameters in "
         f"{time.perf_counter() - start:.1f}s")
   if to == "hf":
+    tok_src = _BASE.value if kind == "peft" else _SRC.value  # an adapter directory holds no tokenizer: its base's
     try:
-      tokenizer = convert.load_tokenizer(_SRC.value)
+      tokenizer = convert.load_tokenizer(tok_src)
     except convert.ConversionError as e:
       tokenizer = None
       print(f"note: no tokenizer exported ({e})")
     template = None
-    if tokenizer is not None and workdir_lib.is_workdir(_SRC.value):  # the run's chat format, for transformers
-      spec = workdir_lib.read_config(_SRC.value).data.chat_format
+    if tokenizer is not None and workdir_lib.is_workdir(tok_src):  # the run's chat format, for transformers
+      spec = workdir_lib.read_config(tok_src).data.chat_format
       template = (tokenizer.chat_template() if spec in ("", "tokenizer") else
                   chat.export_template(spec, begin_of_text=pretrained.config.kind == "decoder"))
     files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
                               dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),
                               max_shard_bytes=int(_MAX_SHARD_GB.value * 1024**3), tokenizer=tokenizer,
-                              tokenizer_src=_SRC.value, chat_template=template)
+                              tokenizer_src=tok_src, chat_template=template)
+    print(f"wrote {_DST.value}: {', '.join(files)}")
+  elif to == "peft":
+    base_model = _BASE_MODEL.value or convert.base_model_name(_SRC.value)
+    files = convert.export_peft(pretrained.config, pretrained.params, _DST.value, base_model=base_model,
+                                dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value))
     print(f"wrote {_DST.value}: {', '.join(files)}")
   else:
     convert.save_imported(pretrained, _DST.value, tokenizer_src=_SRC.value)

@@ -38,7 +38,7 @@ from instruct_jax import workdir as workdir_lib
 from instruct_jax.convert import hf_llama, hf_t5, t5x, tensors
 from instruct_jax.convert.tensors import ConversionError
 from instruct_jax.data import tokenizer as tokenizer_lib
-from instruct_jax.models import build
+from instruct_jax.models import build, lora as lora_lib
 
 ModelConfig = build.ModelConfig
 FAMILIES = {"t5": hf_t5, "mt5": hf_t5, "llama": hf_llama, "mistral": hf_llama}
@@ -326,8 +326,10 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   generation_config.json carry its special token ids; `tokenizer_src` (a source directory) contributes its
   generation_config.json when it has one; `chat_template` (a run's named chat format) goes into
   tokenizer_config.json, so `apply_chat_template` renders prompts as the run did. Host memory: one parameter plus
-  one output shard at a time.
+  one output shard at a time. A model with LoRA adapters is exported merged (kernel + alpha/rank * A @ B;
+  `export_peft` writes the adapters).
   """
+  config, params = lora_lib.merge(config, params)
   family = EXPORTERS[config.kind]
   dst = pathlib.Path(dst)
   dst.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from instruct_jax import errors, sharding
 from instruct_jax.data import transforms
-from instruct_jax.models import decoder, layers, t5
+from instruct_jax.models import decoder, layers, lora as lora_lib, t5
 
 ModelConfig = t5.T5Config | decoder.DecoderConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -98,6 +98,19 @@ class Model:
 
   def num_params(self) -> int:
     return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(self.param_shapes())))
+
+  def trainable(self, tree) -> Any:
+    """What the optimizer updates, of a params-shaped tree: the LoRA adapters when config.lora is set, else all."""
+    return lora_lib.trainable(tree, self.config.lora)
+
+  def with_trainable(self, tree, sub) -> Any:
+    """`tree` with `sub` (a `trainable` subtree) in place of its leaves."""
+    return lora_lib.with_trainable(tree, sub, self.config.lora)
+
+  def merged(self, params) -> tuple["Model", Any]:
+    """(the base model, params with the LoRA adapters folded into the kernels); unchanged without LoRA."""
+    config, params = lora_lib.merge(self.config, params)
+    return Model(config), params
 
   def apply(self, params, batch: dict[str, jax.Array], *, dropout_rng=None) -> jax.Array:
     """fp32 logits [B, L, V] for the decoder targets of `batch` (training and scoring)."""
@@ -179,7 +192,7 @@ def _check_override_names(family: _Family, overrides: dict, key) -> None:
       close = difflib.get_close_matches(name, fields, n=1)
       raise ModelConfigError(f"{key('overrides.' + name)}: {family.config_cls.__name__} has no field {name!r}"
                              + (f"; did you mean {close[0]}?" if close else ""))
-    if name in RUNTIME_FIELDS:
+    if name in RUNTIME_FIELDS or name == "lora":
       raise ModelConfigError(f"{key('overrides.' + name)}: set config.model.{name} instead")
 
 
@@ -190,19 +203,40 @@ def _as_field(value, current):
   return value
 
 
+def _lora(section, key, adapter: lora_lib.LoraConfig | None) -> lora_lib.LoraConfig | None:
+  """config.model.lora as a LoraConfig (None: off); `adapter` (model.lora.init_from's) fixes rank, alpha, targets."""
+  lkey = lambda k: key(f"lora.{k}")
+  try:
+    ours = lora_lib.from_section(section.lora, lkey)
+  except lora_lib.LoraError as e:
+    raise ModelConfigError(str(e)) from None
+  if adapter is None:
+    if section.lora.init_from:
+      raise ModelConfigError(f"{lkey('init_from')}={section.lora.init_from!r}: the adapter directory was not read")
+    return ours
+  if ours is not None:
+    for f in ("rank", "alpha", "targets"):
+      if getattr(ours, f) != getattr(adapter, f):
+        raise ModelConfigError(f"{lkey(f)}={getattr(ours, f)!r} contradicts {lkey('init_from')} ({f} is "
+                               f"{getattr(adapter, f)!r} there); leave config.model.lora.rank 0 to take the adapter's")
+  return dataclasses.replace(adapter, dropout=float(section.lora.dropout))
+
+
 def from_section(section, *, vocab_size: int | None = None, checkpoint: ModelConfig | None = None,
-                 source: str = "config.init_from", flag_keys=()) -> Model:
+                 source: str = "config.init_from", flag_keys=(), adapter: lora_lib.LoraConfig | None = None) -> Model:
   """The model of a config.model section.
 
   Without `checkpoint`: kind, size and overrides name the shape (vocab_size, when given, fills the
   vocabulary unless an override sets it). With `checkpoint` (the model config of config.init_from): the
   shape is the checkpoint's; kind, size and overrides may be left empty, and where they are set they must
   agree with it. Runtime fields (dtype, param_dtype, remat_policy, scan_layers, dropout_rate) always come
-  from the section. Errors name `--config.model.KEY` for keys in `flag_keys` (set on the command line).
+  from the section, and so does LoRA (config.model.lora; `adapter` is the LoRA config of the PEFT directory
+  config.model.lora.init_from names). Errors name `--config.model.KEY` for keys in `flag_keys` (set on the
+  command line).
   """
   key = lambda k: f"--config.model.{k}" if f"model.{k}" in flag_keys else f"config.model.{k}"
   overrides = dict(section.overrides)
-  runtime = _runtime(section)
+  runtime = {**_runtime(section), "lora": _lora(section, key, adapter)}
   if checkpoint is None:
     if not section.kind or not section.size:
       raise ModelConfigError("config.model.kind and config.model.size name the model to train (e.g. "
@@ -244,7 +278,7 @@ def config_to_json(config: ModelConfig) -> dict:
     v = getattr(config, f.name)
     if f.name in ("dtype", "param_dtype"):
       v = jnp.dtype(v).name
-    elif isinstance(v, layers.RopeScaling):
+    elif isinstance(v, (layers.RopeScaling, lora_lib.LoraConfig)):
       v = dataclasses.asdict(v)
     fields[f.name] = v
   return {"kind": config.kind, "config": fields}
@@ -261,11 +295,12 @@ def config_from_json(blob: dict, where: str) -> ModelConfig:
   for k in ("dtype", "param_dtype"):
     if k in fields:
       fields[k] = jnp.dtype(fields[k])
-  if isinstance(fields.get("rope_scaling"), dict):
-    try:
-      fields["rope_scaling"] = layers.RopeScaling(**fields["rope_scaling"])
-    except TypeError as e:
-      raise ModelConfigError(f"{where}: rope_scaling: {e}") from e
+  for name, cls_ in (("rope_scaling", layers.RopeScaling), ("lora", lora_lib.LoraConfig)):
+    if isinstance(fields.get(name), dict):
+      try:
+        fields[name] = cls_(**fields[name])
+      except (TypeError, lora_lib.LoraError) as e:
+        raise ModelConfigError(f"{where}: {name}: {e}") from e
   return cls(**fields)
 
 

@@ -69,10 +69,11 @@ class Block(nn.Module):
     h = layers.Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model, rope_theta=cfg.rope_theta,
                          rope_scaling=cfg.rope_scaling, dropout_rate=cfg.dropout_rate,
                          deterministic=self.deterministic, decode=self.decode, name="attention",
-                         **kw)(h, h, mask_B1LS, None, positions_BL, positions_BL)
+                         lora=cfg.lora, **kw)(h, h, mask_B1LS, None, positions_BL, positions_BL)
     x_BLD = x_BLD + drop(h)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
-    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "silu", cfg.dropout_rate, self.deterministic, name="mlp", **kw)(h)
+    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "silu", cfg.dropout_rate, self.deterministic, name="mlp",
+                        lora=cfg.lora, **kw)(h)
     return constrain(x_BLD + drop(h), ("act_batch", "act_length", "act_embed"))
 
 

@@ -21,6 +21,7 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
+from instruct_jax.models.lora import LoraConfig
 from instruct_jax.sharding import constrain
 
 Dtype = Any
@@ -69,6 +70,7 @@ class Dense(nn.Module):
   """Matmul with a named kernel, no bias: x [..., in] -> [..., out] through `einsum_str`.
 
   The kernel starts normal with std init_scale / sqrt(fan_in), fan_in being the contracted dimensions.
+  With `lora` naming this module's name among its targets, a low-rank adapter is added (see models/lora.py).
   """
   shape: tuple[int, ...]
   axes: tuple[str, ...]
@@ -77,6 +79,8 @@ class Dense(nn.Module):
   param_dtype: Dtype = jnp.float32
   init_scale: float = 1.0
   out_dtype: Dtype | None = None  # e.g. fp32 logits from bf16 inputs (accumulated in fp32)
+  lora: LoraConfig | None = None
+  deterministic: bool = True  # no LoRA dropout
 
   @nn.compact
   def __call__(self, x):
@@ -84,7 +88,29 @@ class Dense(nn.Module):
     fan_in = math.prod(n for letter, n in zip(k_spec, self.shape) if letter in x_spec)
     init = nn.initializers.normal(self.init_scale * fan_in ** -0.5)
     kernel = param_with_axes(self, "kernel", init, self.shape, self.axes, self.param_dtype)
-    return _matmul(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype), self.out_dtype)
+    y = _matmul(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype), self.out_dtype)
+    if self.lora is not None and self.name in self.lora.targets:
+      y = y + self._adapter(x, x_spec, k_spec).astype(y.dtype)
+    return y
+
+  def _adapter(self, x, x_spec: str, k_spec: str):
+    """alpha/rank * dropout(x) A B; A [in..., R] uniform with bound 1/sqrt(fan_in) (PEFT's default), B zero."""
+    out_spec = self.einsum_str.split("->")[1]
+    n = len(set(x_spec) & set(k_spec))
+    lead, contracted, rest = x_spec[:len(x_spec) - n], k_spec[:n], k_spec[n:]
+    if x_spec[len(x_spec) - n:] != contracted or out_spec != lead + rest or "R" in self.einsum_str:
+      raise ValueError(f"{self.name}: LoRA needs a projection of the form (lead + in), (in + out) -> (lead + out), "
+                       f"not {self.einsum_str}")
+    r = self.lora.rank
+    init_a = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(n)), out_axis=-1)
+    a = param_with_axes(self, "lora_a", init_a, self.shape[:n] + (r,), tuple(self.axes[:n]) + ("lora_rank",),
+                        self.param_dtype)
+    b = param_with_axes(self, "lora_b", nn.initializers.zeros, (r,) + self.shape[n:],
+                        ("lora_rank",) + tuple(self.axes[n:]), self.param_dtype)
+    h = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic).astype(self.dtype)
+    h = _matmul(f"{x_spec},{contracted}R->{lead}R", h, a.astype(self.dtype), None)
+    return _matmul(f"{lead}R,R{rest}->{out_spec}", h * jnp.asarray(self.lora.scale, h.dtype), b.astype(self.dtype),
+                   self.out_dtype)
 
 
 def _matmul(einsum_str: str, x, kernel, out_dtype):
@@ -147,10 +173,11 @@ class GatedMLP(nn.Module):
   deterministic: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BLD):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora, deterministic=self.deterministic)
     act = {"gelu": lambda z: nn.gelu(z, approximate=True), "silu": nn.silu}[self.activation]
     gate_BLF = Dense((self.d_model, self.d_ff), ("embed", "mlp"), "BLD,DF->BLF", name="wi_0", **kw)(x_BLD)
     up_BLF = Dense((self.d_model, self.d_ff), ("embed", "mlp"), "BLD,DF->BLF", name="wi_1", **kw)(x_BLD)
@@ -249,10 +276,11 @@ class Attention(nn.Module):
   decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BLD, kv_BSD, mask_B1LS, bias_1HLS=None, q_positions_BL=None, kv_positions_BS=None):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora, deterministic=self.deterministic)
     H, N, K, D = self.num_heads, self.num_kv_heads, self.head_dim, self.d_model
     q_scale = 1.0 if self.scale_logits else K ** -0.5  # unscaled logits: fold 1/sqrt(K) into the init
     q_BLHK = Dense((D, H, K), ("embed", "heads", "head_dim"), "BLD,DHK->BLHK", name="query", init_scale=q_scale,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from instruct_jax.models import layers
+from instruct_jax.models.lora import LoraConfig
 
 _cp = jax.checkpoint_policies
 # On CPU the weight matmuls are custom_vjp calls (layers.MATMUL_NAME), which the dot policies cannot see;
@@ -35,6 +36,7 @@ class StackConfig:
   param_dtype: Any = jnp.float32
   remat_policy: str = "none"
   scan_layers: bool = False
+  lora: LoraConfig | None = None  # low-rank adapters on the named projections (models/lora.py)
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:

@@ -97,10 +97,11 @@ class EncoderLayer(nn.Module):
     h = layers.RMSNorm(cfg.norm_eps, name="pre_attention_norm", **kw)(x_BLD)
     h = layers.Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.d_model, scale_logits=False,
                          dropout_rate=cfg.dropout_rate, deterministic=self.deterministic, name="attention",
-                         **kw)(h, h, mask_B1LS, bias_1HLS)
+                         lora=cfg.lora, **kw)(h, h, mask_B1LS, bias_1HLS)
     x_BLD = x_BLD + drop(h)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
-    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "gelu", cfg.dropout_rate, self.deterministic, name="mlp", **kw)(h)
+    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "gelu", cfg.dropout_rate, self.deterministic, name="mlp",
+                        lora=cfg.lora, **kw)(h)
     return constrain(x_BLD + drop(h), ("act_batch", "act_length", "act_embed"))
 
 
@@ -116,13 +117,14 @@ class DecoderLayer(nn.Module):
     drop = lambda z: nn.Dropout(cfg.dropout_rate)(z, deterministic=self.deterministic)
     attn = lambda name, decode: layers.Attention(
         cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.d_model, scale_logits=False, decode=decode,
-        dropout_rate=cfg.dropout_rate, deterministic=self.deterministic, name=name, **kw)
+        dropout_rate=cfg.dropout_rate, deterministic=self.deterministic, name=name, lora=cfg.lora, **kw)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_self_attention_norm", **kw)(y_BLD)
     y_BLD = y_BLD + drop(attn("self_attention", self.decode)(h, h, self_mask_B1LL, bias_1HLL))
     h = layers.RMSNorm(cfg.norm_eps, name="pre_cross_attention_norm", **kw)(y_BLD)
     y_BLD = y_BLD + drop(attn("cross_attention", False)(h, encoded_BSD, cross_mask_B1LS))
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(y_BLD)
-    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "gelu", cfg.dropout_rate, self.deterministic, name="mlp", **kw)(h)
+    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "gelu", cfg.dropout_rate, self.deterministic, name="mlp",
+                        lora=cfg.lora, **kw)(h)
     return constrain(y_BLD + drop(h), ("act_batch", "act_length", "act_embed"))
 
 
