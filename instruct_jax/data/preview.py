@@ -19,7 +19,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from instruct_jax import errors
 from instruct_jax.data import flan2021
@@ -68,11 +68,16 @@ def preview(config: pipeline.PipelineConfig, tokenizer: tokenizer_lib.Tokenizer,
 def unreadable(mixture: str, tasks, mixtures, split: str) -> dict[str, str]:
   """{task: why} for the tasks of `mixture` whose `split` cannot be read (e.g. TFDS datasets not prepared)."""
   out = {}
-  for name in mixtures_lib.leaf_tasks(mixture, tasks, mixtures):
-    try:
-      tasks[name].num_examples(split)
-    except sources.DataError as e:
-      out[name] = str(e)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # TFDS logs a line or two per dataset it does not find; the report says it
+  try:
+    for name in mixtures_lib.leaf_tasks(mixture, tasks, mixtures):
+      try:
+        tasks[name].num_examples(split)
+      except sources.DataError as e:
+        out[name] = str(e)
+  finally:
+    logging.set_verbosity(verbosity)
   return out
 
 
@@ -91,7 +96,9 @@ def without_unreadable(mixture: str, tasks, mixtures, split: str, data_dir: str 
   lines.append("(`tfds build` needs TensorFlow for some builders; training reads the prepared files without it)")
   total = len(mixtures_lib.leaf_tasks(mixture, tasks, mixtures))
   if len(missing) == total:
-    raise sources.DataError("\n".join([f"none of the {total} datasets of {mixture!r} can be read.", *lines[1:]]))
+    raise sources.DataError("\n".join([f"none of the {total} datasets of {mixture!r} can be read (TFDS datasets must "
+                                       f"be prepared in array_record format under --tfds_data_dir={data_dir}); "
+                                       "prepare them with:", *lines[1:]]))
   return mixtures_lib.without_tasks(mixtures, set(missing)), lines + [""]
 
 

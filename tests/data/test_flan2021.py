@@ -74,6 +74,14 @@ def test_every_task_and_template_on_examples_with_the_builders_features(mocked_t
           assert all("OPTIONS:\n- " in ex["inputs"] for ex in exs), (name, t.id)
 
 
+def test_few_shot_prompts_through_the_renderer(mocked_tasks):
+  for name in ("glue/rte", "ai2_arc/ARC-Easy", "xsum", "wmt16_translate/de-en", "gsm8k"):
+    cfg = render.RenderConfig(template_ids=(1,), few_shot_rate=1.0, min_shots=2, max_shots=2)
+    ex = render.render_split(mocked_tasks[name], "test", cfg, n=1)[0]
+    zero = render.render_split(mocked_tasks[name], "test", render.RenderConfig(template_ids=(1,)), n=1)[0]
+    assert ex["shots"] == 2 and ex["inputs"].endswith(zero["inputs"]) and len(ex["inputs"]) > len(zero["inputs"])
+
+
 def test_a_field_the_builder_lacks_fails(data_dir):
   spec = next(s for s in flan2021.SPECS if s.name == "glue/rte")
   with flan_data.mocked(data_dir):
@@ -165,16 +173,17 @@ def test_preview_of_the_full_mixture_on_mock_data_realises_the_rates(data_dir, m
   mixes = mixtures_lib.catalogue(mocked_tasks)
   config = pipeline.PipelineConfig(mixture="flan2021", inputs_length=128, targets_length=32,
                                    render=render.RenderConfig(inversion_rate=0.2))
-  text = preview.preview(config, spm_tokenizer, mocked_tasks, mixes, num_examples=2, stats_examples=3000)
+  text = preview.preview(config, spm_tokenizer, mocked_tasks, mixes, num_examples=2, stats_examples=4000)
   assert "mixture 'flan2021': 67 tasks" in text
-  examples, names, rates = pipeline.rendered_examples(config, mocked_tasks, mixes)
-  drawn = [examples[i] for i in range(3000)]
-  counts = collections.Counter(names[ex["task_index"]] for ex in drawn if ex is not None)
-  realised = {n: counts[n] / sum(counts.values()) for n in names}
-  worst = max(abs(realised[n] - rates[n]) for n in names)
-  assert worst < 0.02, worst
-  for name in names:  # and the preview's table shows the same realised shares
-    assert name in text
+  rows = {}  # the statistics table: task, examples, realised share, target rate, ...
+  for line in text.splitlines():
+    parts = line.split()
+    if len(parts) >= 4 and parts[0] in mocked_tasks:
+      rows[parts[0]] = (float(parts[2]), float(parts[3]))
+  assert set(rows) == set(mixes["flan2021"].members)
+  assert sum(rate for _, rate in rows.values()) == pytest.approx(1.0, abs=0.01)
+  assert max(abs(share - rate) for share, rate in rows.values()) < 0.02
+  assert sum(abs(share - rate) for share, rate in rows.values()) / 2 < 0.1  # total variation, ~0.05 expected
 
 
 def test_preview_lists_unprepared_datasets_with_their_build_commands(data_dir, tmp_path):
