@@ -87,7 +87,6 @@ def _label(r: Mapping[str, Any], key: str = "label") -> int | None:
 
 
 def _pick(options: list[str], index: int | None) -> dict[str, Any] | None:
-  options = [o for o in options]
   if index is None or not 0 <= index < len(options) or not all(str(o).strip() for o in options):
     return None
   return {"options": options, "answer": options[index]}
@@ -385,7 +384,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("story_cloze/2016", "commonsense", "endings", endings("context", offset=1), _RANK, None,
          {"train": "validation", "test": "test"}),
     Spec("definite_pronoun_resolution", "coreference", "pronoun", dpr, _RANK),
-    Spec("winogrande", "coreference", "winogrande", winogrande, _RANK, None, {"train": "train_xl", "test": "validation"}),
+    Spec("winogrande", "coreference", "winogrande", winogrande, _RANK, None,
+         {"train": "train_xl", "test": "validation"}),
     Spec("wsc273", "coreference", "pronoun", wsc273, _RANK, None, {"train": "test", "test": "test"}),
     Spec("glue/mrpc", "paraphrase", "paraphrase", _pair("sentence1", "sentence2"), _RANK, YES_NO, GLUE_SPLITS),
     Spec("glue/qqp", "paraphrase", "paraphrase", _pair("question1", "question2"), _RANK, YES_NO, GLUE_SPLITS),

@@ -207,3 +207,5 @@ def test_max_task_examples_caps_what_each_task_trains_on(mocked_tasks):
   assert pipeline.pool_size(config, mocked_tasks["snli"]) == 5
   c = configs.from_command_line(["--config=configs/flan2021.py", "--config.data.max_task_examples=7"])
   assert isinstance(c.data, ml_collections.ConfigDict) and c.data.max_task_examples == 7
+  c = configs.load("configs/flan2021.py")  # Flan 2021's caps
+  assert (c.data.mixing_cap, c.data.max_task_examples) == (flan2021.MIXING_CAP, flan2021.MAX_TRAIN_EXAMPLES)
