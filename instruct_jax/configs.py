@@ -79,6 +79,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.train_on_inputs = False  # decoder only: put loss weight on the instruction tokens too
   c.data.mixing_cap = config_dict.placeholder(int)  # override every mixture's examples-per-task cap
   c.data.mixing_temperature = config_dict.placeholder(float)  # override every mixture's mixing temperature
+  c.data.max_task_examples = config_dict.placeholder(int)  # train on at most the first N examples of each task
+  #                                                         (Flan 2021: 30,000 per dataset; None: all)
   c.data.train_fraction = 1.0  # train on the first ceil(fraction x n) examples of each task (data-size ablations)
   c.data.read_threads = 0  # threads rendering and tokenizing ahead of the packer
   c.data.prefetch = 64  # examples rendered ahead
@@ -135,7 +137,8 @@ def base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = ()  # tasks to evaluate; (): the built-in conditions below
   c.eval.split = "test"  # split the evaluation tasks are read from
-  c.eval.held_out_cluster = ""  # built-in cluster never trained on, evaluated as its own condition ("": none)
+  c.eval.held_out_cluster = ""  # cluster never trained on, evaluated as its own condition: built-in or Flan 2021
+  #                               (mixture flan2021 then trains on flan2021_no_<cluster>); "": none
   c.eval.seen_templates = ()  # template ids of the "seen_templates" condition ((): every template)
   c.eval.unseen_templates = ()  # template ids of the "unseen_templates" condition ((): no such condition)
   c.eval.num_examples = 20  # examples per task and condition

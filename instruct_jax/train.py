@@ -41,6 +41,7 @@ from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import builtin
 from instruct_jax.data import chat as chat_lib
+from instruct_jax.data import flan2021
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import render as render_lib
@@ -112,11 +113,14 @@ def load_tokenizer(config, workdir: str, catalogues, pretrained, chat: chat_lib.
     return convert.load_tokenizer(config.init_from)
   if jax.process_index() == 0:
     tasks, mixes = catalogues
-    rates = mixtures_lib.task_rates(config.data.mixture, tasks, mixes)
+    held = config.eval.held_out_cluster
+    rates = mixtures_lib.task_rates(flan2021.training_mixture(config.data.mixture, held), tasks, mixes)
     rcfg = pipeline_lib.PipelineConfig.from_config(config.data).render
     texts = render_lib.sample_texts(rates, tasks, rcfg, n=config.tokenizer.train_examples, seed=config.seed)
-    if config.eval.held_out_cluster:  # the tokenizer may see held-out text; the model never trains on it
-      held_out = {f"builtin/{n}": 1.0 for n in builtin.CLUSTERS[config.eval.held_out_cluster]}
+    if held:  # the tokenizer may see held-out text; the model never trains on it
+      names = (flan2021.cluster_tasks(held) if held in flan2021.CLUSTERS
+               else [f"builtin/{n}" for n in builtin.CLUSTERS[held]])
+      held_out = {n: 1.0 for n in names}
       texts += render_lib.sample_texts(held_out, tasks, render_lib.RenderConfig(), n=2000, seed=config.seed)
     tmp = out_dir + ".tmp"  # written whole, then renamed: a crash never leaves half a tokenizer
     shutil.rmtree(tmp, ignore_errors=True)
@@ -196,8 +200,10 @@ def guard_workdir(workdir: str, model: build.Model) -> None:
 
 
 def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
+  """The data section as the pipeline takes it; a held-out Flan cluster leaves `flan2021` (flan2021_no_<cluster>)."""
+  mixture = flan2021.training_mixture(config.data.mixture, config.eval.held_out_cluster)
   return pipeline_lib.PipelineConfig.from_config({**config.data.to_dict(), "model_kind": model.kind,
-                                                 "seed": config.seed})
+                                                 "seed": config.seed, "mixture": mixture})
 
 
 class _PreemptedWaitingForData(Exception):
@@ -533,7 +539,7 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
                   f"{len(tokenizer.encode(ex['targets']))} tokens)")
         out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
             f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}")
-    out(f"data      mixture {config.data.mixture!r}: {len(task_names)} tasks; rate (realised over "
+    out(f"data      mixture {data_cfg.mixture!r}: {len(task_names)} tasks; rate (realised over "
         f"{int(counts.sum())} examples):")
     order = sorted(range(len(task_names)), key=lambda i: -rates[task_names[i]])
     for i in order[:20]:

@@ -2,6 +2,7 @@
 passes `--dry_run` at its real size (7B and XXL included); unknown and missing keys, and model settings that
 contradict a checkpoint, are errors that name the key."""
 import ast
+import contextlib
 import json
 import pathlib
 import re
@@ -23,7 +24,7 @@ SHARED_SUPERNI = ROOT.parent / "shared" / "data" / "natural-instructions"
 SHIPPED = [("base.py", None), ("quickstart.py", None), ("quickstart.py", "decoder"), ("tiny.py", None),
            ("tiny.py", "decoder"), ("finetune.py", None),
            *[("recipes/flan_t5.py", s) for s in ("small", "base", "large", "xl", "xxl")],
-           *[("decoder_llama.py", s) for s in ("1b", "7b")]]
+           *[("decoder_llama.py", s) for s in ("1b", "7b")], ("flan2021.py", "small")]
 PUBLISHED_M = {"7b": 6_738.4}  # LLaMA-2-7B (vocabulary 32000 as configs/decoder_llama.py trains it): 6.74B
 
 
@@ -46,8 +47,19 @@ def imported_dir(tmp_path_factory):
   return out / "ckpt"
 
 
-def _shipped(name: str, arg: str | None, imported_dir) -> list[str]:
+@pytest.fixture(scope="module")
+def flan_tfds_dir(tmp_path_factory):
+  """TFDS data for configs/flan2021.py: the prepared super_glue stand-in (the rest is mocked; tests/flan_data.py)."""
+  from tests import flan_data  # pylint: disable=g-import-not-at-top  (imports TFDS's builder modules)
+  out = str(tmp_path_factory.mktemp("flan_tfds"))
+  flan_data.prepare_super_glue(out)
+  return out
+
+
+def _shipped(name: str, arg: str | None, imported_dir, flan_tfds_dir=None) -> list[str]:
   """Command-line overrides a user adds to run the shipped config (what its docstring asks for)."""
+  if name == "flan2021.py":
+    return [f"--config.data_paths.tfds_data_dir={flan_tfds_dir}", "--config.eval.held_out_cluster=nli"]
   if name == "base.py":
     return ["--config.model.kind=decoder", "--config.model.size=tiny"]
   if name == "finetune.py":
@@ -58,15 +70,24 @@ def _shipped(name: str, arg: str | None, imported_dir) -> list[str]:
 
 
 @pytest.mark.parametrize("name,arg", SHIPPED, ids=[f"{n}:{a}" for n, a in SHIPPED])
-def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir, capsys):
+def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir, capsys, request):
   if name == "recipes/flan_t5.py" and not SHARED_SUPERNI.is_dir():
     pytest.skip(f"SuperNI data not found at {SHARED_SUPERNI}")
   doc = (CONFIG_DIR / name).read_text().split(chr(34) * 3)[1]
   assert "python -m instruct_jax" in doc and "Hardware" in doc and "Runtime" in doc and "Expected result" in doc
   path = f"{CONFIG_DIR / name}" + (f":{arg}" if arg else "")
-  config = configs.from_command_line([f"--config={path}", *_shipped(name, arg, imported_dir)])
-  problems = train.dry_run(config, num_devices=None)
+  data = contextlib.nullcontext()
+  flan_dir = None
+  if name == "flan2021.py":  # every Flan dataset, without downloads: mocked builders and a prepared stand-in
+    from tests import flan_data  # pylint: disable=g-import-not-at-top
+    flan_dir = request.getfixturevalue("flan_tfds_dir")
+    data = flan_data.mocked(flan_dir)
+  config = configs.from_command_line([f"--config={path}", *_shipped(name, arg, imported_dir, flan_dir)])
+  with data:
+    problems = train.dry_run(config, num_devices=None)
   out = capsys.readouterr().out
+  if name == "flan2021.py":  # trains on every cluster but the held-out one, evaluates that one
+    assert "mixture 'flan2021_no_nli': 58 tasks" in out and "glue/rte" not in out.split("evals")[0], out
   assert problems == [], out
   assert "dry run: OK" in out and "memory    per device" in out and out.count("example   ") == 3
   if arg in PUBLISHED_M:

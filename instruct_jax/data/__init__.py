@@ -6,6 +6,7 @@
     templates    template files (templates/*.yaml) and safe rendering
     chat         conversations (OpenAI / ShareGPT), chat formats (Jinja) and their scored spans
     tasks        Task and the task catalogue
+    flan2021     the Flan 2021 catalogue of TFDS datasets, its clusters and leave-one-cluster-out mixtures
     render       per-example template / options / few-shot / inversion / chain-of-thought choices
     mixtures     mixing rates and the mixture catalogue
     tokenizer    sentencepiece: load or train (`python -m instruct_jax.data.tokenizer`)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from absl import logging
 
 from instruct_jax.data import builtin
+from instruct_jax.data import flan2021
 from instruct_jax.data import tasks as tasks_lib
 
 RATES = ("examples", "temperature", "weights", "equal")
@@ -113,6 +114,39 @@ def task_rates(name: str, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping
   return {k: v for k, v in rates.items() if v > 0}
 
 
+def leaf_tasks(name: str, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Mixture],
+               _stack: tuple[str, ...] = ()) -> list[str]:
+  """The tasks mixture (or task) `name` draws from, nested mixtures flattened, without reading any data."""
+  if name in tasks:
+    return [name]
+  mixture = _get(name, tasks, mixtures, _stack)
+  out: list[str] = []
+  for member in mixture.members:
+    out += [t for t in leaf_tasks(member, tasks, mixtures, _stack + (name,)) if t not in out]
+  return out
+
+
+def without_tasks(mixtures: Mapping[str, Mixture], drop: set[str]) -> dict[str, Mixture]:
+  """The mixtures with the tasks in `drop` removed from their members (a mixture left empty is removed too)."""
+  out: dict[str, Mixture] = {}
+  pending = dict(mixtures)
+  while pending:  # members first, so a nested mixture left empty disappears from its parents
+    progress = False
+    for name, m in list(pending.items()):
+      if any(x in pending for x in m.members if x != name):
+        continue
+      keep = [i for i, x in enumerate(m.members) if x not in drop and (x in out or x not in mixtures)]
+      if keep:
+        weights = tuple(m.weights[i] for i in keep) if m.weights is not None else None
+        out[name] = dataclasses.replace(m, members=tuple(m.members[i] for i in keep), weights=weights)
+      del pending[name]
+      progress = True
+    if not progress:  # a cycle: leave the rest for task_rates to report
+      out.update(pending)
+      break
+  return out
+
+
 def format_rates(rates: Mapping[str, float], realised: Sequence[float] | None = None) -> str:
   w = max([len(n) for n in rates] + [10])
   lines = [f"{'task':{w}s} {'rate':>8s}" + (f" {'realised':>9s}" if realised is not None else "")]
@@ -141,7 +175,9 @@ def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = Non
   for cluster, names in builtin.CLUSTERS.items():
     add(Mixture(f"builtin_{cluster}", [f"builtin/{n}" for n in names]))
     add(Mixture(f"builtin_no_{cluster}", [f"builtin/{n}" for n in builtin.TASKS if n not in names]))
-  add(Mixture("tfds_nlu", ["glue/rte", "super_glue/boolq", "anli/r1", "squad/v1.1"], cap=3000))
+  add(Mixture("tfds_nlu", tasks_lib.TFDS_NLU, cap=3000))
+  for m in flan2021.mixtures():
+    add(m)
   add(Mixture("builtin_and_tfds", ["builtin", "tfds_nlu"], rate="weights", weights=(0.7, 0.3)))
   niv2 = [n for n in tasks if n.startswith("niv2/")]
   if niv2:

@@ -65,6 +65,7 @@ class PipelineConfig:
     mixing_cap, mixing_temperature: override the mixtures' caps / temperatures (ablation knobs).
     train_fraction: train on the first ceil(fraction x n) examples of each task's split, repeated (the
       "how much data is enough" ablation knob; the mixing rates are those of the whole tasks).
+    max_task_examples: train on at most the first N examples of each task's split (Flan 2021: 30,000).
     render: template-diversity knobs.
     read_threads: threads that render and tokenize ahead of the packer (0: in the consuming thread,
       fastest on few cores: the work holds the GIL).
@@ -87,6 +88,7 @@ class PipelineConfig:
   mixing_cap: int | None = None
   mixing_temperature: float | None = None
   train_fraction: float = 1.0
+  max_task_examples: int | None = None
   render: render_lib.RenderConfig = render_lib.RenderConfig()
   read_threads: int = 0
   prefetch: int = 64
@@ -103,6 +105,8 @@ class PipelineConfig:
         raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
     if not 0 < self.train_fraction <= 1:
       raise ValueError(f"config.data.train_fraction must be in (0, 1], got {self.train_fraction}")
+    if self.max_task_examples is not None and self.max_task_examples < 1:
+      raise ValueError(f"config.data.max_task_examples must be >= 1, got {self.max_task_examples}")
     if isinstance(self.render, Mapping):
       object.__setattr__(self, "render", render_lib.RenderConfig(**self.render))
 
@@ -388,8 +392,11 @@ def _fits(tokenizer: tokenizer_lib.Tokenizer, limit: int):
 
 
 def pool_size(config: PipelineConfig, task: tasks_lib.Task) -> int:
-  """How many of the task's first examples of the split are trained on (all, or config.train_fraction)."""
+  """How many of the task's first examples of the split are trained on (all, at most config.max_task_examples, then
+  config.train_fraction of them)."""
   n = task.num_examples(config.split)
+  if config.max_task_examples is not None:
+    n = min(n, config.max_task_examples)
   return n if config.train_fraction >= 1 else min(n, max(1, math.ceil(round(n * config.train_fraction, 9))))
 
 

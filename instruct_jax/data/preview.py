@@ -9,18 +9,24 @@ Shows each example with its task, template id, shot count and token counts, then
 input/output tokens, truncation rate and examples dropped because their output would vanish; then what
 the sources skipped while reading (malformed lines in lenient mode, empty outputs). Without
 `--tokenizer`, a throwaway vocabulary is trained on the previewed mixture first (a second or two).
+
+A mixture of TFDS datasets (e.g. `--mixture flan2021 --tfds_data_dir DIR`) previews the datasets prepared
+under DIR and lists the others, each with the `tfds build NAME --data_dir=DIR --file_format=array_record`
+command that prepares it; only when none is prepared is that an error.
 """
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from instruct_jax import errors
+from instruct_jax.data import flan2021
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline
 from instruct_jax.data import render as render_lib
+from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 
@@ -59,11 +65,51 @@ def preview(config: pipeline.PipelineConfig, tokenizer: tokenizer_lib.Tokenizer,
   return "\n".join(out)
 
 
+def unreadable(mixture: str, tasks, mixtures, split: str) -> dict[str, str]:
+  """{task: why} for the tasks of `mixture` whose `split` cannot be read (e.g. TFDS datasets not prepared)."""
+  out = {}
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # TFDS logs a line or two per dataset it does not find; the report says it
+  try:
+    for name in mixtures_lib.leaf_tasks(mixture, tasks, mixtures):
+      try:
+        tasks[name].num_examples(split)
+      except sources.DataError as e:
+        out[name] = str(e)
+  finally:
+    logging.set_verbosity(verbosity)
+  return out
+
+
+def without_unreadable(mixture: str, tasks, mixtures, split: str, data_dir: str | None):
+  """The mixture catalogue without the tasks of `mixture` that cannot be read, and lines that say which they are
+  and how to prepare them; a DataError (listing the same) if none of them can be read."""
+  missing = unreadable(mixture, tasks, mixtures, split)
+  if not missing:
+    return mixtures, []
+  lines = [f"{len(missing)} dataset(s) of {mixture!r} are not readable (TFDS datasets must be prepared in array_record "
+           f"format under --tfds_data_dir={data_dir}); prepare them with:"]
+  for name, why in missing.items():
+    source = tasks[name].source
+    lines.append(f"  {flan2021.build_command(source.name, data_dir)}" if isinstance(source, sources.TfdsSource)
+                 else f"  {name}: {why}")
+  lines.append("(`tfds build` needs TensorFlow for some builders; training reads the prepared files without it)")
+  total = len(mixtures_lib.leaf_tasks(mixture, tasks, mixtures))
+  if len(missing) == total:
+    raise sources.DataError("\n".join([f"none of the {total} datasets of {mixture!r} can be read (TFDS datasets must "
+                                       f"be prepared in array_record format under --tfds_data_dir={data_dir}); "
+                                       "prepare them with:", *lines[1:]]))
+  return mixtures_lib.without_tasks(mixtures, set(missing)), lines + [""]
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
   paths = tasks_lib.DataPaths(superni_dir=f.superni_dir, tfds_data_dir=f.tfds_data_dir)
   tasks, mixtures = mixtures_lib.catalogues(paths)
+  mixtures, notes = without_unreadable(f.mixture, tasks, mixtures, f.split, f.tfds_data_dir)
+  for line in notes:
+    print(line)
   render_cfg = render_lib.RenderConfig(
       num_templates=f.num_templates,
       template_ids=tuple(int(i) for i in f.template_ids) if f.template_ids else None,

@@ -295,6 +295,8 @@ class _DecodedView(Sequence):
   def __getitem__(self, i):
     if isinstance(i, slice):
       return [self[j] for j in range(*i.indices(len(self)))]
+    if i >= len(self):  # the Sequence protocol (iteration stops here); data sources raise ValueError
+      raise IndexError(f"record {i} of {len(self)}")
     return _decode(self._ds[i])
 
 
@@ -321,10 +323,10 @@ class TfdsSource:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import; only when used)
       tfds_split = self.split_map.get(split, split)
       try:
-        ds = tfds.data_source(self.name, split=tfds_split, data_dir=self.data_dir)
+        ds = tfds.data_source(self.name, split=tfds_split, data_dir=self.data_dir, download=False)  # never fetch
       except Exception as e:  # TFDS raises several types for "not prepared" / "no such split".
         raise DataError(f"TFDS dataset {self.name!r} split {tfds_split!r} is not readable from data_dir "
-                        f"{self.data_dir!r} (prepare it in array_record format first): {e}") from e
+                        f"{self.data_dir!r} (prepare it in array_record format first): {str(e).splitlines()[0]}") from e
       self._info = ds.dataset_info
       self._cache[split] = _DecodedView(ds)
     return self._cache[split]

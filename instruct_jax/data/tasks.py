@@ -3,9 +3,10 @@
 The catalogue is a plain dict built by `catalogue(paths)`; nothing registers itself on import. Names:
 
     builtin/<task>        the generated tasks of `builtin.py` (always available; no files needed)
-    glue/rte, super_glue/boolq, anli/r1, squad/v1.1
-                          TFDS datasets, read with `tfds.data_source` from `paths.tfds_data_dir`
-                          (they must be prepared there in array_record format; errors say so)
+    glue/rte, snli, xsum, wmt16_translate/de-en, ...
+                          the Flan 2021 catalogue of TFDS datasets (`flan2021.py`: 69 tasks in 13
+                          clusters), read with `tfds.data_source` from `paths.tfds_data_dir` (they must
+                          be prepared there in array_record format; errors and the preview say how)
     niv2/<task>           every SuperNI task file under `paths.superni_dir/tasks/`
     <name>                each Alpaca / Self-Instruct file in `paths.instruction_files`, and each conversation
                           file in `paths.chat_files` (cluster "chat"; `chat.ChatSource`)
@@ -33,7 +34,7 @@ from instruct_jax.data import sources
 from instruct_jax.data import superni
 from instruct_jax.data import templates as templates_lib
 
-METRICS = ("exact_match", "rouge_l")
+METRICS = ("exact_match", "rouge_l", "rank_accuracy")  # rank_accuracy: options ranked by log-likelihood
 Preprocessor = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
@@ -46,7 +47,8 @@ class Task:
     source: where records come from (`load(split)` gives random access).
     templates: the task's templates; ids are positions.
     preprocess: record -> template fields (or None to drop the record); identity when None.
-    metric: "exact_match" or "rouge_l".
+    metric: "exact_match", "rouge_l" or "rank_accuracy" (classification: the options ranked by log-likelihood;
+      exact match of the generated answer when no log-likelihood function is given).
     options: answer options shared by every example (an example's own `options` field wins).
     cluster: task cluster, for held-out-cluster evaluation.
     has_rationale: examples carry a `rationale` field, so chain-of-thought templates apply.
@@ -195,17 +197,13 @@ def builtin_tasks(seed: int = 0) -> dict[str, Task]:
   return out
 
 
+TFDS_NLU = ("glue/rte", "super_glue/boolq", "anli/r1", "squad/v1.1")  # the first four TFDS tasks (mixture tfds_nlu)
+
+
 def tfds_tasks(data_dir: str | None = None) -> dict[str, Task]:
-  tmpl = templates_lib.load("nlu")
-  specs = [
-      ("glue/rte", "rte", preprocess_rte, "exact_match", ("yes", "no"), "nli", {}),
-      ("super_glue/boolq", "boolq", preprocess_boolq, "exact_match", ("yes", "no"), "reading_comprehension", {}),
-      ("anli/r1", "anli", preprocess_anli, "exact_match", ANLI_ANSWERS, "nli", {}),
-      ("squad/v1.1", "squad", preprocess_squad, "rouge_l", None, "reading_comprehension", {"test": "validation"}),
-  ]
-  return {name: Task(name=name, source=sources.TfdsSource(name, data_dir=data_dir, split_map=split_map or None),
-                     templates=tmpl[key], preprocess=prep, metric=metric, options=options, cluster=cluster)
-          for name, key, prep, metric, options, cluster, split_map in specs}
+  """Every TFDS task: the Flan 2021 catalogue (`flan2021.py`; it includes the four of TFDS_NLU)."""
+  from instruct_jax.data import flan2021  # pylint: disable=g-import-not-at-top  (flan2021 builds on this module)
+  return flan2021.tasks(data_dir)
 
 
 def superni_task(path: str | os.PathLike, *, train_instances: int | None = None,

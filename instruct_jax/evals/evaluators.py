@@ -5,7 +5,8 @@ examples, and the condition it measures, e.g. "seen_templates"), run with a `gen
 for tasks with answer options, a `loglik_fn` for rank classification) that the caller builds from its
 model. Evaluators never import models. Results: one row per example in the schema every evaluator shares
 (`instruct_jax.evals.metrics`: id, condition, task, category, cluster, template id, shots, prediction and its
-scores, among them "score", the task's own metric: exact match or ROUGE-L as `Task.metric` says), and means x
+scores, among them "score", the task's own metric: exact match, ROUGE-L or, for the Flan catalogue's
+classification and multiple-choice tasks, rank accuracy over the options, as `Task.metric` says), and means x
 100 per (condition, cluster), per condition, per task, per category, per template and per shot count
 (`metrics.aggregate(rows, by=...)` groups by any fields).
 
@@ -40,6 +41,7 @@ import jax
 
 from instruct_jax import errors
 from instruct_jax.data import builtin
+from instruct_jax.data import flan2021
 from instruct_jax.data import render as render_lib
 from instruct_jax.data import superni
 from instruct_jax.data import tasks as tasks_lib
@@ -62,8 +64,7 @@ def builtin_eval_sets(*, held_out_cluster: str | None, seen_templates: Sequence[
                       unseen_templates: Sequence[int], num_examples: int) -> list[EvalSet]:
   """The three conditions of the built-in family (see module docstring); seen_templates None: all."""
   if held_out_cluster is not None and held_out_cluster not in builtin.CLUSTERS:
-    raise ValueError(f"config.eval.held_out_cluster={held_out_cluster!r}: unknown cluster; clusters: "
-                     f"{sorted(builtin.CLUSTERS)}")
+    raise unknown_cluster(held_out_cluster)
   train = tuple(f"builtin/{n}" for c, names in builtin.CLUSTERS.items() if c != held_out_cluster for n in names)
   seen = None if seen_templates is None else tuple(seen_templates)
   sets = [EvalSet("seen_templates", train, seen, num_examples=num_examples)]
@@ -75,14 +76,30 @@ def builtin_eval_sets(*, held_out_cluster: str | None, seen_templates: Sequence[
   return sets
 
 
+class UnknownCluster(errors.UserError, ValueError):
+  """config.eval.held_out_cluster names no cluster."""
+
+
+def unknown_cluster(name: str) -> UnknownCluster:
+  return UnknownCluster(f"config.eval.held_out_cluster={name!r}: unknown cluster; built-in clusters: "
+                        f"{', '.join(sorted(builtin.CLUSTERS))}; Flan 2021 clusters: {', '.join(flan2021.CLUSTERS)}")
+
+
 def eval_sets(e, mixtures: Mapping[str, Any] | None = None) -> list[EvalSet]:
-  """The evaluation a config's `eval` section asks for: its tasks (a mixture name stands for its tasks),
-  or the built-in conditions."""
+  """The evaluation a config's `eval` section asks for: its tasks (a mixture name stands for its tasks), and a
+  held-out Flan 2021 cluster's tasks as the "held_out_cluster" condition (Flan's evaluation: rank classification for
+  tasks with options, the task's generation metric otherwise); else the built-in conditions."""
+  sets = []
   if e.tasks:
     names = []
     for name in e.tasks:
       names += list(mixtures[name].members) if mixtures and name in mixtures else [name]
-    return [EvalSet("tasks", tuple(names), None, e.split, e.num_examples)]
+    sets.append(EvalSet("tasks", tuple(names), None, e.split, e.num_examples))
+  if e.held_out_cluster in flan2021.CLUSTERS:
+    sets.append(EvalSet("held_out_cluster", tuple(flan2021.cluster_tasks(e.held_out_cluster)), None, e.split,
+                        e.num_examples))
+  if sets:
+    return sets
   return builtin_eval_sets(held_out_cluster=e.held_out_cluster or None, seen_templates=tuple(e.seen_templates) or None,
                            unseen_templates=tuple(e.unseen_templates), num_examples=e.num_examples)
 
@@ -108,10 +125,13 @@ def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_
     for name in s.tasks:
       task = tasks_lib.lookup(catalogue, name)
       for i, ex in enumerate(render_lib.render_split(task, s.split, cfg, n=s.num_examples)):
+        options = task.options
+        if options is None:  # multiple choice: each example has its own options
+          options = (task.example(s.split, ex["source_index"]) or {}).get("options")
         rows.append({"id": f"{s.condition}/{name}/{i}", "condition": s.condition, "task": name,
                      "category": task_category(task), "cluster": task.cluster, "template_id": ex["template_id"],
                      "shots": ex["shots"], "metric": metrics_lib.TASK_METRICS[task.metric], "inputs": ex["inputs"],
-                     "references": list(ex["references"]), "options": list(task.options or [])})
+                     "references": list(ex["references"]), "options": list(options or [])})
   return rows
 
 
@@ -123,13 +143,16 @@ def evaluate(rows: list[dict[str, Any]], generate_fn: Callable[[Sequence[str]], 
   out = []
   for r, pred in zip(rows, predictions):
     scores = metrics_lib.instance_scores(pred, r["references"])
-    out.append({**r, "prediction": pred, **scores, "score": scores[r.get("metric", "exact_match")]})
+    metric = r.get("metric", "exact_match")  # rank_accuracy: exact match until the options are ranked below
+    out.append({**r, "prediction": pred, **scores, "score": scores.get(metric, scores["exact_match"])})
   ranked = [r for r in out if r["options"]]
   if loglik_fn is not None and ranked:
     examples = [rank_lib.RankExample(r["inputs"], tuple(r["options"])) for r in ranked]
     result = rank_lib.rank_classify(loglik_fn, examples)
     for r, choice in zip(ranked, result.choices):
       r["rank_accuracy"] = metrics_lib.exact_match(choice, r["references"])
+      if r.get("metric") == "rank_accuracy":
+        r["score"] = r["rank_accuracy"]
   return out
 
 

@@ -34,7 +34,8 @@ from rouge_score import rouge_scorer
 
 METRIC_NAMES = ("exact_match", "rougeL")  # SuperNI's two metrics
 ROW_METRICS = ("score", "exact_match", "rougeL", "rank_accuracy")  # what a row may carry, in report order
-TASK_METRICS = {"exact_match": "exact_match", "rouge_l": "rougeL"}  # Task.metric -> the row field it names
+TASK_METRICS = {"exact_match": "exact_match", "rouge_l": "rougeL",  # Task.metric -> the row field it names
+                "rank_accuracy": "rank_accuracy"}
 
 _DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
