@@ -1,5 +1,5 @@
 """Flan 2021 leave-one-cluster-out instruction tuning of T5: train on every Flan 2021 task cluster but one, then
-evaluate the held-out cluster zero-shot. The argument names the T5 size (as configs/flan_t5.py).
+evaluate the held-out cluster zero-shot. The argument names the T5 size (as configs/recipes/flan_t5.py).
 
     for d in $(python -c "from instruct_jax.data import flan2021; print(*[s.name for s in flan2021.SPECS])"); do
       tfds build $d --data_dir=/data/tfds --file_format=array_record; done     # once, on a machine with TensorFlow
