@@ -7,10 +7,11 @@ import re
 import pytest
 
 from instruct_jax import configs, optim, sharding, step
+from instruct_jax.data import chat
 from instruct_jax.data import pipeline
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
-from instruct_jax.models import build
+from instruct_jax.models import build, lora
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"--config\.([a-z][\w.]*)=([^\s`'\"]+)")  # KEY=value placeholders are not flags
@@ -59,16 +60,25 @@ def _as_seen_by_the_code(config, key: str):
     return getattr(pipeline.PipelineConfig.from_config(config.data).render, last)
   if key == "data.strict":
     return tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict).strict
+  if key == "data.chat_format":  # resolved as the trainer does (a named format here: no tokenizer needed)
+    return chat.resolve_format(config.data.chat_format, None).name
   if head == "data":
     return getattr(pipeline.PipelineConfig.from_config(config.data), last)
   if key.startswith("data_paths.instruction_files."):
     return tasks_lib.DataPaths.from_config(config.data_paths).instruction_files[last]
+  if key.startswith("data_paths.chat_files."):
+    return tasks_lib.DataPaths.from_config(config.data_paths).chat_files[last]
   if head == "data_paths":
     return getattr(tasks_lib.DataPaths.from_config(config.data_paths), last)
   if head == "optim":
     return getattr(optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps}), last)
   if head == "loss":
     return getattr(step.LossConfig(**config.loss.to_dict()), last)
+  if rest.startswith("lora."):  # the adapters' settings as the model factory reads them (the others act with a rank)
+    if last != "rank" and not config.model.lora.rank:
+      config.model.lora.rank = 8
+    value = getattr(lora.from_section(config.model.lora), last)
+    return ",".join(value) if last == "targets" else value  # targets: a comma list on the command line
   if head == "model" and config.model.kind and config.model.size and not config.init_from:
     model = build.from_section(config.model, vocab_size=128).config
     if rest in ("kind",):
@@ -97,7 +107,8 @@ def test_flag_parses_and_takes_effect(document, config_file, key, value):
   seen = _as_seen_by_the_code(config, key)
   if key.startswith("mesh.") and expected == -1:
     assert seen >= 1
-  elif isinstance(expected, str) and key.startswith("data_paths.instruction_files.") and "=" in expected:
+  elif isinstance(expected, str) and key.startswith(("data_paths.instruction_files.", "data_paths.chat_files.")) \
+      and "=" in expected:
     assert seen == expected  # the split list is parsed when the task is built (tasks.split_files)
     assert set(tasks_lib.split_files(seen)) == {"train", "test"}
   else:
