@@ -54,6 +54,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.remat_policy = "none"  # none | dots | dots_no_batch | full (recompute in the backward pass)
   c.model.scan_layers = False  # one scanned layer instead of N unrolled ones (faster compiles for big models)
   c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default (0) or the checkpoint's
+  c.model.attention = "xla"  # attention core: xla (einsum) | cudnn (GPU) | pallas_tpu (TPU) | auto (fastest exact)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # SentencePiece .model, tokenizer.json or a directory; "": init_from's, else trained

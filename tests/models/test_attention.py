@@ -1,0 +1,194 @@
+"""Every attention implementation computes what the einsum (`xla`) path computes.
+
+On CPU the cuDNN path runs its exact arguments (segment mask, causal flag, window, grouped heads, T5's
+bias) through jax.nn.dot_product_attention's xla implementation; the TPU Pallas kernels (splash, flash with
+bias) run in interpret mode. Outputs are compared at non-padding queries; losses and gradients everywhere.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from instruct_jax import losses, step
+from instruct_jax.models import attention, build
+from tests import helpers
+
+FUSED = ("cudnn", "pallas_tpu")
+# segments of one row: three packed examples then padding (0)
+_SEGMENTS = [1] * 9 + [2] * 14 + [3] * 5 + [0] * 4
+
+
+def _inputs(L, S, H, N, K=16, seed=0, bias=False):
+  r = np.random.default_rng(seed)
+  q = jnp.asarray(r.normal(size=(2, L, H, K)), jnp.float32)
+  k, v = (jnp.asarray(r.normal(size=(2, S, N, K)), jnp.float32) for _ in range(2))
+  b = jnp.asarray(r.normal(size=(1, H, L, S)), jnp.float32) if bias else None
+  return q, k, v, b
+
+
+def _segments(length, shift=0):
+  row = np.asarray((_SEGMENTS * 4)[shift:shift + length], np.int32)
+  return jnp.asarray(np.stack([row, np.roll(row, 3)]))
+
+
+def _mask(L, S, causal, window=None):
+  q_seg, kv_seg = _segments(L), _segments(S)
+  pos = lambda seg: jnp.asarray(np.stack([_positions(r) for r in np.asarray(seg)]))
+  return attention.Mask(q_seg, kv_seg, pos(q_seg), pos(kv_seg), causal=causal, window=window)
+
+
+def _positions(row):
+  out, count, prev = np.zeros_like(row), 0, None
+  for i, s in enumerate(row):
+    count = count + 1 if s == prev else 0
+    out[i], prev = count, s
+  return out
+
+
+def _check(impl, L, S, H, N, causal, bias, window=None):
+  q, k, v, b = _inputs(L, S, H, N, bias=bias)
+  mask = _mask(L, S, causal, window)
+  c = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+  valid = np.asarray(mask.q_segments_BL > 0)
+
+  def run(name, v_):
+    def f(q, k, v, b):
+      out = attention.attend(q, k, v, mask, b, implementation=name)
+      return jnp.sum(jnp.where(valid[:, :, None, None], out * c, 0.0)), out
+    argnums = (0, 1, 2, 3) if bias else (0, 1, 2)
+    return jax.jit(jax.value_and_grad(f, argnums=argnums, has_aux=True))(q, k, v_, b)
+
+  (ref_loss, ref_out), ref_grads = run("xla", v)
+  (loss, out), grads = run(impl, v)
+  np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref_out)[valid], rtol=2e-5, atol=2e-5)
+  assert helpers.rel_err(loss, ref_loss) < 1e-5
+  for g, ref_g in zip(grads, ref_grads):
+    assert helpers.rel_err(g, ref_g) < 1e-4
+  # No query attends to another packed example: new values in segment 2 move no other segment's output.
+  v_changed = jnp.where((mask.kv_segments_BS == 2)[:, :, None, None], v + 3.0, v)
+  (_, out2), _ = run(impl, v_changed)
+  others = valid & (np.asarray(mask.q_segments_BL) != 2)
+  np.testing.assert_allclose(np.asarray(out2)[others], np.asarray(out)[others], rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(out2) - np.asarray(out))[np.asarray(mask.q_segments_BL) == 2].max() > 1e-2
+
+
+# The shapes each model uses: decoder self-attention (causal, grouped heads, Mistral's window), T5 encoder
+# self-attention (bidirectional, bias), T5 decoder self-attention (causal, bias), cross-attention (L != S).
+CASES = {
+    "causal_gqa": dict(L=32, S=32, H=4, N=2, causal=True, bias=False),
+    "causal_gqa_window": dict(L=32, S=32, H=4, N=2, causal=True, bias=False, window=6),
+    "bidirectional_bias": dict(L=32, S=32, H=2, N=2, causal=False, bias=True),
+    "causal_bias": dict(L=32, S=32, H=2, N=2, causal=True, bias=True),
+    "cross": dict(L=24, S=40, H=2, N=2, causal=False, bias=False),
+    "bidirectional_gqa": dict(L=32, S=32, H=4, N=1, causal=False, bias=False),
+}
+FAST = {"cudnn": set(CASES), "pallas_tpu": {"causal_gqa", "bidirectional_bias"}}
+
+
+@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_core_equals_xla(impl, case, request):
+  if case not in FAST[impl] and "slow" not in request.keywords:
+    pytest.skip("interpret mode is slow: the other cases run in test_fused_core_equals_xla_all (slow)")
+  _check(impl, **CASES[case])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(set(CASES) - FAST["pallas_tpu"]))
+def test_fused_core_equals_xla_all(case):
+  _check("pallas_tpu", **CASES[case])
+
+
+def test_auto_picks_per_backend_and_call():
+  pick = lambda backend, **kw: attention.resolve("auto", backend=backend, **{
+      **dict(dtype=jnp.bfloat16, head_dim=64, dropout_active=False, dense_mask=False), **kw})
+  assert pick("cpu") == "xla"
+  assert pick("gpu") == "cudnn"
+  assert pick("gpu", dtype=jnp.float32) == "xla"  # cuDNN attention needs 16-bit inputs
+  assert pick("gpu", head_dim=260) == "xla"
+  assert pick("tpu") == "pallas_tpu"
+  assert pick("tpu", dropout_active=True) == "xla"  # only the einsum path drops attention probabilities
+  assert pick("gpu", dense_mask=True) == "xla"  # key/value-cache decode steps
+  with pytest.raises(ValueError, match="config.model.attention='cudnn' needs config.model.dtype bfloat16"):
+    attention.resolve("cudnn", backend="gpu", dtype=jnp.float32, head_dim=64, dropout_active=False,
+                      dense_mask=False)
+
+
+def test_config_errors_name_the_key():
+  with pytest.raises(ValueError, match=r"^config.model.attention='flash': choose one of \['xla'"):
+    helpers.tiny_model("decoder", attention="flash")
+  with pytest.raises(ValueError, match="config.model.attention='cudnn' has no dropout"):
+    helpers.tiny_model("encoder_decoder", attention="cudnn", dropout_rate=0.1)
+  helpers.tiny_model("encoder_decoder", attention="auto", dropout_rate=0.1)  # auto runs xla while dropping out
+  assert "attention" in build.RUNTIME_FIELDS  # a checkpoint never fixes it
+
+
+def _loss_and_grads(model, params, batch):
+  def loss_fn(p):
+    logits = step.forward(model, p, batch)
+    scale, denom = losses.token_scale_and_denominator(batch["decoder_loss_weights"], batch["decoder_segment_ids"],
+                                                      "tokens")
+    return losses.loss_and_metrics(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                                   scale_BL=scale, denominator=denom)[0]
+  return jax.jit(jax.value_and_grad(loss_fn))(params)
+
+
+def _model_check(kind, impl, pack):
+  model = helpers.tiny_model(kind)
+  params = helpers.init_params(model)
+  batches = helpers.make_batches(kind, helpers.random_examples(kind, 6, seed=4), pack=pack, batch_size=2,
+                                 inputs_len=40 if pack else 12, targets_len=24 if pack else 8)
+  batch = batches[0]
+  if pack:
+    assert int(batch["decoder_segment_ids"].max()) >= 2
+  ref_loss, ref_grads = _loss_and_grads(model, params, batch)
+  fused = build.from_config(dataclasses.replace(model.config, attention=impl))
+  loss, grads = _loss_and_grads(fused, params, batch)
+  assert helpers.rel_err(loss, ref_loss) < 1e-5
+  assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4  # includes T5's relative position bias tables
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS)
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "padded"])
+def test_model_loss_and_gradients_cudnn_path(kind, pack):
+  _model_check(kind, "cudnn", pack)
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS_T5_SLOW)
+def test_model_loss_and_gradients_pallas_tpu_packed(kind):
+  _model_check(kind, "pallas_tpu", True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", helpers.KINDS)
+def test_model_loss_and_gradients_pallas_tpu_padded(kind):
+  _model_check(kind, "pallas_tpu", False)
+
+
+def _decode_logits(model, params, use_cache):
+  P, steps = 8, 3
+  prompts = np.zeros((2, P), np.int32)
+  pad = np.array([3, 0], np.int32)
+  prompts[0, 3:], prompts[1] = [5, 6, 7, 8, 9], np.arange(10, 18)
+  if not model.left_pad_prompts:
+    prompts[0] = np.roll(prompts[0], -3)
+  stepper = model.stepper(params, prompt_len=P, max_new_tokens=steps + 1, pad_id=0, use_cache=use_cache)
+  state, logits = jax.jit(stepper.init)(jnp.asarray(prompts), jnp.asarray(pad))
+  out = [logits]
+  step_fn = jax.jit(stepper.step)
+  for t in range(steps):
+    state, logits = step_fn(state, jnp.asarray([20 + t, 30 + t], jnp.int32), t)
+    out.append(logits)
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("impl", [pytest.param("pallas_tpu", marks=pytest.mark.slow), "cudnn"])
+@pytest.mark.parametrize("kind", helpers.KINDS)
+def test_cached_decoding_equals_recompute(kind, impl):
+  """Recompute runs the fused path over the whole prefix; the cached steps run the einsum path."""
+  model = helpers.tiny_model(kind, attention=impl)
+  params = helpers.init_params(model, seed=3)
+  np.testing.assert_allclose(_decode_logits(model, params, True), _decode_logits(model, params, False),
+                             rtol=1e-4, atol=1e-4)
