@@ -28,13 +28,15 @@ def _inputs(L, S, H, N, K=16, seed=0, bias=False):
   return q, k, v, b
 
 
-def _segments(length, shift=0):
-  row = np.asarray((_SEGMENTS * 4)[shift:shift + length], np.int32)
+def _segments(length, packed):
+  row = np.asarray((_SEGMENTS * 4)[:length], np.int32)
+  if not packed:  # one example per row, then padding
+    row = np.where(np.arange(length) < length - 5, 1, 0).astype(np.int32)
   return jnp.asarray(np.stack([row, np.roll(row, 3)]))
 
 
-def _mask(L, S, causal, window=None):
-  q_seg, kv_seg = _segments(L), _segments(S)
+def _mask(L, S, causal, window=None, packed=True):
+  q_seg, kv_seg = _segments(L, packed), _segments(S, packed)
   pos = lambda seg: jnp.asarray(np.stack([_positions(r) for r in np.asarray(seg)]))
   return attention.Mask(q_seg, kv_seg, pos(q_seg), pos(kv_seg), causal=causal, window=window)
 
@@ -47,9 +49,9 @@ def _positions(row):
   return out
 
 
-def _check(impl, L, S, H, N, causal, bias, window=None):
+def _check(impl, L, S, H, N, causal, bias, window=None, packed=True):
   q, k, v, b = _inputs(L, S, H, N, bias=bias)
-  mask = _mask(L, S, causal, window)
+  mask = _mask(L, S, causal, window, packed)
   c = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
   valid = np.asarray(mask.q_segments_BL > 0)
 
@@ -66,6 +68,8 @@ def _check(impl, L, S, H, N, causal, bias, window=None):
   assert helpers.rel_err(loss, ref_loss) < 1e-5
   for g, ref_g in zip(grads, ref_grads):
     assert helpers.rel_err(g, ref_g) < 1e-4
+  if not packed:
+    return
   # No query attends to another packed example: new values in segment 2 move no other segment's output.
   v_changed = jnp.where((mask.kv_segments_BS == 2)[:, :, None, None], v + 3.0, v)
   (_, out2), _ = run(impl, v_changed)
@@ -83,22 +87,18 @@ CASES = {
     "causal_bias": dict(L=32, S=32, H=2, N=2, causal=True, bias=True),
     "cross": dict(L=24, S=40, H=2, N=2, causal=False, bias=False),
     "bidirectional_gqa": dict(L=32, S=32, H=4, N=1, causal=False, bias=False),
+    "causal_gqa_unpacked": dict(L=32, S=32, H=4, N=2, causal=True, bias=False, packed=False),
+    "bidirectional_bias_unpacked": dict(L=32, S=32, H=2, N=2, causal=False, bias=True, packed=False),
 }
-FAST = {"cudnn": set(CASES), "pallas_tpu": {"causal_gqa", "bidirectional_bias"}}
+# In the default suite (interpret mode is slow): one case per kernel of each path; the rest are marked slow.
+FAST = {("pallas_tpu", "causal_gqa"), ("pallas_tpu", "bidirectional_bias"), ("cudnn", "causal_gqa_window"),
+        ("cudnn", "causal_bias")}
 
 
-@pytest.mark.parametrize("impl", FUSED)
-@pytest.mark.parametrize("case", list(CASES))
-def test_fused_core_equals_xla(impl, case, request):
-  if case not in FAST[impl] and "slow" not in request.keywords:
-    pytest.skip("interpret mode is slow: the other cases run in test_fused_core_equals_xla_all (slow)")
+@pytest.mark.parametrize("impl,case", [
+    (i, c) if (i, c) in FAST else pytest.param(i, c, marks=pytest.mark.slow) for i in FUSED for c in CASES])
+def test_fused_core_equals_xla(impl, case):
   _check(impl, **CASES[case])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(set(CASES) - FAST["pallas_tpu"]))
-def test_fused_core_equals_xla_all(case):
-  _check("pallas_tpu", **CASES[case])
 
 
 def test_auto_picks_per_backend_and_call():
@@ -135,36 +135,21 @@ def _loss_and_grads(model, params, batch):
   return jax.jit(jax.value_and_grad(loss_fn))(params)
 
 
-def _model_check(kind, impl, pack):
-  model = helpers.tiny_model(kind)
-  params = helpers.init_params(model)
-  batches = helpers.make_batches(kind, helpers.random_examples(kind, 6, seed=4), pack=pack, batch_size=2,
-                                 inputs_len=40 if pack else 12, targets_len=24 if pack else 8)
-  batch = batches[0]
-  if pack:
-    assert int(batch["decoder_segment_ids"].max()) >= 2
-  ref_loss, ref_grads = _loss_and_grads(model, params, batch)
-  fused = build.from_config(dataclasses.replace(model.config, attention=impl))
-  loss, grads = _loss_and_grads(fused, params, batch)
-  assert helpers.rel_err(loss, ref_loss) < 1e-5
-  assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4  # includes T5's relative position bias tables
-
-
-@pytest.mark.parametrize("kind", helpers.KINDS)
-@pytest.mark.parametrize("pack", [True, False], ids=["packed", "padded"])
-def test_model_loss_and_gradients_cudnn_path(kind, pack):
-  _model_check(kind, "cudnn", pack)
-
-
-@pytest.mark.parametrize("kind", helpers.KINDS_T5_SLOW)
-def test_model_loss_and_gradients_pallas_tpu_packed(kind):
-  _model_check(kind, "pallas_tpu", True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", helpers.KINDS)
-def test_model_loss_and_gradients_pallas_tpu_padded(kind):
-  _model_check(kind, "pallas_tpu", False)
+def test_model_loss_and_gradients_equal_xla_on_packed_batches(kind):
+  """Whole models on packed rows (padding included): loss and every gradient, T5's bias tables too."""
+  model = helpers.tiny_model(kind)
+  params = helpers.init_params(model)
+  batch = helpers.make_batches(kind, helpers.random_examples(kind, 6, seed=4), pack=True, batch_size=2,
+                               inputs_len=40, targets_len=24)[0]
+  assert int(batch["decoder_segment_ids"].max()) >= 2
+  ref_loss, ref_grads = _loss_and_grads(model, params, batch)
+  for impl in FUSED:
+    fused = build.from_config(dataclasses.replace(model.config, attention=impl))
+    loss, grads = _loss_and_grads(fused, params, batch)
+    assert helpers.rel_err(loss, ref_loss) < 1e-5, impl
+    assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4, impl
 
 
 def _decode_logits(model, params, use_cache):
@@ -184,8 +169,9 @@ def _decode_logits(model, params, use_cache):
   return np.stack(out)
 
 
-@pytest.mark.parametrize("impl", [pytest.param("pallas_tpu", marks=pytest.mark.slow), "cudnn"])
-@pytest.mark.parametrize("kind", helpers.KINDS)
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,impl", [("encoder_decoder", "pallas_tpu"), ("decoder", "pallas_tpu"),
+                                       ("encoder_decoder", "cudnn"), ("decoder", "cudnn")])
 def test_cached_decoding_equals_recompute(kind, impl):
   """Recompute runs the fused path over the whole prefix; the cached steps run the einsum path."""
   model = helpers.tiny_model(kind, attention=impl)
