@@ -24,11 +24,15 @@ output, the loss and all gradients agree with `xla`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from instruct_jax import sharding
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas_tpu", "auto")
 NEG_INF = -1e10  # large negative logit for masked attention; finite so fully masked rows stay NaN-free
@@ -138,11 +142,11 @@ def attend(q_BLHK, k_BSNK, v_BSNK, mask: "Mask | jax.Array", bias_1HLS=None, *, 
   if impl == "xla":
     dense = mask.dense() if isinstance(mask, Mask) else mask
     return _xla(q_BLHK, k_BSNK, v_BSNK, dense, bias_1HLS, dtype, dropout)
-  if impl == "cudnn":
-    # Off GPU the same arguments run through jax's own xla implementation (what the CPU tests check).
-    return cudnn_call(q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, dtype,
-                      "cudnn" if jax.default_backend() == "gpu" else "xla")
-  return pallas_tpu(q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, dtype)
+  if impl == "pallas_tpu":
+    return _per_shard(pallas_tpu, q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, dtype)
+  # cuDNN (jax's own op partitions itself); off GPU its arguments run through jax's xla implementation.
+  return cudnn_call(q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, dtype,
+                    "cudnn" if jax.default_backend() == "gpu" else "xla")
 
 
 def _xla(q_BLHK, k_BSNK, v_BSNK, mask_B1LS, bias_1HLS, dtype, dropout):
@@ -179,6 +183,29 @@ def cudnn_call(q_BLHK, k_BSNK, v_BSNK, mask: Mask, bias_1HLS, dtype, implementat
 
 
 # ---------------------------------------------------------------- TPU (Pallas)
+
+def _per_shard(fn, q_BLHK, k_BSNK, v_BSNK, mask: Mask, bias_1HLS, dtype):
+  """fn on each device's block under shard_map (XLA cannot partition a Pallas call itself).
+
+  Examples split as act_batch says; heads as act_heads says when both H and N divide over it (query head
+  n * G + g then lands beside key/value head n), else every device keeps all heads of its examples.
+  """
+  active = sharding.active()
+  if active is None or active[0].size == 1:
+    return fn(q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, dtype)
+  mesh, rules = active
+  batch, heads = rules.get("act_batch"), rules.get("act_heads")
+  n_heads = 1 if heads is None else math.prod(mesh.shape[a] for a in ((heads,) if isinstance(heads, str) else heads))
+  if q_BLHK.shape[2] % n_heads or k_BSNK.shape[2] % n_heads:
+    heads = None
+  row, bhk = P(batch, None), P(batch, None, heads, None)
+  has_pos = mask.q_positions_BL is not None
+  specs = (bhk, bhk, bhk, Mask(row, row, row if has_pos else None, row if has_pos else None, mask.causal,
+                               mask.window), None if bias_1HLS is None else P(None, heads, None, None))
+  body = lambda q, k, v, m, b: fn(q, k, v, m, b, dtype)
+  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=bhk, check_vma=False)(
+      q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS)
+
 
 def _pad_to(x, axis: int, length: int, value=0):
   pad = [(0, 0)] * x.ndim

@@ -164,7 +164,7 @@ def _decode_logits(model, params, use_cache):
   out = [logits]
   step_fn = jax.jit(stepper.step)
   for t in range(steps):
-    state, logits = step_fn(state, jnp.asarray([20 + t, 30 + t], jnp.int32), t)
+    state, logits = step_fn(state, jnp.asarray([20 + t, 30 + t], jnp.int32), jnp.asarray(t))  # one compile
     out.append(logits)
   return np.stack(out)
 
@@ -178,3 +178,25 @@ def test_cached_decoding_equals_recompute(kind, impl):
   params = helpers.init_params(model, seed=3)
   np.testing.assert_allclose(_decode_logits(model, params, True), _decode_logits(model, params, False),
                              rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["causal_gqa", pytest.param("bidirectional_bias", marks=pytest.mark.slow)])
+def test_pallas_tpu_per_device_blocks_on_a_mesh(case):
+  """Under a (data, fsdp, tensor) mesh the kernels run per device (shard_map) and still equal xla."""
+  from instruct_jax import sharding
+  kw = {k: v for k, v in CASES[case].items() if k not in ("L", "S", "H", "N")}
+  c = CASES[case]
+  q, k, v, b = _inputs(c["L"], c["S"], c["H"], c["N"], bias=c["bias"])
+  q, k, v = (jnp.concatenate([x, x[::-1]]) for x in (q, k, v))  # batch 4: two examples per data shard
+  mask = _mask(c["L"], c["S"], kw["causal"], kw.get("window"))
+  mask = jax.tree.map(lambda x: jnp.concatenate([x, x[::-1]]), mask)
+  valid = np.asarray(mask.q_segments_BL > 0)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  rules = sharding.get_rules("fsdp_tensor")
+
+  def run(name):
+    def f(q, k, v, b):
+      with sharding.activation_sharding(mesh, rules):
+        return attention.attend(q, k, v, mask, b, implementation=name)
+    return np.asarray(jax.jit(f)(q, k, v, b))
+  np.testing.assert_allclose(run("pallas_tpu")[valid], run("xla")[valid], rtol=2e-5, atol=2e-5)
