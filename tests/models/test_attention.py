@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instruct_jax import losses, step
+from instruct_jax import configs, losses, step
 from instruct_jax.models import attention, build
 from tests import helpers
 
@@ -123,6 +123,11 @@ def test_config_errors_name_the_key():
     helpers.tiny_model("encoder_decoder", attention="cudnn", dropout_rate=0.1)
   helpers.tiny_model("encoder_decoder", attention="auto", dropout_rate=0.1)  # auto runs xla while dropping out
   assert "attention" in build.RUNTIME_FIELDS  # a checkpoint never fixes it
+  section = configs.base().model
+  section.kind, section.size, section.attention = "decoder", "tiny", "pallas_tpu"
+  assert build.from_section(section).config.attention == "pallas_tpu"
+  ckpt = build.from_section(section, checkpoint=helpers.tiny_model("decoder").config)
+  assert ckpt.config.attention == "pallas_tpu"
 
 
 def _loss_and_grads(model, params, batch):
