@@ -23,6 +23,7 @@ output, the loss and all gradients agree with `xla`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any, Callable
@@ -223,7 +224,6 @@ def pallas_tpu(q_BLHK, k_BSNK, v_BSNK, mask: Mask, bias_1HLS, dtype):
   Padding keys get segment id -1, which no query has, so they are never attended; padded queries are cut.
   On CPU the kernels run in Pallas interpret mode.
   """
-  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   B, L, H, K = q_BLHK.shape
   S = k_BSNK.shape[1]
   Lp, Sp = -(-L // _TPU_BLOCK) * _TPU_BLOCK, -(-S // _TPU_BLOCK) * _TPU_BLOCK
@@ -235,10 +235,26 @@ def pallas_tpu(q_BLHK, k_BSNK, v_BSNK, mask: Mask, bias_1HLS, dtype):
     out = _splash(q, k, v, q_seg, kv_seg, mask)
   elif jax.default_backend() != "tpu":  # the flash kernel has no interpret flag of its own
     flash = functools.partial(_flash, mask=mask, S=S)
-    out = _in_context(flash, pltpu.force_tpu_interpret_mode)(q, k, v, q_seg, kv_seg, bias_1HLS)
+    out = _in_context(flash, _plain_interpret)(q, k, v, q_seg, kv_seg, bias_1HLS)
   else:
     out = _flash(q, k, v, q_seg, kv_seg, bias_1HLS, mask=mask, S=S)
   return out[:, :L].astype(dtype)
+
+
+@contextlib.contextmanager
+def _plain_interpret():
+  """Pallas's plain interpreter for every pallas_call traced inside (what `interpret=True` picks).
+
+  Unlike `pltpu.force_tpu_interpret_mode()`, whose TPU interpreter runs through host callbacks that
+  jax.checkpoint (remat) refuses, this one is pure jax. The flag is jax-internal; CPU tests only.
+  """
+  from jax._src import config as jax_config  # pylint: disable=g-import-not-at-top
+  flag = jax_config.pallas_tpu_interpret_mode_context_manager
+  prev = flag.swap_local(True)
+  try:
+    yield
+  finally:
+    flag.set_local(prev)
 
 
 def _in_context(fn, context):

@@ -141,10 +141,12 @@ def _loss_and_grads(model, params, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", helpers.KINDS)
-def test_model_loss_and_gradients_equal_xla_on_packed_batches(kind):
+@pytest.mark.parametrize("kind,layout", [("decoder", {}), ("encoder_decoder", {}),
+                                         ("encoder_decoder", dict(scan_layers=True, remat_policy="full"))],
+                         ids=["decoder", "encoder_decoder", "encoder_decoder-scan-remat"])
+def test_model_loss_and_gradients_equal_xla_on_packed_batches(kind, layout):
   """Whole models on packed rows (padding included): loss and every gradient, T5's bias tables too."""
-  model = helpers.tiny_model(kind)
+  model = helpers.tiny_model(kind, **layout)
   params = helpers.init_params(model)
   batch = helpers.make_batches(kind, helpers.random_examples(kind, 6, seed=4), pack=True, batch_size=2,
                                inputs_len=40, targets_len=24)[0]
