@@ -8,8 +8,9 @@ always runs the einsum path. The query arrives scaled (the caller folds in 1/sqr
 logits), so every path uses scale 1. Implementations (config.model.attention):
 
     xla         the einsum reference: materialises [B, H, L, S] logits; any mask, bias, dropout; every backend
-    cudnn       jax.nn.dot_product_attention(implementation="cudnn"), GPU only (bf16/fp16, head width a
-                multiple of 8 and at most 256); packing through a dense mask (exact; see `_cudnn`)
+    cudnn       jax.nn.dot_product_attention(implementation="cudnn") on GPU (bf16/fp16, head width a
+                multiple of 8 and at most 256); packing through a dense mask (exact; see `cudnn_call`); on CPU its
+                arguments run through jax's xla implementation (tests)
     pallas_tpu  TPU Pallas kernels from jax: splash attention (segment ids, causal/local/full masks,
                 grouped heads natively) where there is no bias, the Pallas flash attention (additive bias with
                 gradient, segment ids) for T5's self-attention; on CPU they run in interpret mode (tests)
@@ -118,6 +119,9 @@ def resolve(implementation: str, *, dtype: Any, head_dim: int, dropout_active: b
     if backend == "gpu":
       return "cudnn" if cudnn_supports(dtype, head_dim) else "xla"
     return "pallas_tpu" if backend == "tpu" else "xla"
+  wrong = {"cudnn": "tpu", "pallas_tpu": "gpu"}.get(implementation)
+  if backend == wrong:
+    raise ValueError(f"config.model.attention={implementation!r} does not run on {backend}: choose 'auto' or 'xla'")
   if implementation != "xla" and dropout_active:
     raise ValueError(f"config.model.attention={implementation!r} has no dropout of attention probabilities: "
                      "set config.model.dropout_rate=0, or attention 'auto' or 'xla'")

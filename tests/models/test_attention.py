@@ -102,7 +102,7 @@ def test_fused_core_equals_xla(impl, case):
 
 
 def test_auto_picks_per_backend_and_call():
-  pick = lambda backend, **kw: attention.resolve("auto", backend=backend, **{
+  pick = lambda backend, implementation="auto", **kw: attention.resolve(implementation, backend=backend, **{
       **dict(dtype=jnp.bfloat16, head_dim=64, dropout_active=False, dense_mask=False), **kw})
   assert pick("cpu") == "xla"
   assert pick("gpu") == "cudnn"
@@ -111,6 +111,8 @@ def test_auto_picks_per_backend_and_call():
   assert pick("tpu") == "pallas_tpu"
   assert pick("tpu", dropout_active=True) == "xla"  # only the einsum path drops attention probabilities
   assert pick("gpu", dense_mask=True) == "xla"  # key/value-cache decode steps
+  with pytest.raises(ValueError, match="config.model.attention='pallas_tpu' does not run on gpu"):
+    pick("gpu", implementation="pallas_tpu")
   with pytest.raises(ValueError, match="config.model.attention='cudnn' needs config.model.dtype bfloat16"):
     attention.resolve("cudnn", backend="gpu", dtype=jnp.float32, head_dim=64, dropout_active=False,
                       dense_mask=False)
