@@ -227,8 +227,8 @@ def main():
   n = jax.device_count()
   print(f"instruct_jax: {t_jax:.3f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
         f"{flops / t_jax / 1e9:,.1f} GFLOP/s per device as XLA counts; {peak_memory()}")
-  print(f"analytic model FLOPs: {model_flops / tokens / 1e9:.3f} GFLOP per token, {model_flops / 1e12:.3f} TFLOP "
-        f"per step; {model_flops / t_jax / n / 1e12:.2f} TFLOP/s per device")
+  print(f"analytic model FLOPs: {model_flops / tokens / 1e9:.4f} GFLOP per token, {model_flops / 1e9:,.2f} GFLOP "
+        f"per step; {model_flops / t_jax / n / 1e12:.3f} TFLOP/s per device")
   peak = args.peak_tflops or peak_tflops(jax.devices()[0].device_kind)
   if peak:
     print(f"MFU: {model_flops / t_jax / n / (peak * 1e12):.1%} of {peak:g} TFLOP/s per device "
