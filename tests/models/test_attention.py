@@ -106,6 +106,31 @@ def test_fused_core_equals_xla(impl, case):
   _check(impl, **CASES[case])
 
 
+@pytest.mark.parametrize("L,S,N,causal,window,bias", [(32, 32, 2, True, 8, False), (32, 32, 4, False, None, True),
+                                                      (24, 40, 4, False, None, False), (32, 32, 4, True, None, True)],
+                         ids=["decoder", "t5_encoder", "cross", "t5_decoder"])
+def test_cudnn_call_passes_jaxs_cudnn_checks(monkeypatch, L, S, N, causal, window, bias):
+  """With no GPU, jax's cuDNN op still traces (forward and backward) once its version probes are answered:
+  its layout, dtype and bias checks accept our arguments, and the flags it receives are the intended ones."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn_op
+  monkeypatch.setattr(cudnn_op, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(cudnn_op, "check_compute_capability", lambda capability: True)
+  H, K = 4, 64
+  q = jnp.ones((2, L, H, K), jnp.bfloat16)
+  k = jnp.ones((2, S, N, K), jnp.bfloat16)
+  b = jnp.ones((1, H, L, S), jnp.float32) if bias else None
+  mask = _mask(L, S, causal, window)
+  f = lambda q, k, v, b: attention.cudnn_call(q, k, v, mask, b, jnp.bfloat16, "cudnn").astype(jnp.float32).sum()
+  grads = jax.grad(f, argnums=(0, 1, 2, 3) if bias else (0, 1, 2))
+  text = str(jax.make_jaxpr(grads)(q, k, k, b))
+  assert "dot_product_attention_fwd" in text and "dot_product_attention_bwd" in text
+  assert f"mask_type=MaskType.{'CAUSAL' if causal else 'NO_MASK'}" in text
+  assert f"sliding_window_length={window}" in text
+  assert "variadic_args=(True, True)" in text  # the segment mask (and T5's bias) go in as a bias with gradient
+  if bias:
+    assert jax.eval_shape(grads, q, k, k, b)[3].shape == (1, H, L, S)
+
+
 def test_auto_picks_per_backend_and_call():
   pick = lambda backend, implementation="auto", **kw: attention.resolve(implementation, backend=backend, **{
       **dict(dtype=jnp.bfloat16, head_dim=64, dropout_active=False, dense_mask=False), **kw})
