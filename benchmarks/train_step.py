@@ -1,13 +1,28 @@
-"""Tokens/s of one full train step (forward, backward, AdamW update), optionally beside PyTorch.
+"""Tokens/s, MFU, peak memory and compile time of one full train step (forward, backward, AdamW update).
 
     python benchmarks/train_step.py --model t5 --size small --batch 8 --inputs 256 --targets 64 --torch
     python benchmarks/train_step.py --model decoder --size 1b --layers 2 --batch 1 --inputs 96 --targets 32 \
         --lora_rank 16                                   # LoRA: only the adapters train (BENCHMARKS.md, LoRA)
+    python benchmarks/train_step.py --model decoder --size 1b --batch 8 --inputs 1536 --targets 512 \
+        --dtype bfloat16 --attention auto --torch
 
-Runs instruct_jax's jitted step on all local devices (data parallel), then, with --torch, Hugging Face
-transformers' T5ForConditionalGeneration (or LlamaForCausalLM) with torch.optim.AdamW on the same shapes, fp32.
+Runs instruct_jax's jitted step on all local devices (data parallel) with the attention core `--attention`
+(config.model.attention), then, with --torch, Hugging Face transformers' T5ForConditionalGeneration (or
+LlamaForCausalLM) on the same shapes with the settings a PyTorch user would pick: sdpa attention, and on a GPU
+bf16 autocast, fused AdamW and, as a second figure, torch.compile (on CPU: fp32, plain AdamW, eager).
 Tokens counted are batch x (inputs + targets) per step, all non-padding (random full-length rows).
 Both run in this one process, so both get the same malloc setting (see --system_malloc).
+
+MFU = analytic model FLOPs per second / the device's peak (PEAK_TFLOPS by device kind, or --peak_tflops).
+Analytic FLOPs of one step (forward + backward = 3 x forward; a matmul of an n-parameter weight is 2n FLOPs per
+token; only weights used as matmuls count, so an untied input embedding table does not):
+    decoder: tokens x (6 x P + 6 x layers x d_attn x T)   causal self-attention: QK^T and PV are 2 x 2 x d_attn
+                                                          FLOPs per key and query, counted over the T/2 keys
+                                                          a query sees on average (T = inputs + targets)
+    T5:      enc_tokens x (6 x P_enc + 12 x enc_layers x d_attn x I)                    bidirectional, I inputs
+           + dec_tokens x (6 x P_dec + 6 x dec_layers x d_attn x O + 12 x dec_layers x d_attn x I)
+                                                          causal self over O targets, cross over I inputs
+with d_attn = heads x head_dim and P the parameters of that stack (the output layer belongs to the decoder).
 """
 from __future__ import annotations
 
@@ -19,8 +34,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flax.linen as nn
+
 from instruct_jax import host, optim, sharding, step
-from instruct_jax.models import build, decoder, lora, t5
+from instruct_jax.models import attention, build, decoder, lora, t5
+
+# Dense bf16 peak TFLOP/s of one device, matched against jax's device_kind (first match wins).
+PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0),
+               ("TPU v5e", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0))
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  return next((tf for name, tf in PEAK_TFLOPS if name.lower() in device_kind.lower()), None)
+
+
+def analytic_flops(model: build.Model, batch: int, inputs: int, targets: int) -> float:
+  """Model FLOPs of one train step (see the module docstring for the formula)."""
+  cfg = model.config
+  sizes = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in nn.meta.unbox(model.param_shapes()).items()}
+  d_attn = cfg.num_heads * cfg.head_dim
+  embed = cfg.vocab_size * cfg.d_model
+  if model.kind == "encoder_decoder":
+    p_enc, p_dec = sizes["encoder"], sizes["decoder"] + (embed if cfg.tie_embeddings else 0)
+    enc = batch * inputs * (6 * p_enc + 12 * cfg.num_encoder_layers * d_attn * inputs)
+    dec = batch * targets * (6 * p_dec + 6 * cfg.num_decoder_layers * d_attn * targets
+                             + 12 * cfg.num_decoder_layers * d_attn * inputs)
+    return float(enc + dec)
+  T = inputs + targets
+  p = sum(sizes.values()) - (0 if cfg.tie_embeddings else embed)
+  return float(batch * T * (6 * p + 6 * cfg.num_layers * d_attn * T))
+
+
+def peak_memory() -> str:
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB peak device memory (device 0)"
+  return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak host RSS (no device memory stats)"
 
 
 def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, seed: int = 0):
@@ -36,9 +85,9 @@ def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, s
   return {"decoder_input_tokens": seq[:, :-1], "decoder_target_tokens": seq[:, 1:], "decoder_loss_weights": w}
 
 
-def bench_jax(args) -> tuple[float, float]:
-  """Median seconds per step and XLA's FLOP count for one device's share of the step."""
-  kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype))
+def bench_jax(args) -> tuple[float, float, build.Model]:
+  """Median seconds per step, XLA's FLOP count for one device's share of the step, and the model."""
+  kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype), attention=args.attention)
   if args.layers:
     kw.update(dict(num_encoder_layers=args.layers, num_decoder_layers=args.layers) if args.model == "t5"
               else dict(num_layers=args.layers))
@@ -56,6 +105,7 @@ def bench_jax(args) -> tuple[float, float]:
                          sharding.batch_sharding(mesh, rules))
   t0 = time.perf_counter()
   compiled = train.lower(state, batch, jax.random.key(0)).compile()
+  t_compile = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -67,60 +117,99 @@ def bench_jax(args) -> tuple[float, float]:
   state, m = compiled(state, batch, jax.random.key(0))
   jax.block_until_ready(m)
   # cost_analysis() describes the partitioned program, i.e. one device's share of the step.
-  print(f"jax: compile + first step {time.perf_counter() - t0:.1f} s; XLA counts "
-        f"{cost['flops'] / 1e9:,.1f} GFLOP per device per step ({jax.device_count()} device(s))")
+  print(f"jax: compile {t_compile:.1f} s (lower + compile), first step {time.perf_counter() - t0 - t_compile:.1f} s; "
+        f"XLA counts {cost['flops'] / 1e9:,.1f} GFLOP per device per step ({jax.device_count()} device(s)); "
+        f"attention {args.attention!r} runs {_attention_used(model, args)!r}")
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
     state, m = compiled(state, batch, jax.random.key(0))
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  print(f"jax: peak resident memory of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} "
-        "GiB")
-  return float(np.median(times)), float(cost["flops"])
+  return float(np.median(times)), float(cost["flops"]), model
 
 
-def bench_torch(args) -> float:
+def _attention_used(model: build.Model, args) -> str:
+  del args
+  cfg = model.config
+  used = attention.resolve(cfg.attention, dtype=cfg.dtype, head_dim=cfg.head_dim,
+                           dropout_active=cfg.dropout_rate > 0, dense_mask=False)
+  if used == "cudnn" and jax.default_backend() != "gpu":
+    return "cudnn's arguments through jax's xla implementation (no GPU)"
+  if used == "pallas_tpu" and jax.default_backend() != "tpu":
+    return "pallas_tpu in interpret mode (no TPU: slow)"
+  return used
+
+
+def bench_torch(args) -> dict[str, float]:
+  """Median seconds per step of the PyTorch reference: {"eager": s} and, on a GPU, {"compiled": s} too."""
   import torch
   import transformers
   torch.manual_seed(0)
+  gpu = torch.cuda.is_available()
+  dev = torch.device("cuda" if gpu else "cpu")
   if args.model == "t5":
     c = t5.config_for(args.size)
     cfg = transformers.T5Config(vocab_size=c.vocab_size, d_model=c.d_model, d_ff=c.d_ff, d_kv=c.head_dim,
                                 num_heads=c.num_heads, num_layers=c.num_encoder_layers,
                                 num_decoder_layers=c.num_decoder_layers, feed_forward_proj="gated-gelu",
                                 tie_word_embeddings=False, dropout_rate=0.0)
-    model = transformers.T5ForConditionalGeneration(cfg)
+    cls = transformers.T5ForConditionalGeneration
   else:
     c = decoder.config_for(args.size)
     cfg = transformers.LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
                                    num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-                                   num_hidden_layers=c.num_layers, tie_word_embeddings=c.tie_embeddings)
-    model = transformers.LlamaForCausalLM(cfg)
-  model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-  b = {k: torch.from_numpy(v) for k, v in _batch(args.model, args.batch, args.inputs, args.targets,
-                                                  c.vocab_size).items()}
+                                   head_dim=c.head_dim, num_hidden_layers=c.num_layers,
+                                   tie_word_embeddings=c.tie_embeddings)
+    cls = transformers.LlamaForCausalLM
+  attn_impl = "sdpa"  # torch.nn.functional.scaled_dot_product_attention (T5's position bias as its mask)
+  b = {k: torch.from_numpy(v).to(dev) for k, v in _batch(args.model, args.batch, args.inputs, args.targets,
+                                                          c.vocab_size).items()}
 
-  def one_step():
-    if args.model == "t5":
-      out = model(input_ids=b["encoder_input_tokens"].long(), decoder_input_ids=b["decoder_input_tokens"].long(),
-                  labels=b["decoder_target_tokens"].long())
-    else:
+  def make():
+    model = cls._from_config(cfg, attn_implementation=attn_impl).to(dev)
+    model.train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=gpu)
+
+  def loss_of(model):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
+      if args.model == "t5":
+        return model(input_ids=b["encoder_input_tokens"].long(), decoder_input_ids=b["decoder_input_tokens"].long(),
+                     labels=b["decoder_target_tokens"].long()).loss
       labels = torch.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100).long()
       logits = model(input_ids=b["decoder_input_tokens"].long()).logits
-      out = type("O", (), {"loss": torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())})
-    out.loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+      return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
-  one_step()
-  times = []
-  for _ in range(args.steps):
+  def timed(model, opt, fwd):
+    def one_step():
+      fwd(model).backward()
+      opt.step()
+      opt.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     one_step()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    if gpu:
+      torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+      t0 = time.perf_counter()
+      one_step()
+      if gpu:
+        torch.cuda.synchronize()
+      times.append(time.perf_counter() - t0)
+    return float(np.median(times)), first
+
+  model, opt = make()
+  out = {}
+  out["eager"], _ = timed(model, opt, loss_of)
+  if gpu:
+    print(f"pytorch eager: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak device memory")
+    del model, opt
+    model, opt = make()
+    compiled = torch.compile(model)
+    out["compiled"], first = timed(compiled, opt, loss_of)
+    print(f"pytorch torch.compile: first step (compiles) {first:.1f} s")
+  return out
 
 
 def main():
@@ -136,8 +225,10 @@ def main():
   p.add_argument("--lora_rank", type=int, default=0, help="train LoRA adapters of this rank only (0: everything)")
   p.add_argument("--lora_targets", default="query,value", help="projections that get adapters (models/lora.py)")
   p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay fp32): bfloat16 on GPU/TPU")
+  p.add_argument("--attention", default="xla", choices=attention.IMPLEMENTATIONS,
+                 help="attention core (config.model.attention)")
   p.add_argument("--peak_tflops", type=float, default=0.0,
-                 help="peak TFLOP/s of one device (989 for an H100's dense bf16); prints MFU")
+                 help="peak TFLOP/s of one device; default: looked up by device kind (none on CPU: no MFU)")
   p.add_argument("--torch", action="store_true", help="also time the PyTorch/transformers reference")
   p.add_argument("--system_malloc", action="store_true",
                  help="leave glibc malloc as it is (by default both implementations run with "
@@ -148,22 +239,27 @@ def main():
   tokens = args.batch * (args.inputs + args.targets)
   print(f"devices: {jax.devices()}; {args.model}-{args.size}, batch {args.batch} x ({args.inputs} + "
         f"{args.targets}) = {tokens} tokens/step; malloc: {'system' if args.system_malloc else 'keep freed'}")
-  t_jax, flops = bench_jax(args)
-  print(f"instruct_jax: {t_jax:.2f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
-        f"{flops / t_jax / 1e9:,.1f} GFLOP/s per device")
-  if args.peak_tflops:
-    # With --remat none XLA's count is the model's FLOPs (every row is full length, so no padding).
-    what = "MFU" if args.remat == "none" else "hardware FLOPs utilisation (remat recomputes)"
-    print(f"{what}: {flops / t_jax / (args.peak_tflops * 1e12):.1%} of {args.peak_tflops:g} TFLOP/s per device")
+  t_jax, flops, model = bench_jax(args)
+  model_flops = analytic_flops(model, args.batch, args.inputs, args.targets)
+  n = jax.device_count()
+  print(f"instruct_jax: {t_jax:.3f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
+        f"{flops / t_jax / 1e9:,.1f} GFLOP/s per device as XLA counts; {peak_memory()}")
+  print(f"analytic model FLOPs: {model_flops / tokens / 1e9:.4f} GFLOP per token, {model_flops / 1e9:,.2f} GFLOP "
+        f"per step; {model_flops / t_jax / n / 1e12:.3f} TFLOP/s per device")
+  peak = args.peak_tflops or peak_tflops(jax.devices()[0].device_kind)
+  if peak:
+    print(f"MFU: {model_flops / t_jax / n / (peak * 1e12):.1%} of {peak:g} TFLOP/s per device "
+          f"({jax.devices()[0].device_kind})")
+  else:
+    print(f"MFU: no peak known for {jax.devices()[0].device_kind!r} (pass --peak_tflops)")
   if args.torch:
-    if args.dtype != "float32":
-      print(f"note: the PyTorch reference runs in float32, instruct_jax in {args.dtype}")
     import torch
+    if not torch.cuda.is_available() and args.dtype != "float32":
+      print(f"note: on CPU the PyTorch reference runs in float32, instruct_jax in {args.dtype}")
     t_torch = bench_torch(args)
-    print(f"pytorch {torch.__version__} (threads {torch.get_num_threads()}): {t_torch:.2f} s/step, "
-          f"{tokens / t_torch:,.0f} tokens/s (median of {args.steps})")
-    print(f"speed-up: {t_torch / t_jax:.2f}x")
-
+    for name, t in t_torch.items():
+      print(f"pytorch {torch.__version__} {name} (threads {torch.get_num_threads()}): {t:.3f} s/step, "
+            f"{tokens / t:,.0f} tokens/s (median of {args.steps}); instruct_jax speed-up {t / t_jax:.2f}x")
 
 if __name__ == "__main__":
   main()

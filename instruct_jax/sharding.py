@@ -164,6 +164,11 @@ def activation_sharding(mesh: Mesh, rules: Rules):
     _ACTIVE.reset(token)
 
 
+def active() -> tuple[Mesh, Rules] | None:
+  """The (mesh, rules) of the enclosing `activation_sharding`, or None outside one."""
+  return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op outside `activation_sharding`."""
   active = _ACTIVE.get()

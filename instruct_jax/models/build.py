@@ -30,7 +30,7 @@ from instruct_jax.models import decoder, layers, lora as lora_lib, t5
 ModelConfig = t5.T5Config | decoder.DecoderConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Fields that may differ from a checkpoint's: they change how the weights are computed with, not what they are.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "dropout_rate")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "dropout_rate", "attention")
 
 
 class ModelConfigError(errors.UserError, ValueError):
@@ -173,7 +173,8 @@ def runtime_fields(config: ModelConfig) -> dict[str, Any]:
 
 def _runtime(section) -> dict[str, Any]:
   fields = {"dtype": _dtype(section.dtype, "dtype"), "param_dtype": _dtype(section.param_dtype, "param_dtype"),
-            "remat_policy": section.remat_policy, "scan_layers": bool(section.scan_layers)}
+            "remat_policy": section.remat_policy, "scan_layers": bool(section.scan_layers),
+            "attention": section.attention}
   if section.dropout_rate is not None:
     fields["dropout_rate"] = float(section.dropout_rate)
   return fields
@@ -229,8 +230,8 @@ def from_section(section, *, vocab_size: int | None = None, checkpoint: ModelCon
   Without `checkpoint`: kind, size and overrides name the shape (vocab_size, when given, fills the
   vocabulary unless an override sets it). With `checkpoint` (the model config of config.init_from): the
   shape is the checkpoint's; kind, size and overrides may be left empty, and where they are set they must
-  agree with it. Runtime fields (dtype, param_dtype, remat_policy, scan_layers, dropout_rate) always come
-  from the section, and so does LoRA (config.model.lora; `adapter` is the LoRA config of the PEFT directory
+  agree with it. Runtime fields (dtype, param_dtype, remat_policy, scan_layers, dropout_rate, attention) always
+  come from the section, and so does LoRA (config.model.lora; `adapter` is the LoRA config of the PEFT directory
   config.model.lora.init_from names). Errors name `--config.model.KEY` for keys in `flag_keys` (set on the
   command line).
   """

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from instruct_jax.models import layers
+from instruct_jax.models import attention, layers
 from instruct_jax.models.stack import LayerStack, StackConfig
 from instruct_jax.sharding import constrain
 
@@ -61,15 +61,15 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, mask_B1LS, positions_BL):
+  def __call__(self, x_BLD, mask, positions_BL):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_attention_norm", **kw)(x_BLD)
     h = layers.Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model, rope_theta=cfg.rope_theta,
                          rope_scaling=cfg.rope_scaling, dropout_rate=cfg.dropout_rate,
-                         deterministic=self.deterministic, decode=self.decode, name="attention",
-                         lora=cfg.lora, **kw)(h, h, mask_B1LS, None, positions_BL, positions_BL)
+                         deterministic=self.deterministic, decode=self.decode, implementation=cfg.attention,
+                         name="attention", lora=cfg.lora, **kw)(h, h, mask, None, positions_BL, positions_BL)
     x_BLD = x_BLD + drop(h)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
     h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "silu", cfg.dropout_rate, self.deterministic, name="mlp",
@@ -94,16 +94,16 @@ class Decoder(nn.Module):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     B, L = decoder_input_tokens.shape
     positions = decoder_positions if decoder_positions is not None else jnp.broadcast_to(jnp.arange(L), (B, L))
-    if mask_B1LS is None:
+    mask = mask_B1LS
+    if mask is None:
       segments = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
-      mask_B1LS = layers.segment_mask(segments, segments, causal=True, q_positions_BL=positions,
-                                      kv_positions_BS=positions, window=cfg.sliding_window)
+      mask = attention.Mask(segments, segments, positions, positions, causal=True, window=cfg.sliding_window)
     embedder = layers.Embed(cfg.vocab_size, cfg.d_model, init_scale=0.02,
                             name="token_embedder", **kw)
     x = nn.Dropout(cfg.dropout_rate)(embedder(decoder_input_tokens), deterministic=deterministic)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     stack = LayerStack(Block, cfg, cfg.num_layers, dict(deterministic=deterministic, decode=decode), name="layers")
-    x = stack(x, mask_B1LS, positions)
+    x = stack(x, mask, positions)
     x = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)(x)
     if cfg.tie_embeddings:
       logits = embedder.attend(x)

@@ -22,10 +22,11 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from instruct_jax.models.lora import LoraConfig
+from instruct_jax.models import attention
+from instruct_jax.models.attention import NEG_INF, add_shared_bias, segment_mask  # noqa: F401 (used elsewhere)
 from instruct_jax.sharding import constrain
 
 Dtype = Any
-NEG_INF = -1e10  # large negative logit for masked attention; finite so fully masked rows stay NaN-free
 
 
 def param_with_axes(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...],
@@ -218,51 +219,13 @@ def apply_rope(x_BLHK, positions_BL, inv_freq_K2):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BLHK.dtype)
 
 
-def segment_mask(q_segments_BL, kv_segments_BS, *, causal: bool, q_positions_BL=None, kv_positions_BS=None,
-                 window: int | None = None):
-  """Boolean [B, 1, L, S]: same non-padding segment, and key not after query when causal.
-
-  `window` (causal only; Mistral's sliding window): a query also sees only the `window` most recent
-  positions, itself included (q_position - kv_position < window).
-  """
-  mask = (q_segments_BL[:, :, None] == kv_segments_BS[:, None, :]) & (q_segments_BL[:, :, None] > 0)
-  if causal:
-    mask &= q_positions_BL[:, :, None] >= kv_positions_BS[:, None, :]
-    if window is not None:
-      mask &= q_positions_BL[:, :, None] - kv_positions_BS[:, None, :] < window
-  return mask[:, None]
-
-
-@jax.custom_vjp
-def add_shared_bias(logits_BHLS, bias_1HLS):
-  """logits + bias, the bias shared by every example (T5's relative position bias).
-
-  Same value as the broadcasting add; only the bias gradient is computed differently: the sum over the
-  batch is one [1, B] x [B, H*L*S] matmul. XLA's CPU backend lowers the equivalent `sum(axis=0)` to a
-  single-threaded reduction that cost ~0.1 s of a T5-small train step; the matmul form takes ~1 ms.
-  """
-  return logits_BHLS + bias_1HLS
-
-
-def _add_shared_bias_fwd(logits_BHLS, bias_1HLS):
-  return logits_BHLS + bias_1HLS, None
-
-
-def _add_shared_bias_bwd(_, g_BHLS):
-  B = g_BHLS.shape[0]
-  ones_1B = jnp.ones((1, B), g_BHLS.dtype)
-  g_bias = jnp.matmul(ones_1B, g_BHLS.reshape(B, -1), precision=jax.lax.Precision.HIGHEST)
-  return g_BHLS, g_bias.reshape((1,) + g_BHLS.shape[1:])
-
-
-add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
-
-
 class Attention(nn.Module):
   """Multi-head attention with grouped key/value heads, optional RoPE and an optional additive bias.
 
   T5 passes its relative position bias and `scale_logits=False` (T5 folds 1/sqrt(K) into the init);
   LLaMA passes RoPE settings. With `decode=True` keys and values are kept in a "cache" collection.
+  `mask` is an `attention.Mask` (segment ids) or, for decode steps, a dense [B, 1, L, S] boolean array;
+  `implementation` picks the attention core (config.model.attention; see `instruct_jax.models.attention`).
   """
   num_heads: int
   num_kv_heads: int
@@ -274,12 +237,13 @@ class Attention(nn.Module):
   dropout_rate: float = 0.0
   deterministic: bool = True
   decode: bool = False
+  implementation: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   lora: LoraConfig | None = None
 
   @nn.compact
-  def __call__(self, x_BLD, kv_BSD, mask_B1LS, bias_1HLS=None, q_positions_BL=None, kv_positions_BS=None):
+  def __call__(self, x_BLD, kv_BSD, mask, bias_1HLS=None, q_positions_BL=None, kv_positions_BS=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora, deterministic=self.deterministic)
     H, N, K, D = self.num_heads, self.num_kv_heads, self.head_dim, self.d_model
     q_scale = 1.0 if self.scale_logits else K ** -0.5  # unscaled logits: fold 1/sqrt(K) into the init
@@ -292,25 +256,20 @@ class Attention(nn.Module):
       q_BLHK = apply_rope(q_BLHK, q_positions_BL, inv_freq)
       k_BSNK = apply_rope(k_BSNK, kv_positions_BS, inv_freq)
     if self.decode:
-      k_BSNK, v_BSNK, mask_B1LS = self._update_cache(k_BSNK, v_BSNK, mask_B1LS)
+      k_BSNK, v_BSNK, mask = self._update_cache(k_BSNK, v_BSNK, mask)
     q_BLHK = constrain(q_BLHK, ("act_batch", "act_length", "act_heads", None))
     if self.scale_logits:
       q_BLHK = q_BLHK * (K ** -0.5)
-    if H != N:  # grouped-query attention: query head n * G + g reads key/value head n
-      k_BSHK, v_BSHK = jnp.repeat(k_BSNK, H // N, axis=2), jnp.repeat(v_BSNK, H // N, axis=2)
-    else:
-      k_BSHK, v_BSHK = k_BSNK, v_BSNK
-    logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
-    if bias_1HLS is not None:
-      logits_BHLS = add_shared_bias(logits_BHLS, bias_1HLS.astype(jnp.float32))
-    logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, NEG_INF)
-    probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(self.dtype)
-    probs_BHLS = nn.Dropout(self.dropout_rate)(probs_BHLS, deterministic=self.deterministic)
-    out_BLHK = jnp.einsum("BHLS,BSHK->BLHK", probs_BHLS, v_BSHK.astype(self.dtype))
+    dropout_active = self.dropout_rate > 0 and not self.deterministic
+    dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=self.deterministic)
+    # Decode steps (a few queries against the key/value cache) keep the einsum path.
+    implementation = "xla" if self.decode else self.implementation
+    out_BLHK = attention.attend(q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, implementation=implementation,
+                                dtype=self.dtype, dropout=dropout, dropout_active=dropout_active)
     out_BLHK = constrain(out_BLHK, ("act_batch", "act_length", "act_heads", None))
     return Dense((H, K, D), ("heads", "head_dim", "embed"), "BLHK,HKD->BLD", name="out", **kw)(out_BLHK)
 
-  def _update_cache(self, k_BSNK, v_BSNK, mask_B1LS):
+  def _update_cache(self, k_BSNK, v_BSNK, mask):
     """Writes this step's keys/values at the cache index; returns the whole cache and its mask.
 
     The cache is created by `init` on a full-length dummy input (its length is the decode budget); each
@@ -321,10 +280,10 @@ class Attention(nn.Module):
     value = self.variable("cache", "cached_value", jnp.zeros, v_BSNK.shape, v_BSNK.dtype)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if is_init:
-      return k_BSNK, v_BSNK, mask_B1LS
+      return k_BSNK, v_BSNK, mask
     step = k_BSNK.shape[1]
     idx = index.value
     key.value = jax.lax.dynamic_update_slice(key.value, k_BSNK.astype(key.value.dtype), (0, idx, 0, 0))
     value.value = jax.lax.dynamic_update_slice(value.value, v_BSNK.astype(value.value.dtype), (0, idx, 0, 0))
     index.value = idx + step
-    return key.value, value.value, mask_B1LS
+    return key.value, value.value, mask

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from instruct_jax.models import layers
+from instruct_jax.models import attention, layers
 from instruct_jax.models.lora import LoraConfig
 
 _cp = jax.checkpoint_policies
@@ -36,11 +36,17 @@ class StackConfig:
   param_dtype: Any = jnp.float32
   remat_policy: str = "none"
   scan_layers: bool = False
+  attention: str = "xla"  # the attention core: xla | cudnn | pallas_tpu | auto (see models/attention.py)
   lora: LoraConfig | None = None  # low-rank adapters on the named projections (models/lora.py)
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy {self.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}")
+    attention.check_implementation(self.attention)
+    if self.attention not in ("xla", "auto") and getattr(self, "dropout_rate", 0.0):
+      raise ValueError(f"config.model.attention={self.attention!r} has no dropout of attention probabilities "
+                       f"(dropout_rate is {self.dropout_rate}): set config.model.dropout_rate=0, or attention "
+                       "'auto' (xla while dropout is active) or 'xla'")
 
 
 class LayerStack(nn.Module):

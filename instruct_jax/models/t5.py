@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from instruct_jax.models import layers
+from instruct_jax.models import attention, layers
 from instruct_jax.models.stack import LayerStack, StackConfig
 from instruct_jax.sharding import constrain
 
@@ -90,14 +90,14 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD, mask_B1LS, bias_1HLS):
+  def __call__(self, x_BLD, mask, bias_1HLS):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_attention_norm", **kw)(x_BLD)
     h = layers.Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.d_model, scale_logits=False,
-                         dropout_rate=cfg.dropout_rate, deterministic=self.deterministic, name="attention",
-                         lora=cfg.lora, **kw)(h, h, mask_B1LS, bias_1HLS)
+                         dropout_rate=cfg.dropout_rate, deterministic=self.deterministic,
+                         implementation=cfg.attention, name="attention", lora=cfg.lora, **kw)(h, h, mask, bias_1HLS)
     x_BLD = x_BLD + drop(h)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
     h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "gelu", cfg.dropout_rate, self.deterministic, name="mlp",
@@ -111,17 +111,18 @@ class DecoderLayer(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, y_BLD, encoded_BSD, self_mask_B1LL, cross_mask_B1LS, bias_1HLL):
+  def __call__(self, y_BLD, encoded_BSD, self_mask, cross_mask, bias_1HLL):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     drop = lambda z: nn.Dropout(cfg.dropout_rate)(z, deterministic=self.deterministic)
     attn = lambda name, decode: layers.Attention(
         cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.d_model, scale_logits=False, decode=decode,
-        dropout_rate=cfg.dropout_rate, deterministic=self.deterministic, name=name, lora=cfg.lora, **kw)
+        dropout_rate=cfg.dropout_rate, deterministic=self.deterministic, implementation=cfg.attention, name=name,
+        lora=cfg.lora, **kw)
     h = layers.RMSNorm(cfg.norm_eps, name="pre_self_attention_norm", **kw)(y_BLD)
-    y_BLD = y_BLD + drop(attn("self_attention", self.decode)(h, h, self_mask_B1LL, bias_1HLL))
+    y_BLD = y_BLD + drop(attn("self_attention", self.decode)(h, h, self_mask, bias_1HLL))
     h = layers.RMSNorm(cfg.norm_eps, name="pre_cross_attention_norm", **kw)(y_BLD)
-    y_BLD = y_BLD + drop(attn("cross_attention", False)(h, encoded_BSD, cross_mask_B1LS))
+    y_BLD = y_BLD + drop(attn("cross_attention", False)(h, encoded_BSD, cross_mask))
     h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(y_BLD)
     h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "gelu", cfg.dropout_rate, self.deterministic, name="mlp",
                         lora=cfg.lora, **kw)(h)
@@ -135,13 +136,13 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, tokens_BS, segments_BS, *, deterministic: bool = True):
     cfg = self.config
-    mask_B1SS = layers.segment_mask(segments_BS, segments_BS, causal=False)
+    mask = attention.Mask(segments_BS, segments_BS)
     S = tokens_BS.shape[1]
     bias_1HSS = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(S, S)
     x = nn.Dropout(cfg.dropout_rate)(self.embedder(tokens_BS), deterministic=deterministic)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
     x = LayerStack(EncoderLayer, cfg, cfg.num_encoder_layers, dict(deterministic=deterministic),
-                   name="stack")(x, mask_B1SS, bias_1HSS)
+                   name="stack")(x, mask, bias_1HSS)
     x = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -151,16 +152,20 @@ class Decoder(nn.Module):
   embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, encoded_BSD, tokens_BL, self_mask_B1LT, cross_mask_B1LS, *, q_offset=0,
+  def __call__(self, encoded_BSD, tokens_BL, self_mask, cross_mask, *, q_offset=0,
                deterministic: bool = True, decode: bool = False):
-    """Logits [B, L, V]; keys span T positions (T = L when training, the cache length when decoding)."""
+    """Logits [B, L, V]; keys span T positions (T = L when training, the cache length when decoding).
+
+    The masks are `attention.Mask`s (training, scoring) or dense [B, 1, L, T] / [B, 1, L, S] arrays (decode).
+    """
     cfg = self.config
-    L, T = tokens_BL.shape[1], self_mask_B1LT.shape[-1]
+    L = tokens_BL.shape[1]
+    T = self_mask.kv_segments_BS.shape[1] if isinstance(self_mask, attention.Mask) else self_mask.shape[-1]
     bias_1HLT = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(L, T, q_offset)
     y = nn.Dropout(cfg.dropout_rate)(self.embedder(tokens_BL), deterministic=deterministic)
     y = constrain(y, ("act_batch", "act_length", "act_embed"))
     y = LayerStack(DecoderLayer, cfg, cfg.num_decoder_layers, dict(deterministic=deterministic, decode=decode),
-                   name="stack")(y, encoded_BSD, self_mask_B1LT, cross_mask_B1LS, bias_1HLT)
+                   name="stack")(y, encoded_BSD, self_mask, cross_mask, bias_1HLT)
     y = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     if cfg.tie_embeddings:
@@ -191,8 +196,8 @@ class T5(nn.Module):
     B, L = decoder_input_tokens.shape
     dec_seg = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
     dec_pos = decoder_positions if decoder_positions is not None else jnp.broadcast_to(jnp.arange(L), (B, L))
-    self_mask = layers.segment_mask(dec_seg, dec_seg, causal=True, q_positions_BL=dec_pos, kv_positions_BS=dec_pos)
-    cross_mask = layers.segment_mask(dec_seg, encoder_segment_ids, causal=False)
+    self_mask = attention.Mask(dec_seg, dec_seg, dec_pos, dec_pos, causal=True)
+    cross_mask = attention.Mask(dec_seg, encoder_segment_ids)
     return self.decoder(encoded_BSD, decoder_input_tokens, self_mask, cross_mask, deterministic=deterministic)
 
   def decode_step(self, encoded_BSD, encoder_mask_BS, tokens_BL, cache_index, cache_length: int):
