@@ -182,7 +182,7 @@ def chat_prompts(conversations: Sequence[Sequence[Mapping[str, str]]], fmt: chat
 def chat_stop_id(model, tokenizer, fmt: chat_lib.ChatFormat | None) -> int:
   """The token besides end-of-text that ends a generated turn: a decoder's end-of-turn marker in `fmt` (-1: none;
   T5 targets end with end-of-text)."""
-  if fmt is None or model.kind != "decoder":
+  if fmt is None or not model.reply_follows_prompt:
     return -1
   stop = chat_lib.end_of_turn_id(fmt, tokenizer)
   return -1 if stop == tokenizer.eos_id else stop

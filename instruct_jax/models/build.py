@@ -79,6 +79,12 @@ class Model:
     """Whether a batch of prompts is left-padded for decoding (decoder-only) or right-padded (encoder)."""
     return self._family.stepper_cls.left_pad_prompts
 
+  @property
+  def reply_follows_prompt(self) -> bool:
+    """Whether the reply continues the prompt's own sequence (decoder-only: one row, begin-of-text first, a chat
+    reply ends at its end-of-turn marker) rather than being a target sequence of its own (encoder-decoder)."""
+    return self.left_pad_prompts
+
   def dummy_batch(self, length: int = 8) -> dict[str, jax.Array]:
     return {k: jnp.ones((1, length), jnp.int32) for k in self.input_features}
 
