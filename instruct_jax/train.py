@@ -163,10 +163,23 @@ def resolve_model(config, tokenizer, pretrained, flag_keys: Sequence[str] = ()) 
   adapter = lora_adapter(config, pretrained)
   if pretrained is not None:
     convert.check_tokenizer(pretrained, tokenizer, f"config.init_from={config.init_from}")
-    return build.from_section(config.model, checkpoint=pretrained.config, flag_keys=flag_keys,
-                              source=f"config.init_from={config.init_from}", adapter=adapter)
-  return build.from_section(config.model, vocab_size=padded_vocab(tokenizer.vocab_size), flag_keys=flag_keys,
-                            adapter=adapter)
+    model = build.from_section(config.model, checkpoint=pretrained.config, flag_keys=flag_keys,
+                               source=f"config.init_from={config.init_from}", adapter=adapter)
+  else:
+    model = build.from_section(config.model, vocab_size=padded_vocab(tokenizer.vocab_size), flag_keys=flag_keys,
+                               adapter=adapter)
+  check_lora_optimizer(config, model)
+  return model
+
+
+def check_lora_optimizer(config, model: build.Model) -> None:
+  """Adafactor's parameter scaling sizes each update by the parameter's RMS, which is 0 for LoRA's B at the start:
+  the adapters would hardly move. Refused, naming the key that fixes it."""
+  if (model.config.lora is not None and config.optim.optimizer == "adafactor"
+      and config.optim.adafactor_param_scale):
+    raise configs.ConfigError("config.optim.adafactor_param_scale=True with LoRA (config.model.lora.rank > 0): "
+                              "updates scale with a parameter's RMS, 0 for the adapters' B at the start, so they "
+                              "would barely train; set --config.optim.adafactor_param_scale=False or use adamw")
 
 
 def initial_params(config, model: build.Model, params, params_sh, mesh, rules, pretrained):
@@ -190,7 +203,7 @@ def guard_workdir(workdir: str, model: build.Model) -> None:
   if not os.path.isfile(os.path.join(workdir, workdir_lib.MODEL_CONFIG)):
     return
   recorded = workdir_lib.read_model(workdir).config
-  free = ("dtype", "param_dtype", "remat_policy", "dropout_rate")
+  free = ("dtype", "param_dtype", "remat_policy", "dropout_rate", "attention")
   differ = [f"{f.name} {getattr(recorded, f.name)!r} -> {getattr(model.config, f.name)!r}"
             for f in dataclasses.fields(recorded)
             if f.name not in free and getattr(recorded, f.name) != getattr(model.config, f.name)]
@@ -204,6 +217,18 @@ def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
   mixture = flan2021.training_mixture(config.data.mixture, config.eval.held_out_cluster)
   return pipeline_lib.PipelineConfig.from_config({**config.data.to_dict(), "model_kind": model.kind,
                                                  "seed": config.seed, "mixture": mixture})
+
+
+def check_held_out(config, rates) -> None:
+  """A run never trains on its held-out cluster: a training mixture holding any of its tasks is refused."""
+  cluster = config.eval.held_out_cluster
+  leaked = sorted(set(evaluators.held_out_tasks(cluster)) & {t for t, r in rates.items() if r > 0})
+  if leaked:
+    mixture = flan2021.training_mixture(config.data.mixture, cluster)
+    raise configs.ConfigError(
+        f"config.data.mixture={mixture!r} trains on {len(leaked)} task(s) of config.eval.held_out_cluster={cluster!r} "
+        f"(e.g. {leaked[0]}), which is then evaluated as never seen; train on a mixture without that cluster "
+        f"({'flan2021' if cluster in flan2021.CLUSTERS else 'builtin'}_no_{cluster}) or hold out another cluster")
 
 
 class _PreemptedWaitingForData(Exception):
@@ -286,6 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   data_cfg = pipeline_config(config, model)
   pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=catalogues[0], mixtures=catalogues[1])
   report_lib.check_files(config, catalogues[0], pipe.rates)
+  check_held_out(config, pipe.rates)
   if jax.process_index() == 0:  # the run's settings, recorded once everything they name has been checked
     workdir_lib.write_config(workdir, config)
     if not os.path.isfile(os.path.join(workdir, workdir_lib.MODEL_CONFIG)):
@@ -496,6 +522,7 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
         f"{config.tokenizer.vocab_size} pieces, from {config.tokenizer.train_examples} examples)")
     model = build.from_section(config.model, vocab_size=padded_vocab(config.tokenizer.vocab_size),
                                flag_keys=flag_keys, adapter=lora_adapter(config, None))
+  check_lora_optimizer(config, model)
   fields = ", ".join(f"{f.name}={getattr(model.config, f.name)}" for f in dataclasses.fields(model.config)
                      if f.name not in ("dtype", "param_dtype"))
   out(f"model     {model.kind} {model.num_params() / 1e6:,.1f}M parameters; {fields}; compute "
@@ -526,6 +553,7 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
                                                                             chat_format=chat))
     examples, task_names, rates = pipeline_lib.rendered_examples(data_cfg, tasks, mixes)
     report_lib.check_files(config, tasks, rates)
+    check_held_out(config, rates)
     counts = np.zeros(len(task_names))
     shown = 0
     for i in range(rate_examples):

@@ -24,11 +24,12 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
+from absl import logging
 
 from instruct_jax import checkpoint as ckpt_lib
 from instruct_jax import configs, errors, sharding
 from instruct_jax.data import tokenizer as tokenizer_lib
-from instruct_jax.models import build
+from instruct_jax.models import attention, build
 
 CONFIG = "config.json"
 MODEL_CONFIG = "model_config.json"
@@ -36,14 +37,13 @@ TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
 RESUME_HISTORY = "resume_history.jsonl"
 
-# Keys a restart may change: how long to train, how often to log, save and evaluate, what to evaluate, and
-# how the same computation is laid out or carried out (mesh, sharding, remat, microbatches, compute dtype,
-# reader threads). Every other key changes the
-# model, the tokenizer, the data order or the optimisation, so a restart with another value is refused.
-# Keys a restart may change (every config.evals entry too: evaluators may be added, changed or removed).
+# Keys a restart may change: how long to train, how often to log, save and evaluate, what to evaluate (every
+# config.evals entry too: evaluators may be added, changed or removed), and how the same computation is laid out or
+# carried out (mesh, sharding, remat, microbatches, compute dtype, attention kernel, reader threads). Every other key
+# changes the model, the tokenizer, the data order or the optimisation, so a restart with another value is refused.
 RESUMABLE = (
     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "preemption_exit_code",
-    "num_microbatches", "model.dtype",
+    "num_microbatches", "model.dtype", "model.attention",
     "eval.tasks", "eval.split", "eval.seen_templates", "eval.unseen_templates", "eval.num_examples",
     "eval.max_new_tokens", "eval.num_beams", "eval.batch_size", "eval.before_training", "eval.rank_classification",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "sharding", "model.remat_policy", "data.read_threads",
@@ -145,6 +145,18 @@ def read_model(path: str | os.PathLike) -> build.Model:
   return build.Model(build.config_from_json(read_model_blob(path), str(pathlib.Path(path) / MODEL_CONFIG)))
 
 
+def runnable_here(model: build.Model) -> build.Model:
+  """`model`, or with attention "auto" when the kernel it was trained with does not run on this machine (a run
+  trained with pallas_tpu, evaluated on a GPU): the attention kernel is a runtime choice, never the weights'."""
+  cfg = model.config
+  try:
+    attention.resolve(cfg.attention, dtype=cfg.dtype, head_dim=cfg.head_dim, dropout_active=False, dense_mask=False)
+    return model
+  except attention.AttentionError as e:
+    logging.warning("%s; using attention 'auto' here", e)
+    return build.Model(dataclasses.replace(cfg, attention="auto"))
+
+
 def write_model(path: str | os.PathLike, model: build.Model, *, source: str, hf_config: dict | None) -> None:
   """model_config.json (written once, before the first checkpoint; `source` is config.init_from or "")."""
   blob = {**build.config_to_json(model.config), "source": source, "hf_config": hf_config}
@@ -223,7 +235,7 @@ def load(path: str | os.PathLike, *, step: int | None = None) -> Loaded:
   """A workdir's model, tokenizer and the parameters of `step` (default: its newest checkpoint)."""
   config = read_config(path)
   step = resolve_step(path, step)  # fail on a missing or bad checkpoint before building anything
-  model = read_model(path)
+  model = runnable_here(read_model(path))
   tok = tokenizer(path)
   mesh, rules = inference_mesh(config)
   params = _restore(path, model, mesh, rules, step)

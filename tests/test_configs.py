@@ -219,3 +219,13 @@ def test_shipped_ablations_load_and_every_points_command_parses(name):
   commands = {n: sweep.command(s, "/tmp/sweep", n, o) for n, o in sweep.points(s.grid)}
   sweep.check_commands(s, commands)  # parsed as the trainer parses them
   assert len(commands) == 8 and s.replicate == "seed" and s.tokenizer and len(s.plots) == 2
+
+
+@pytest.mark.parametrize("mixture,cluster", [("builtin", "check"), ("builtin_no_order", "check")])
+def test_a_mixture_that_trains_on_the_held_out_cluster_is_refused(mixture, cluster, capsys):
+  config = configs.from_command_line([f"--config={CONFIG_DIR / 'tiny.py'}", f"--config.data.mixture={mixture}",
+                                      f"--config.eval.held_out_cluster={cluster}"])
+  problems = train.dry_run(config, num_devices=None)
+  capsys.readouterr()
+  assert len(problems) == 1 and f"config.eval.held_out_cluster={cluster!r}" in problems[0], problems
+  assert f"builtin_no_{cluster}" in problems[0]

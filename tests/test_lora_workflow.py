@@ -80,6 +80,11 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
   merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged_hf").eval()
   with torch.no_grad():
     assert np.abs(ours - merged(input_ids=torch.tensor(batch["decoder_input_tokens"])).logits.numpy()).max() < 1e-4
+  # The same, imported: the directory takes its tokenizer from the base (an adapter directory has none).
+  _convert("--from", "peft", "--src", str(tmp_path / "adapter"), "--base", str(tmp_path / "base_hf"),
+           "--dst", str(tmp_path / "imported"))
+  assert convert.load_tokenizer(str(tmp_path / "imported")).vocab_size == convert.load_tokenizer(
+      str(tmp_path / "base_hf")).vocab_size
 
   # A new run starting from the exported adapter holds the same adapters before its first step.
   start = train.initial_params(_config(**lora_keys, **{"model.lora.init_from": str(tmp_path / "adapter")}),

@@ -1,6 +1,7 @@
-"""The recipes of configs/recipes/ (Alpaca, WizardLM, OpenOrca; Flan-T5 is in test_configs): each passes --dry_run
-at its real size, and each trains two steps, with tiny model overrides, on the output of the synthetic method that
-feeds it (Self-Instruct -> Alpaca, Evol-Instruct -> WizardLM, Orca -> OpenOrca), in its own prompt format."""
+"""The recipes of configs/recipes/: each passes --dry_run at its real size (Flan-T5's every size: test_configs),
+and each trains two steps, with tiny model overrides, on the data that feeds it: the output of its synthetic
+method (Self-Instruct -> Alpaca, Evol-Instruct -> WizardLM, Orca -> OpenOrca) in its own prompt format, and
+for Flan-T5 the SuperNI task files of ../shared."""
 import json
 import pathlib
 import subprocess
@@ -101,3 +102,21 @@ def test_recipe_trains_two_steps_on_its_synthetic_method_output(recipe, syntheti
   if recipe == "openorca":  # trained here, the tokenizer keeps ChatML's markers whole
     pieces = {line.split("\t")[0] for line in (workdir / "tokenizer" / "spm.vocab").read_text().splitlines()}
     assert {"<|im_start|>", "<|im_end|>"} <= pieces
+
+
+@pytest.mark.slow
+def test_flan_t5_recipe_trains_two_steps_on_superni_tasks(tmp_path):
+  from tests.test_configs import SHARED_SUPERNI  # pylint: disable=g-import-not-at-top
+  if not SHARED_SUPERNI.is_dir():
+    pytest.skip(f"SuperNI data not found at {SHARED_SUPERNI}")
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "instruct_jax.train", f"--config={RECIPES / 'flan_t5.py'}:small",
+         f"--config.data_paths.superni_dir={SHARED_SUPERNI}", "--config.data_paths.superni_train_instances=4",
+         "--config.eval.num_examples=0", f"--workdir={workdir}",
+         *[f for f in TINY if "inputs_length" not in f and "targets_length" not in f and "fsdp" not in f],
+         "--config.data.inputs_length=256", "--config.data.targets_length=32"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  losses = _losses(workdir)
+  assert sorted(losses) == [1, 2] and all(v == v and v > 0 for v in losses.values())
+  assert json.loads((workdir / "config.json").read_text())["data"]["mixture"] == "niv2_train"

@@ -117,7 +117,7 @@ def main(argv: Sequence[str]) -> None:
                                 dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value))
     print(f"wrote {_DST.value}: {', '.join(files)}")
   else:
-    convert.save_imported(pretrained, _DST.value, tokenizer_src=_SRC.value)
+    convert.save_imported(pretrained, _DST.value, tokenizer_src=_BASE.value if kind == "peft" else _SRC.value)
     print(f"wrote {_DST.value} in {time.perf_counter() - start:.1f}s")
 
 

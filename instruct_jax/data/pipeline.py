@@ -46,6 +46,10 @@ HOST_INPUTS = ("own_share", "slice_of_global")
 NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format")  # data keys the catalogue and the trainer read
 
 
+class PipelineConfigError(errors.UserError, ValueError):
+  """A data section the pipeline cannot take; the message names the key."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """The data section of a training config.
@@ -97,16 +101,16 @@ class PipelineConfig:
 
   def __post_init__(self):
     if self.model_kind not in MODEL_KINDS:
-      raise ValueError(f"data.model_kind must be one of {MODEL_KINDS}, got {self.model_kind!r}")
+      raise PipelineConfigError(f"data.model_kind must be one of {MODEL_KINDS}, got {self.model_kind!r}")
     if self.host_input not in HOST_INPUTS:
-      raise ValueError(f"config.data.host_input must be one of {HOST_INPUTS}, got {self.host_input!r}")
+      raise PipelineConfigError(f"config.data.host_input must be one of {HOST_INPUTS}, got {self.host_input!r}")
     for name in ("inputs_length", "targets_length", "batch_size"):
       if getattr(self, name) < 1:
-        raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        raise PipelineConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
     if not 0 < self.train_fraction <= 1:
-      raise ValueError(f"config.data.train_fraction must be in (0, 1], got {self.train_fraction}")
+      raise PipelineConfigError(f"config.data.train_fraction must be in (0, 1], got {self.train_fraction}")
     if self.max_task_examples is not None and self.max_task_examples < 1:
-      raise ValueError(f"config.data.max_task_examples must be >= 1, got {self.max_task_examples}")
+      raise PipelineConfigError(f"config.data.max_task_examples must be >= 1, got {self.max_task_examples}")
     if isinstance(self.render, Mapping):
       object.__setattr__(self, "render", render_lib.RenderConfig(**self.render))
 

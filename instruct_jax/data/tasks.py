@@ -275,6 +275,9 @@ def per_turn(task: Task) -> Task:
   return task
 
 
+FILE_MIXTURES = ("instructions", "chat")  # the mixtures of every instruction file and of every chat file
+
+
 def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
   """Every task the given paths make available."""
   tasks = builtin_tasks(paths.builtin_seed)
@@ -282,13 +285,12 @@ def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
   if paths.superni_dir:
     tasks.update(superni_tasks(paths.superni_dir, train_instances=paths.superni_train_instances,
                                eval_instances=paths.superni_eval_instances))
-  for name, files in paths.instruction_files.items():
-    if name in tasks:
-      raise ValueError(f"instruction file name {name!r} clashes with a catalogue task")
-    tasks[name] = instruction_task(name, files, strict=paths.strict, chat_format=paths.chat_format)
-  for name, files in paths.chat_files.items():
-    if name in tasks:
-      raise ValueError(f"chat file name {name!r} clashes with a catalogue task or instruction file")
-    tasks[name] = chat_task(name, files, strict=paths.strict, chat_format=paths.chat_format)
+  for section, files_of, make in (("instruction_files", paths.instruction_files, instruction_task),
+                                   ("chat_files", paths.chat_files, chat_task)):
+    for name, files in files_of.items():
+      if name in tasks or name in FILE_MIXTURES:
+        raise sources.DataError(f"config.data_paths.{section}.{name}: the name {name!r} is taken by "
+                                f"{'a catalogue task or file' if name in tasks else 'a mixture'}; choose another")
+      tasks[name] = make(name, files, strict=paths.strict, chat_format=paths.chat_format)
   return tasks
 

@@ -85,6 +85,18 @@ def unknown_cluster(name: str) -> UnknownCluster:
                         f"{', '.join(sorted(builtin.CLUSTERS))}; Flan 2021 clusters: {', '.join(flan2021.CLUSTERS)}")
 
 
+def held_out_tasks(cluster: str) -> tuple[str, ...]:
+  """The tasks of config.eval.held_out_cluster (a built-in or a Flan 2021 cluster; "": none), which no training
+  mixture may hold."""
+  if not cluster:
+    return ()
+  if cluster in flan2021.CLUSTERS:
+    return tuple(flan2021.cluster_tasks(cluster))
+  if cluster in builtin.CLUSTERS:
+    return tuple(f"builtin/{n}" for n in builtin.CLUSTERS[cluster])
+  raise unknown_cluster(cluster)
+
+
 def eval_sets(e, mixtures: Mapping[str, Any] | None = None) -> list[EvalSet]:
   """The evaluation a config's `eval` section asks for: its tasks (a mixture name stands for its tasks), and a
   held-out Flan 2021 cluster's tasks as the "held_out_cluster" condition (Flan's evaluation: rank classification for
@@ -116,14 +128,21 @@ def task_category(task: tasks_lib.Task) -> str:
   return task.cluster
 
 
+# A SuperNI task is evaluated with template 0 (Tk-Instruct's "Definition + 2 positive examples", the encoding of
+# SuperNI's published tables) unless an evaluation names template ids.
+SUPERNI_EVAL_TEMPLATES = (0,)
+
+
 def render_eval_examples(sets: Sequence[EvalSet], catalogue: Mapping[str, tasks_lib.Task]) -> list[dict[str, Any]]:
   """Deterministic examples for every set; each row carries id, condition, task, cluster, template."""
   rows = []
   for s in sets:
-    cfg = render_lib.RenderConfig(template_ids=s.template_ids, template_choice="round_robin",
-                                  few_shot_rate=s.few_shot_rate)
     for name in s.tasks:
       task = tasks_lib.lookup(catalogue, name)
+      ids = s.template_ids
+      if ids is None and isinstance(task.source, superni.SuperNISource):
+        ids = SUPERNI_EVAL_TEMPLATES  # SuperNI is evaluated in one encoding, as its own evaluation does
+      cfg = render_lib.RenderConfig(template_ids=ids, template_choice="round_robin", few_shot_rate=s.few_shot_rate)
       for i, ex in enumerate(render_lib.render_split(task, s.split, cfg, n=s.num_examples)):
         options = task.options
         if options is None:  # multiple choice: each example has its own options
@@ -191,19 +210,26 @@ def long_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_table(summary: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str:
-  """Exact match and ROUGE-L per condition and cluster; with `before`, as before -> after."""
-  lines = [f"{'condition':<18} {'cluster':<10} {'n':>5}  {'exact match':>17}  {'ROUGE-L':>17}"]
+  """Exact match and ROUGE-L per condition and cluster (and "score", each task's own metric, when a group holds
+  tasks scored otherwise: rank accuracy over the options of a held-out Flan cluster's classification tasks); with
+  `before`, as before -> after."""
   rows = [(k.split("/")[0], k.split("/")[1], v) for k, v in summary["by_cluster"].items()]
   rows += [(k, "ALL", v) for k, v in summary["by_condition"].items()]
+  with_score = any("rank_accuracy" in v for _, _, v in rows)
+  lines = [f"{'condition':<18} {'cluster':<10} {'n':>5}  {'exact match':>17}  {'ROUGE-L':>17}"
+           + (f"  {'score':>17}" if with_score else "")]
   for condition, cluster, v in sorted(rows, key=lambda x: (x[0], x[1] == "ALL", x[1])):
     def cell(metric):
+      if metric not in v:
+        return f"{'-':>17}"
       after = f"{v[metric]:6.1f}"
       if before is None:
         return f"{after:>17}"
       key = f"{condition}/{cluster}" if cluster != "ALL" else condition
       prev = before["by_cluster" if cluster != "ALL" else "by_condition"].get(key, {}).get(metric)
       return f"{prev:6.1f} -> {after}" if prev is not None else f"{after:>17}"
-    lines.append(f"{condition:<18} {cluster:<10} {v['n']:>5}  {cell('exact_match'):>17}  {cell('rougeL'):>17}")
+    lines.append(f"{condition:<18} {cluster:<10} {v['n']:>5}  {cell('exact_match'):>17}  {cell('rougeL'):>17}"
+                 + (f"  {cell('score'):>17}" if with_score else ""))
   return "\n".join(lines)
 
 

@@ -34,16 +34,20 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from instruct_jax import sharding
+from instruct_jax import errors, sharding
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas_tpu", "auto")
 NEG_INF = -1e10  # large negative logit for masked attention; finite so fully masked rows stay NaN-free
 _TPU_BLOCK = 128  # the Pallas TPU kernels tile lengths by multiples of 128: shorter or ragged ones are padded
 
 
+class AttentionError(errors.UserError, ValueError):
+  """An attention kernel that cannot run as asked (unknown, on this backend, with these settings)."""
+
+
 def check_implementation(name: str, key: str = "config.model.attention") -> None:
   if name not in IMPLEMENTATIONS:
-    raise ValueError(f"{key}={name!r}: choose one of {list(IMPLEMENTATIONS)}")
+    raise AttentionError(f"{key}={name!r}: choose one of {list(IMPLEMENTATIONS)}")
 
 
 @flax.struct.dataclass
@@ -121,12 +125,12 @@ def resolve(implementation: str, *, dtype: Any, head_dim: int, dropout_active: b
     return "pallas_tpu" if backend == "tpu" else "xla"
   wrong = {"cudnn": "tpu", "pallas_tpu": "gpu"}.get(implementation)
   if backend == wrong:
-    raise ValueError(f"config.model.attention={implementation!r} does not run on {backend}: choose 'auto' or 'xla'")
+    raise AttentionError(f"config.model.attention={implementation!r} does not run on {backend}: choose 'auto' or 'xla'")
   if implementation != "xla" and dropout_active:
-    raise ValueError(f"config.model.attention={implementation!r} has no dropout of attention probabilities: "
+    raise AttentionError(f"config.model.attention={implementation!r} has no dropout of attention probabilities: "
                      "set config.model.dropout_rate=0, or attention 'auto' or 'xla'")
   if implementation == "cudnn" and backend == "gpu" and not cudnn_supports(dtype, head_dim):
-    raise ValueError(f"config.model.attention='cudnn' needs config.model.dtype bfloat16 or float16 and a head "
+    raise AttentionError(f"config.model.attention='cudnn' needs config.model.dtype bfloat16 or float16 and a head "
                      f"width that is a multiple of 8 and at most 256 (got {jnp.dtype(dtype).name}, {head_dim})")
   return implementation
 

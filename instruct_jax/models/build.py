@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from instruct_jax import errors, sharding
 from instruct_jax.data import transforms
-from instruct_jax.models import decoder, layers, lora as lora_lib, t5
+from instruct_jax.models import attention, decoder, layers, lora as lora_lib, t5
 
 ModelConfig = t5.T5Config | decoder.DecoderConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -255,7 +255,7 @@ def from_section(section, *, vocab_size: int | None = None, checkpoint: ModelCon
       overrides.setdefault("vocab_size", vocab_size)
     current = family.config_cls(**family.sizes.get(section.size, {}))
     overrides = {k: _as_field(v, getattr(current, k)) for k, v in overrides.items()}
-    return Model(config_for(section.kind, section.size, **overrides, **runtime))
+    return _runnable(Model(config_for(section.kind, section.size, **overrides, **runtime)))
   family = FAMILIES[checkpoint.kind]
   if section.kind and section.kind != checkpoint.kind:
     raise ModelConfigError(f"{key('kind')}={section.kind!r} contradicts {source}, a {checkpoint.kind} model; "
@@ -273,7 +273,16 @@ def from_section(section, *, vocab_size: int | None = None, checkpoint: ModelCon
     if value != getattr(checkpoint, name):
       raise ModelConfigError(f"{key('overrides.' + name)}={value!r} contradicts {source} ({name} is "
                              f"{getattr(checkpoint, name)!r} there); the checkpoint fixes the model's shape")
-  return Model(dataclasses.replace(checkpoint, **runtime))
+  return _runnable(Model(dataclasses.replace(checkpoint, **runtime)))
+
+
+def _runnable(model: Model) -> Model:
+  """`model`, once its attention kernel is known to run on this backend with its dtype, head width and dropout
+  (the error comes here, before a run writes anything, not from inside the first jit trace)."""
+  cfg = model.config
+  attention.resolve(cfg.attention, dtype=cfg.dtype, head_dim=cfg.head_dim, dropout_active=cfg.dropout_rate > 0,
+                    dense_mask=False)
+  return model
 
 
 # ---------------------------------------------------------------- model_config.json

@@ -37,6 +37,8 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
+from instruct_jax import errors
+
 TARGETS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
 HF_NAMES = {
     "decoder": {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "o_proj", "wi_0": "gate_proj",
@@ -47,7 +49,7 @@ HF_NAMES = {
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
 
-class LoraError(ValueError):
+class LoraError(errors.UserError, ValueError):
   """LoRA settings that cannot be used (the message names the config key)."""
 
 
@@ -60,7 +62,7 @@ class LoraConfig:
 
   def __post_init__(self):
     check(self.rank, self.alpha, self.dropout, self.targets, lambda k: k)
-    object.__setattr__(self, "targets", tuple(self.targets))
+    object.__setattr__(self, "targets", tuple(t for t in TARGETS if t in self.targets))  # one order, no repeats
 
   @property
   def scale(self) -> float:

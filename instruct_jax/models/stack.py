@@ -44,7 +44,7 @@ class StackConfig:
       raise ValueError(f"remat_policy {self.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}")
     attention.check_implementation(self.attention)
     if self.attention not in ("xla", "auto") and getattr(self, "dropout_rate", 0.0):
-      raise ValueError(f"config.model.attention={self.attention!r} has no dropout of attention probabilities "
+      raise attention.AttentionError(f"config.model.attention={self.attention!r} has no dropout of attention probabilities "
                        f"(dropout_rate is {self.dropout_rate}): set config.model.dropout_rate=0, or attention "
                        "'auto' (xla while dropout is active) or 'xla'")
 

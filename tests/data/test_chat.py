@@ -108,7 +108,7 @@ def test_alpaca_keeps_instruction_and_input_in_their_sections_and_vicuna_tags_ro
   assert "### Instruction:\nAdd the numbers.\n\n### Input:\n3 1 2\n\n### Response:\n6</s>" in r["text"]
   assert r["inputs"].endswith("### Response:\n") and [r["text"][a:b] for a, b in r["spans"]] == ["6</s>"]
   v = chat.render(chat.resolve_format("vicuna", None), CONVERSATION)
-  assert v["text"] == ("Be brief. USER: Hello there ASSISTANT: I am fine</s> USER: how are you? ASSISTANT: thanks, "
+  assert v["text"] == ("Be brief. USER: Hello there ASSISTANT: I am fine</s>USER: how are you? ASSISTANT: thanks, "
                        "fine</s>")
   assert v["inputs"].endswith(" ASSISTANT:")
 

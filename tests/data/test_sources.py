@@ -176,7 +176,7 @@ def test_tfds_data_source_through_the_rte_task(tiny_rte_dir):
   assert isinstance(record["sentence1"], str)
   want_answer = "yes" if record["label"] == 0 else "no"
   assert by_idx[0]["inputs"] == (f"Premise: {record['sentence1']}\nHypothesis: {record['sentence2']}\n"
-                                 "Does the premise entail the hypothesis?\n\nOPTIONS:\n- yes\n- no")
+                                 "Does the hypothesis follow from the premise?\n\nOPTIONS:\n- yes\n- no")
   assert by_idx[0]["targets"] == want_answer
   assert sorted(ex["targets"] for ex in exs) == ["no", "no", "yes", "yes"]
   # The unlabelled test split (label -1): the preprocessor drops every record, which is an error naming the split.

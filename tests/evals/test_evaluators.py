@@ -60,6 +60,9 @@ def test_superni_and_builtin_rows_share_one_schema_and_score_by_the_tasks_own_me
   rows = evaluators.render_eval_examples(sets, tasks)
   assert {(r["task"], r["category"], r["metric"]) for r in rows} == {
       (copa, tasks[copa].source.task["categories"][0], "rougeL"), ("builtin/sort_ascending", "order", "exact_match")}
+  # SuperNI in its published encoding (template 0: Definition + 2 positive examples); other tasks round-robin.
+  assert {r["template_id"] for r in rows if r["task"] == copa} == {0}
+  assert len({r["template_id"] for r in rows if r["task"] != copa}) == 3
   half = {r["inputs"]: " ".join(r["references"][0].split()[:1]) for r in rows}  # the reference's first word
   scored = evaluators.evaluate(rows, lambda prompts: [half[p] for p in prompts])
   for r in scored:

@@ -162,6 +162,20 @@ def test_config_errors_name_the_key():
   assert ckpt.config.attention == "pallas_tpu"
 
 
+def test_a_kernel_this_backend_cannot_run_is_a_user_error_before_anything_runs(monkeypatch):
+  from instruct_jax import errors, workdir  # pylint: disable=g-import-not-at-top
+  section = configs.base().model
+  section.kind, section.size, section.attention = "decoder", "tiny", "pallas_tpu"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(errors.UserError, match=r"^config.model.attention='pallas_tpu' does not run on gpu"):
+    build.from_section(section)
+  # A workdir trained with it still loads here, with 'auto' (the kernel is a runtime choice, not the weights').
+  recorded = build.Model(dataclasses.replace(helpers.tiny_model("decoder").config, attention="pallas_tpu"))
+  assert workdir.runnable_here(recorded).config.attention == "auto"
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert workdir.runnable_here(recorded).config.attention == "pallas_tpu"
+
+
 def _loss_and_grads(model, params, batch):
   def loss_fn(p):
     logits = step.forward(model, p, batch)
