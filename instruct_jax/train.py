@@ -172,7 +172,7 @@ def chat_tokens(config, pretrained, chat: chat_lib.ChatFormat | None) -> added_t
 
 
 def add_chat_tokens(tokenizer: tokenizer_lib.Tokenizer, added: added_tokens.AddedTokens | None,
-                    pretrained: convert.Pretrained | None, message: str = "Added chat tokens to the tokenizer"):
+                    pretrained: convert.Pretrained | None, message: str = "Added chat tokens to the tokenizer:"):
   """(the tokenizer with `added`'s tokens, init_from's model config with their rows) for `chat_tokens`' result.
 
   A restart's tokenizer (the run's own copy) holds them already; else they are added to a copy in a temporary
@@ -185,7 +185,7 @@ def add_chat_tokens(tokenizer: tokenizer_lib.Tokenizer, added: added_tokens.Adde
   out_dir = tempfile.mkdtemp(prefix="instruct_jax_tokenizer_")
   atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
   tokenizer = added_tokens.extend_tokenizer(tokenizer, added, out_dir)
-  print(f"{message}: {added.describe()}", flush=True)
+  print(f"{message} {added.describe()}", flush=True)
   return tokenizer, pretrained
 
 
@@ -542,7 +542,7 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
       chat = None
     added = chat_tokens(config, pretrained, chat)
     tokenizer, pretrained = add_chat_tokens(  # to a temporary copy: the workdir is not written
-        tokenizer, added, pretrained, message="tokens    config.data.add_chat_tokens: the run adds")
+        tokenizer, added, pretrained, message="tokens    config.data.add_chat_tokens adds")
     model = resolve_model(config, tokenizer, pretrained, flag_keys)
   else:
     out(f"tokenizer trained on the first run into WORKDIR/{workdir_lib.TOKENIZER} (at most "

@@ -70,10 +70,17 @@ def test_chatml_tokens_are_added_trained_resumed_and_exported(tmp_path, capsys, 
   files = _chat_file(tmp_path)
   work = tmp_path / "work"
 
+  # The dry run reports the growth (and writes nothing).
+  assert train.dry_run(_config(src, files, 3)) == []
+  out = capsys.readouterr().out
+  assert f"config.data.add_chat_tokens adds <|im_start|> (id {vocab}), <|im_end|> (id {vocab + 1})" in out
+  assert f"vocab_size={vocab + 2}," in out
+
   # Step 0: the markers are the next ids; the old rows are the checkpoint's, bit for bit; new rows are the mean.
   train.train_and_evaluate(_config(src, files, 0), str(work))
   out = capsys.readouterr().out
-  assert f"<|im_start|> (id {vocab}), <|im_end|> (id {vocab + 1}); embedding rows {vocab} -> {vocab + 2}" in out
+  assert (f"Added chat tokens to the tokenizer: <|im_start|> (id {vocab}), <|im_end|> (id {vocab + 1}); embedding rows "
+          f"{vocab} -> {vocab + 2}") in out
   tok = workdir_lib.tokenizer(work)
   assert tok.vocab_size == vocab + 2
   assert chat.encode(tok, "<|im_start|>user\nHi<|im_end|>").tolist().count(vocab + 1) == 1
