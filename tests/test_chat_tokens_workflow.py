@@ -119,12 +119,12 @@ def test_chatml_tokens_are_added_trained_resumed_and_exported(tmp_path, capsys, 
   text = hf_tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
   ids = hf_tok(text, add_special_tokens=False)["input_ids"]
   assert ids == our_prompt, (ids, our_prompt)
+  assert json.loads((export / "generation_config.json").read_text())["eos_token_id"][-1] == vocab + 1  # stops there
   model = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
   assert model.get_input_embeddings().weight.shape[0] == vocab + 2
   with torch.no_grad():
     generated = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                               max_new_tokens=MAX_NEW, do_sample=False, num_beams=1,
-                               eos_token_id=[hf_tok.eos_token_id, vocab + 1])
+                               max_new_tokens=MAX_NEW, do_sample=False, num_beams=1)
   theirs = generated[0, len(ids):].tolist()
   theirs = theirs[:min([theirs.index(s) for s in (hf_tok.eos_token_id, vocab + 1) if s in theirs] + [len(theirs)])]
   assert theirs == list(ours)
