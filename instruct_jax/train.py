@@ -3,7 +3,8 @@
     python -m instruct_jax.train --config configs/quickstart.py --workdir /tmp/quickstart \\
         [--config.total_steps=200 ...] [--dry_run]
 
-config check -> mesh -> init_from's model config (no weights yet) -> tokenizer -> model -> workdir guard
+config check -> mesh -> init_from's model config (no weights yet) -> tokenizer (with the chat format's special
+strings it lacks added as tokens: `chat_tokens`) -> model -> workdir guard
 -> data -> train state born sharded -> jitted step -> resume (or init_from's weights) -> evaluation before
 training -> loop (step t+1 dispatched before step t's metrics reach the host; metrics, checkpoints,
 periodic evaluation; SIGTERM saves and exits) -> final checkpoint and evaluation.

@@ -19,7 +19,8 @@ from tests.convert import hf_models  # noqa: E402  (needs torch)
 from tests.test_pretrained_workflow import _bpe_llama, _cli  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-QUESTION = [{"role": "system", "content": "Answer the question."}, {"role": "user", "content": "Sort the numbers: 3 1 2"}]
+QUESTION = [{"role": "system", "content": "Answer the question."},
+            {"role": "user", "content": "Sort the numbers: 3 1 2"}]
 MAX_NEW = 8
 
 
@@ -43,8 +44,8 @@ def _chat_file(tmp_path) -> str:
   lines = []
   for _ in range(40):
     xs = [str(v) for v in rng.integers(0, 10, 3)]
-    lines.append(json.dumps({"messages": [*QUESTION[:1], {"role": "user", "content": "Sort the numbers: " + " ".join(xs)},
-                                          {"role": "assistant", "content": " ".join(sorted(xs))}]}))
+    user = {"role": "user", "content": "Sort the numbers: " + " ".join(xs)}
+    lines.append(json.dumps({"messages": [*QUESTION[:1], user, {"role": "assistant", "content": " ".join(sorted(xs))}]}))
   (tmp_path / "chat.jsonl").write_text("\n".join(lines) + "\n")
   return f"train={tmp_path / 'chat.jsonl'},test={tmp_path / 'chat.jsonl'}"
 
