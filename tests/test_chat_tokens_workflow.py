@@ -45,7 +45,8 @@ def _chat_file(tmp_path) -> str:
   for _ in range(40):
     xs = [str(v) for v in rng.integers(0, 10, 3)]
     user = {"role": "user", "content": "Sort the numbers: " + " ".join(xs)}
-    lines.append(json.dumps({"messages": [*QUESTION[:1], user, {"role": "assistant", "content": " ".join(sorted(xs))}]}))
+    reply = {"role": "assistant", "content": " ".join(sorted(xs))}
+    lines.append(json.dumps({"messages": [*QUESTION[:1], user, reply]}))
   (tmp_path / "chat.jsonl").write_text("\n".join(lines) + "\n")
   return f"train={tmp_path / 'chat.jsonl'},test={tmp_path / 'chat.jsonl'}"
 
