@@ -91,6 +91,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.host_input = "own_share"  # own_share: each host reads its share; slice_of_global: tests only
   c.data.chat_format = ""  # chat files' format, and instruction files' when set: alpaca | vicuna | chatml | llama3 |
   #                          tokenizer (its Jinja template) | FILE.jinja; "": the tokenizer's template for chat files
+  c.data.add_chat_tokens = True  # init_from: add chat_format's special strings its tokenizer lacks as new tokens
+  #                               (embedding rows grown, new rows the mean; instruct_jax/convert/added_tokens.py)
   c.data.render = ml_collections.ConfigDict()
   c.data.render.num_templates = config_dict.placeholder(int)  # keep the first N standard templates of each task
   c.data.render.template_ids = config_dict.placeholder(tuple)  # only these template ids (num_templates then

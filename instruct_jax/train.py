@@ -3,7 +3,8 @@
     python -m instruct_jax.train --config configs/quickstart.py --workdir /tmp/quickstart \\
         [--config.total_steps=200 ...] [--dry_run]
 
-config check -> mesh -> init_from's model config (no weights yet) -> tokenizer -> model -> workdir guard
+config check -> mesh -> init_from's model config (no weights yet) -> tokenizer (with the chat format's special
+strings it lacks added as tokens: `chat_tokens`) -> model -> workdir guard
 -> data -> train state born sharded -> jitted step -> resume (or init_from's weights) -> evaluation before
 training -> loop (step t+1 dispatched before step t's metrics reach the host; metrics, checkpoints,
 periodic evaluation; SIGTERM saves and exits) -> final checkpoint and evaluation.
@@ -18,12 +19,14 @@ or writing anything (see `dry_run`).
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +42,7 @@ from instruct_jax import checkpoint as ckpt_lib
 from instruct_jax import configs, convert, errors, host, optim, predict, sharding, step
 from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
+from instruct_jax.convert import added_tokens
 from instruct_jax.data import builtin
 from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import flan2021
@@ -149,6 +153,43 @@ def _load_or_fail(path: str) -> tokenizer_lib.Tokenizer:
     raise configs.ConfigError(f"config.tokenizer.path: {e}") from None
 
 
+def chat_tokens(config, pretrained, chat: chat_lib.ChatFormat | None) -> added_tokens.AddedTokens | None:
+  """The special strings of the run's chat format that the tokenizer it starts from (config.tokenizer.path's, else
+  init_from's; never the run's own copy, which holds them after the first start) lacks: added as new tokens, with
+  as many new embedding rows, when config.data.add_chat_tokens (`added_tokens`). None without init_from or a chat
+  format, when nothing is missing, or when the key is off (a missing end-of-turn marker is then the pipeline's
+  error). LoRA runs are refused: the new rows would be frozen base weights and never train."""
+  if pretrained is None or chat is None or not config.data.add_chat_tokens:
+    return None
+  source = _load_or_fail(config.tokenizer.path) if config.tokenizer.path else convert.load_tokenizer(config.init_from)
+  added = added_tokens.plan(chat, source, pretrained.config.vocab_size)
+  if added is not None and (config.model.lora.rank or config.model.lora.init_from):
+    raise configs.ConfigError(
+        f"config.data.chat_format={config.data.chat_format!r} needs {', '.join(added.tokens)}, which the tokenizer "
+        f"{source.model_path} lacks; adding them grows the embeddings, whose new rows a LoRA run (config.model.lora) "
+        "would never train. Train without LoRA, or use a format the tokenizer holds and "
+        "config.data.add_chat_tokens=False")
+  return added
+
+
+def add_chat_tokens(tokenizer: tokenizer_lib.Tokenizer, added: added_tokens.AddedTokens | None,
+                    pretrained: convert.Pretrained | None, message: str = "Added chat tokens to the tokenizer:"):
+  """(the tokenizer with `added`'s tokens, init_from's model config with their rows) for `chat_tokens`' result.
+
+  A restart's tokenizer (the run's own copy) holds them already; else they are added to a copy in a temporary
+  directory, which `keep_tokenizer` copies into the workdir."""
+  if added is None:
+    return tokenizer, pretrained
+  pretrained = dataclasses.replace(pretrained, config=added.grow(pretrained.config))
+  if all(added_tokens.is_one_token(tokenizer, t) for t in added.tokens):
+    return tokenizer, pretrained
+  out_dir = tempfile.mkdtemp(prefix="instruct_jax_tokenizer_")
+  atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+  tokenizer = added_tokens.extend_tokenizer(tokenizer, added, out_dir)
+  print(f"{message} {added.describe()}", flush=True)
+  return tokenizer, pretrained
+
+
 def lora_adapter(config, pretrained) -> lora_lib.LoraConfig | None:
   """The LoRA settings of the PEFT directory config.model.lora.init_from names (None when it names none)."""
   if not config.model.lora.init_from:
@@ -182,13 +223,17 @@ def check_lora_optimizer(config, model: build.Model) -> None:
                               "would barely train; set --config.optim.adafactor_param_scale=False or use adamw")
 
 
-def initial_params(config, model: build.Model, params, params_sh, mesh, rules, pretrained):
+def initial_params(config, model: build.Model, params, params_sh, mesh, rules, pretrained,
+                   added: added_tokens.AddedTokens | None = None):
   """`params` (fresh init) with init_from's weights as the base and model.lora.init_from's adapters, if named.
 
-  A LoRA workdir as init_from contributes its weights with its adapters merged in."""
+  A LoRA workdir as init_from contributes its weights with its adapters merged in; `added` (chat tokens) grows its
+  embedding tables."""
   if pretrained is not None:
     loaded = convert.load_pretrained(config.init_from, mesh, rules, **build.runtime_fields(model.config))
     _, weights = build.Model(loaded.config).merged(loaded.params)
+    if added is not None:
+      weights = added_tokens.grow_params(weights, model, added, mesh, rules)
     params = lora_lib.overlay_base(params, jax.tree.map(jax.device_put, weights, lora_lib.base(params_sh)))
     print(f"Initialised weights from {config.init_from}", flush=True)
   if config.model.lora.init_from:
@@ -303,6 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        adapter=lora_adapter(config, None))
   os.makedirs(workdir, exist_ok=True)
   tokenizer = load_tokenizer(config, workdir, catalogues, pretrained, chat)
+  added = chat_tokens(config, pretrained, chat)
+  tokenizer, pretrained = add_chat_tokens(tokenizer, added, pretrained)
   model = resolve_model(config, tokenizer, pretrained, flag_keys)
   guard_workdir(workdir, model)
   keep_tokenizer(tokenizer, workdir)
@@ -343,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     start = 0
     state = state.replace(params=initial_params(config, model, state.params, state_sh.params, mesh, rules,
-                                                pretrained))
+                                                pretrained, added))
   if restart and jax.process_index() == 0:
     workdir_lib.record_resume(workdir, step=start, changed=changed)
 
@@ -516,6 +563,13 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
     tokenizer = _load_or_fail(source) if config.tokenizer.path else convert.load_tokenizer(source)
     out(f"tokenizer {tokenizer.model_path}: {tokenizer.vocab_size} ids (pad {tokenizer.pad_id}, eos "
         f"{tokenizer.eos_id}, bos {tokenizer.bos_id})")
+    try:
+      chat = predict.chat_format(config, tokenizer)
+    except errors.UserError:  # reported with the data below
+      chat = None
+    added = chat_tokens(config, pretrained, chat)
+    tokenizer, pretrained = add_chat_tokens(  # to a temporary copy: the workdir is not written
+        tokenizer, added, pretrained, message="tokens    config.data.add_chat_tokens adds")
     model = resolve_model(config, tokenizer, pretrained, flag_keys)
   else:
     out(f"tokenizer trained on the first run into WORKDIR/{workdir_lib.TOKENIZER} (at most "

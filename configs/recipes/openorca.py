@@ -18,8 +18,11 @@ uses AdamW at 2e-5 with cosine decay after 3% warmup, no weight decay, clipping 
 8192 tokens per step (about 262K tokens). total_steps assumes about 300M tokens per epoch (500K examples of
 ~600 tokens; their later SlimOrca subset has about 500K GPT-4 completions): 4 epochs ~ 4,600 steps. Set it from
 your data: `python -m instruct_jax.data.preview` prints its token counts.
-Prompt: data.chat_format=chatml. Training from scratch (no init_from), the trained tokenizer keeps ChatML's
-markers as single pieces. Orca records without a system message get none.
+Prompt: data.chat_format=chatml. Mistral-7B-v0.1's tokenizer lacks ChatML's markers, so the run adds them as tokens
+32000 (<|im_start|>) and 32001 (<|im_end|>) and grows the embedding and output tables to 32002 rows, the new rows
+starting as the mean of the old ones (data.add_chat_tokens; the published model added the same ids); the workdir's
+tokenizer, checkpoints and `convert --to hf` export carry them. Training from scratch (no init_from), the trained
+tokenizer keeps the markers as single pieces. Orca records without a system message get none.
 Hardware: sized for 8x A100/H100 80GB or a TPU v4-32 (FSDP over 8 devices, bf16 compute, full remat); the
 sliding window of 4096 positions is Mistral's own.
 Runtime: estimated 20-30 h on 8x H100 for the 4,600 steps (not measured by this project).

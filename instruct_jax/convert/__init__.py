@@ -7,7 +7,8 @@ writers, imported directories, and the `python -m instruct_jax.convert` command 
 
 Modules: `pretrained` (import, export, imported dirs), `peft` (LoRA adapters as PEFT directories), `hf_t5` and
 `hf_llama` (config fields and tensor names of each Hugging Face family), `t5x` (T5X checkpoints), `tensors`
-(tensor sources and sharded placement).
+(tensor sources and sharded placement), `added_tokens` (a chat format's special strings added to a checkpoint's
+tokenizer, its embedding tables grown).
 """
 from instruct_jax.convert.pretrained import (  # noqa: F401
     EXPORTERS, FAMILIES, MODEL_CONFIG, PARAMS_DIR, Pretrained, export_hf, import_hf, import_t5x, load_imported,

@@ -13,13 +13,17 @@
 
 --from and --to default to `instruct_jax`; `--from t5x --to hf` converts without an intermediate dir.
 An export writes the weights, config.json, generation_config.json and the tokenizer files, so that
-`AutoModelForSeq2SeqLM` / `AutoModelForCausalLM` and `AutoTokenizer.from_pretrained(dst)` load it.
+`AutoModelForSeq2SeqLM` / `AutoModelForCausalLM` and `AutoTokenizer.from_pretrained(dst)` load it; a decoder
+trained in a chat format whose turns end with a token of their own (ChatML's <|im_end|>) gets that id among
+generation_config.json's eos_token_id, so `generate` stops at the end of its turn.
 Imports place parameters sharded over all local devices (--sharding preset over an fsdp mesh) while
 reading, so host memory holds the parameters once; exports write one tensor at a time.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 import time
 from collections.abc import Sequence
 
@@ -78,6 +82,30 @@ def _read(mesh, rules) -> convert.Pretrained:
   return convert.load_pretrained(src, mesh, rules, step=_STEP.value)
 
 
+def _end_of_turn(config, tokenizer, model_config) -> int | None:
+  """The id a decoder trained in the run's chat format ends its turn with, when it is not end-of-text (None: none,
+  or no chat format)."""
+  if not build.Model(model_config).reply_follows_prompt:
+    return None
+  try:
+    fmt = chat.resolve_format(config.data.chat_format, tokenizer, has_chat_data=bool(config.data_paths.chat_files))
+    stop = chat.end_of_turn_id(fmt, tokenizer) if fmt is not None else None
+  except chat.ChatError:
+    return None
+  return None if stop == tokenizer.eos_id else stop
+
+
+def _add_stop_id(file: pathlib.Path, stop: int) -> None:
+  """generation_config.json's eos_token_id with the chat format's end-of-turn id, so generate stops there too."""
+  if not file.is_file():
+    return
+  config = json.loads(file.read_text())
+  eos = config.get("eos_token_id")
+  eos = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
+  config["eos_token_id"] = eos + [stop] if stop not in eos else eos
+  file.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -101,15 +129,18 @@ def main(argv: Sequence[str]) -> None:
     except convert.ConversionError as e:
       tokenizer = None
       print(f"note: no tokenizer exported ({e})")
-    template = None
+    template, stop = None, None
     if tokenizer is not None and workdir_lib.is_workdir(tok_src):  # the run's chat format, for transformers
       spec = workdir_lib.read_config(tok_src).data.chat_format
       template = (tokenizer.chat_template() if spec in ("", "tokenizer") else
                   chat.export_template(spec, begin_of_text=build.Model(pretrained.config).reply_follows_prompt))
+      stop = _end_of_turn(workdir_lib.read_config(tok_src), tokenizer, pretrained.config)
     files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
                               dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),
                               max_shard_bytes=int(_MAX_SHARD_GB.value * 1024**3), tokenizer=tokenizer,
                               tokenizer_src=tok_src, chat_template=template)
+    if stop is not None:
+      _add_stop_id(pathlib.Path(_DST.value) / "generation_config.json", stop)
     print(f"wrote {_DST.value}: {', '.join(files)}")
   elif to == "peft":
     base_model = _BASE_MODEL.value or convert.base_model_name(_SRC.value)

@@ -13,7 +13,7 @@ A chat format is a Jinja template rendered as transformers' `apply_chat_template
 environment with trim_blocks, lstrip_blocks and loop controls; `messages`, `add_generation_prompt`,
 `bos_token`, `eos_token`, `raise_exception`). `resolve_format(spec, tokenizer)` gives the tokenizer's own
 template ("" or "tokenizer"), a named format of templates/chat_formats.yaml (alpaca, vicuna, chatml, llama3)
-or a .jinja file.
+or a .jinja file (its special strings: the <|...|> strings of its source).
 
 Rendering (`render`) finds each assistant turn k as the text between the rendering of messages[:k] with the
 generation prompt (a prefix of the whole rendering, which a template must keep) and the end of the turn's
@@ -35,6 +35,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 FORMATS_FILE = pathlib.Path(__file__).with_name("templates") / "chat_formats.yaml"
 FLAG = "config.data.chat_format"
+JINJA_SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")  # the special strings of a .jinja format: <|im_end|>, <|eot_id|>, ...
 
 
 class ChatError(sources.DataError):
@@ -254,7 +256,8 @@ def resolve_format(spec: str, tokenizer=None, *, has_chat_data: bool = True, fla
   if spec.endswith(".jinja"):
     if not os.path.isfile(spec):
       raise ChatError(f"{flag}={spec}: no such file")
-    return ChatFormat(spec, pathlib.Path(spec).read_text(encoding="utf-8"), (bos, eos), bos, eos)
+    template = pathlib.Path(spec).read_text(encoding="utf-8")
+    return ChatFormat(spec, template, (*dict.fromkeys(JINJA_SPECIAL.findall(template)), bos, eos), bos, eos)
   raise ChatError(f"{flag}={spec!r}: unknown chat format; use one of {', '.join(named)}, 'tokenizer' or a path "
                   "to a .jinja file")
 
@@ -355,7 +358,8 @@ def end_of_turn_id(fmt: ChatFormat, tokenizer) -> int:
   if len(covering) != 1 or starts[covering[0]] < content_end:
     raise ChatError(f"chat format {fmt.name}: its end-of-turn marker {marker!r} is not one token of tokenizer "
                     f"{tokenizer.model_path}, so a decoder could not stop at it; use a format whose turns end with "
-                    f"end-of-text (alpaca, vicuna) or a tokenizer that holds it ({FLAG})")
+                    f"end-of-text (alpaca, vicuna) or a tokenizer that holds it ({FLAG}); a run from a checkpoint "
+                    "(config.init_from) adds it as a new token with config.data.add_chat_tokens=True")
   return int(ids[covering[0]])
 
 

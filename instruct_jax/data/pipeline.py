@@ -43,7 +43,8 @@ from instruct_jax.data import transforms
 META_FEATURES = ("task_index", "template_id", "shots")
 MODEL_KINDS = ("encoder_decoder", "decoder")
 HOST_INPUTS = ("own_share", "slice_of_global")
-NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format")  # data keys the catalogue and the trainer read
+# Data keys the catalogue and the trainer read.
+NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format", "add_chat_tokens")
 
 
 class PipelineConfigError(errors.UserError, ValueError):
