@@ -48,6 +48,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = workdir_lib.read_config(_WORKDIR.value)
+  workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
   if _NUM.value is not None:
     config.eval.num_examples = _NUM.value
   if _TASKS.value:

@@ -130,6 +130,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = workdir_lib.read_config(_WORKDIR.value)
+  workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
   if _CHAT.value:
     system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
     records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]
