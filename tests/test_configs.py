@@ -23,8 +23,9 @@ CONFIG_DIR = ROOT / "configs"
 SHARED_SUPERNI = ROOT.parent / "shared" / "data" / "natural-instructions"
 SHIPPED = [("base.py", None), ("quickstart.py", None), ("quickstart.py", "decoder"), ("tiny.py", None),
            ("tiny.py", "decoder"), ("finetune.py", None),
-           *[("recipes/flan_t5.py", s) for s in ("small", "base", "large", "xl", "xxl")],
+           *[("recipes/flan_t5.py", s) for s in ("small", "base", "large", "xl", "xxl")],  # base, large: slow
            *[("decoder_llama.py", s) for s in ("1b", "7b")], ("flan2021.py", "small")]
+SLOW_DRY_RUNS = {("recipes/flan_t5.py", "base"), ("recipes/flan_t5.py", "large")}  # small, xl and xxl cover them
 PUBLISHED_M = {"7b": 6_738.4}  # LLaMA-2-7B (vocabulary 32000 as configs/decoder_llama.py trains it): 6.74B
 
 
@@ -69,7 +70,9 @@ def _shipped(name: str, arg: str | None, imported_dir, flan_tfds_dir=None) -> li
   return []
 
 
-@pytest.mark.parametrize("name,arg", SHIPPED, ids=[f"{n}:{a}" for n, a in SHIPPED])
+@pytest.mark.parametrize("name,arg", [
+    pytest.param(n, a, marks=pytest.mark.slow) if (n, a) in SLOW_DRY_RUNS else (n, a) for n, a in SHIPPED],
+    ids=[f"{n}:{a}" for n, a in SHIPPED])
 def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir, capsys, request):
   if name == "recipes/flan_t5.py" and not SHARED_SUPERNI.is_dir():
     pytest.skip(f"SuperNI data not found at {SHARED_SUPERNI}")

@@ -119,7 +119,8 @@ def _transformers(export_dir, kind: str) -> list[tuple[str, list[int]]]:
   return texts
 
 
-@pytest.mark.parametrize("name,route", [("t5", "converted"), pytest.param("llama", "hf", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name,route", [pytest.param("t5", "converted", marks=pytest.mark.slow),
+                                        pytest.param("llama", "hf", marks=pytest.mark.slow),
                                         pytest.param("llama3_bpe", "hf", marks=pytest.mark.slow)])
 def test_import_finetune_generate_evaluate_export(checkpoints, tmp_path, name, route):
   hf_dir, kind = checkpoints[name]

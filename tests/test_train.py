@@ -220,6 +220,7 @@ def _tb_steps(workdir, tag="train/loss") -> list[int]:
   return [e.step for e in acc.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped_then_set_aside_and_retrained(reference_run, tmp_path):
   work = tmp_path / "w"
   shutil.copytree(reference_run, work)
