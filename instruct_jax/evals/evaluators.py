@@ -210,12 +210,13 @@ def long_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_table(summary: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> str:
-  """Exact match and ROUGE-L per condition and cluster (and "score", each task's own metric, when a group holds
-  tasks scored otherwise: rank accuracy over the options of a held-out Flan cluster's classification tasks); with
-  `before`, as before -> after."""
+  """Exact match and ROUGE-L per condition and cluster (and "score", each task's own metric, when it is neither in
+  some group: rank accuracy over the options of a held-out Flan cluster's classification tasks); with `before`, as
+  before -> after."""
   rows = [(k.split("/")[0], k.split("/")[1], v) for k, v in summary["by_cluster"].items()]
   rows += [(k, "ALL", v) for k, v in summary["by_condition"].items()]
-  with_score = any("rank_accuracy" in v for _, _, v in rows)
+  differs = lambda v, m: m not in v or abs(v["score"] - v[m]) > 1e-9
+  with_score = any("score" in v and differs(v, "exact_match") and differs(v, "rougeL") for _, _, v in rows)
   lines = [f"{'condition':<18} {'cluster':<10} {'n':>5}  {'exact match':>17}  {'ROUGE-L':>17}"
            + (f"  {'score':>17}" if with_score else "")]
   for condition, cluster, v in sorted(rows, key=lambda x: (x[0], x[1] == "ALL", x[1])):
