@@ -13,6 +13,7 @@ setuptools.setup(
         "etils>=1.7",
         "flax>=0.10,<0.13",
         "grain>=0.2.10,<0.3",
+        "jinja2>=3.1,<4",  # chat templates (instruct_jax.data.chat), rendered as transformers renders them
         "jax>=0.6,<0.11",
         "matplotlib>=3.7",  # the judge's bar charts (instruct_jax.evals.judge)
         "ml-collections>=1.0,<2",
