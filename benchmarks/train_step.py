@@ -87,7 +87,8 @@ def _batch(model_kind: str, batch: int, inputs: int, targets: int, vocab: int, s
 
 def bench_jax(args) -> tuple[float, float, build.Model]:
   """Median seconds per step, XLA's FLOP count for one device's share of the step, and the model."""
-  kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype), attention=args.attention)
+  kw = dict(remat_policy=args.remat, dtype=jnp.dtype(args.dtype), attention=args.attention,
+            scan_layers=args.scan_layers)
   if args.layers:
     kw.update(dict(num_encoder_layers=args.layers, num_decoder_layers=args.layers) if args.model == "t5"
               else dict(num_layers=args.layers))
@@ -99,7 +100,10 @@ def bench_jax(args) -> tuple[float, float, build.Model]:
   rules = sharding.get_rules("data_parallel")
   ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-4, schedule="constant", grad_clip_norm=0.0)
   tx = optim.make_optimizer(ocfg)
+  t0 = time.perf_counter()
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
+  jax.block_until_ready(state)
+  t_init = time.perf_counter() - t0
   train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh)
   batch = jax.device_put(_batch(args.model, args.batch, args.inputs, args.targets, model.config.vocab_size),
                          sharding.batch_sharding(mesh, rules))
@@ -114,10 +118,15 @@ def bench_jax(args) -> tuple[float, float, build.Model]:
   print(f"jax: {sum(x.size for x in jax.tree.leaves(state.params)) / 1e6:,.1f}M parameters, {n_train / 1e6:,.2f}M "
         f"trained; params {nbytes(state.params) / gib:.2f} GiB, optimizer state {nbytes(state.opt_state) / gib:.2f} "
         f"GiB; XLA temp buffers {mem.temp_size_in_bytes / gib:.2f} GiB")
+  if args.compile_only:
+    print(f"jax: state init {t_init:.1f} s (compile + run), step compile {t_compile:.1f} s (lower + compile); "
+          "--compile_only: no step run")
+    return float("nan"), float(cost["flops"]), model
   state, m = compiled(state, batch, jax.random.key(0))
   jax.block_until_ready(m)
   # cost_analysis() describes the partitioned program, i.e. one device's share of the step.
-  print(f"jax: compile {t_compile:.1f} s (lower + compile), first step {time.perf_counter() - t0 - t_compile:.1f} s; "
+  print(f"jax: state init {t_init:.1f} s (compile + run), step compile {t_compile:.1f} s (lower + compile), first "
+        f"step {time.perf_counter() - t0 - t_compile:.1f} s; "
         f"XLA counts {cost['flops'] / 1e9:,.1f} GFLOP per device per step ({jax.device_count()} device(s)); "
         f"attention {args.attention!r} runs {_attention_used(model, args)!r}")
   times = []
@@ -141,8 +150,9 @@ def _attention_used(model: build.Model, args) -> str:
   return used
 
 
-def bench_torch(args) -> dict[str, float]:
-  """Median seconds per step of the PyTorch reference: {"eager": s} and, on a GPU, {"compiled": s} too."""
+def bench_torch(args, t_jax: float) -> dict[str, float]:
+  """Median seconds per step of the PyTorch reference: {"eager": s} and, on a GPU, {"compiled": s} too; each is
+  printed (against instruct_jax's `t_jax` s/step) as soon as it is measured."""
   import torch
   import transformers
   torch.manual_seed(0)
@@ -199,16 +209,26 @@ def bench_torch(args) -> dict[str, float]:
       times.append(time.perf_counter() - t0)
     return float(np.median(times)), first
 
+  tokens = args.batch * (args.inputs + args.targets)
+
+  def report(name: str, t: float) -> None:
+    print(f"pytorch {torch.__version__} {name} (threads {torch.get_num_threads()}): {t:.3f} s/step, "
+          f"{tokens / t:,.0f} tokens/s (median of {args.steps}); instruct_jax speed-up {t / t_jax:.2f}x", flush=True)
+
   model, opt = make()
   out = {}
   out["eager"], _ = timed(model, opt, loss_of)
+  report("eager", out["eager"])
   if gpu:
-    print(f"pytorch eager: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak device memory")
+    print(f"pytorch eager: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak device memory", flush=True)
     del model, opt
+    torch.cuda.reset_peak_memory_stats()
     model, opt = make()
     compiled = torch.compile(model)
     out["compiled"], first = timed(compiled, opt, loss_of)
-    print(f"pytorch torch.compile: first step (compiles) {first:.1f} s")
+    print(f"pytorch torch.compile: first step (compiles) {first:.1f} s; "
+          f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB peak device memory", flush=True)
+    report("torch.compile", out["compiled"])
   return out
 
 
@@ -221,6 +241,9 @@ def main():
   p.add_argument("--targets", type=int, default=64)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--remat", default="none")
+  p.add_argument("--scan_layers", action="store_true",
+                 help="one scanned layer per stack instead of unrolled ones (config.model.scan_layers)")
+  p.add_argument("--compile_only", action="store_true", help="lower and compile the step, run nothing")
   p.add_argument("--layers", type=int, default=0, help="override the size's layer count (0: the size's)")
   p.add_argument("--lora_rank", type=int, default=0, help="train LoRA adapters of this rank only (0: everything)")
   p.add_argument("--lora_targets", default="query,value", help="projections that get adapters (models/lora.py)")
@@ -240,6 +263,8 @@ def main():
   print(f"devices: {jax.devices()}; {args.model}-{args.size}, batch {args.batch} x ({args.inputs} + "
         f"{args.targets}) = {tokens} tokens/step; malloc: {'system' if args.system_malloc else 'keep freed'}")
   t_jax, flops, model = bench_jax(args)
+  if args.compile_only:
+    return
   model_flops = analytic_flops(model, args.batch, args.inputs, args.targets)
   n = jax.device_count()
   print(f"instruct_jax: {t_jax:.3f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
@@ -256,10 +281,7 @@ def main():
     import torch
     if not torch.cuda.is_available() and args.dtype != "float32":
       print(f"note: on CPU the PyTorch reference runs in float32, instruct_jax in {args.dtype}")
-    t_torch = bench_torch(args)
-    for name, t in t_torch.items():
-      print(f"pytorch {torch.__version__} {name} (threads {torch.get_num_threads()}): {t:.3f} s/step, "
-            f"{tokens / t:,.0f} tokens/s (median of {args.steps}); instruct_jax speed-up {t / t_jax:.2f}x")
+    bench_torch(args, t_jax)
 
 if __name__ == "__main__":
   main()

@@ -8,8 +8,9 @@
 
 The tokenizer is the checkpoint's own: tokenizer.model (SentencePiece: LLaMA-2, Mistral) or tokenizer.json
 (byte-level BPE: Llama-3, read with the `tokenizers` package).
-Hardware: 1b on one H100 or a v4-8 (FSDP over the local devices); 7b on 8x H100 or a v4-32 (FSDP 8, bf16
-compute, full remat; fp32 Adam states need ~108 GB in all, so FSDP over 8 devices or Adafactor).
+Hardware: 1b and 7b on 8x H100 or a v4-16 (8 chips; FSDP 8, bf16 compute; XLA plans 35 GiB per device for either
+step, 1b with dots_no_batch remat and 7b with full remat: BENCHMARKS.md, "Compile time"); fp32 Adam states of 7b
+need ~108 GB in all, so FSDP over 8 devices or Adafactor. On fewer devices set --config.mesh.fsdp.
 Sequences of 2048 tokens (1536 instruction + 512 output budget), packed; loss on outputs and their
 end-of-text token only.
 Runtime (estimated, not measured by this project): 1b, 3 epochs of 52k Alpaca-size examples, ~2 h on 8x H100.

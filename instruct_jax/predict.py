@@ -53,12 +53,12 @@ def finish_reason(new_ids: Sequence[int], max_new_tokens: int) -> str:
 
 def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig, *, batch_size: int = 32,
                      max_prompt_tokens: int = 512, mesh=None, rules=None, seed: int = 0,
-                     with_ids: bool = False, with_finish: bool = False) -> GenerateFn:
+                     with_ids: bool = False, with_finish: bool = False, keep_end: bool = False) -> GenerateFn:
   """Prompts -> generated texts; with_ids and/or with_finish: tuples (text[, new token ids][, finish reason]).
 
   Prompts are tokenized as training rows begin (`Model.prompt_ids`: T5 inputs end with EOS, decoder prompts
-  start with BOS) and over-long ones are cut as in training; the new ids stop before end-of-text. The finish
-  reason is `finish_reason(ids, max_new_tokens)`.
+  start with BOS) and over-long ones are cut as in training, or with `keep_end` lose their beginning instead;
+  the new ids stop before end-of-text. The finish reason is `finish_reason(ids, max_new_tokens)`.
   """
   cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
@@ -69,7 +69,7 @@ def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig
             + ((finish_reason(ids, cfg.max_new_tokens),) if with_finish else ()))
 
   def generate_fn(prompts: Sequence[str]) -> list:
-    ids = [model.prompt_ids(tokenizer, p, max_prompt_tokens) for p in prompts]
+    ids = [model.prompt_ids(tokenizer, p, max_prompt_tokens, keep_end=keep_end) for p in prompts]
     out = []
     for n, chunk in enumerate(_chunks(ids, batch_size)):
       padded = list(chunk) + [chunk[0]] * (batch_size - len(chunk))  # one compiled shape per bucket
@@ -81,15 +81,19 @@ def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig
 
 
 def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt_tokens: int = 512,
-                   max_continuation_tokens: int = 64, mesh=None, rules=None) -> LoglikFn:
-  """(prompt, continuation) pairs -> sum of log-probabilities of the continuation and end-of-text."""
+                   max_continuation_tokens: int = 64, mesh=None, rules=None, end_id: int | None = None,
+                   keep_end: bool = False) -> LoglikFn:
+  """(prompt, continuation) pairs -> sum of log-probabilities of the continuation and its end: end-of-text, or
+  `end_id` (a decoder's end of turn under a chat format). An over-long prompt loses its end, or with
+  `keep_end` its beginning (as `make_generate_fn`)."""
   rules_key = None if rules is None else tuple(sorted(rules.items()))
 
   def features(prompt: str, continuation: str):
-    p = tokenizer.encode(prompt)[:max_prompt_tokens]
+    p = tokenizer.encode(prompt)
+    p = p[max(len(p) - max_prompt_tokens, 0):] if keep_end else p[:max_prompt_tokens]
     c = tokenizer.encode(continuation)[:max_continuation_tokens]
     return model.example_features(p, c, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
-                                  max_continuation_tokens=max_continuation_tokens)
+                                  max_continuation_tokens=max_continuation_tokens, end_id=end_id)
 
   def loglik_fn(prompts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
     if len(prompts) != len(continuations):
@@ -199,6 +203,7 @@ def make_chat_generate_fn(model, params, tokenizer, fmt: chat_lib.ChatFormat, de
           [[{"role": "user", "content": "Name a prime."}]])[0]
   """
   cfg = dataclasses.replace(decode_cfg, stop_id=chat_stop_id(model, tokenizer, fmt))
+  kwargs.setdefault("keep_end", model.reply_follows_prompt)  # an over-long prompt keeps its generation prompt
   generate = make_generate_fn(model, params, chat_lib.SpecialAware(tokenizer), cfg, **kwargs)
   return lambda conversations: generate(chat_prompts(conversations, fmt))
 
@@ -207,16 +212,20 @@ def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, m
                 rules=None, chat_format: chat_lib.ChatFormat | None = None) -> evaluators.PredictFns:
   """The functions evaluators are run with (config section `eval_cfg`: decoding, batch size, rank
   classification), for these parameters. With the run's `chat_format`, prompts are read as chat renderings
-  (special strings as their ids) and a decoder also stops at the format's end of turn."""
+  (special strings as their ids); a decoder then also stops at the format's end of turn, rank classification
+  scores each option followed by that end of turn (as training scored replies), and an over-long prompt
+  loses its beginning rather than the generation prompt at its end."""
   stop = chat_stop_id(model, tokenizer, chat_format)
+  keep_end = chat_format is not None and model.reply_follows_prompt
   if chat_format is not None:
     tokenizer = chat_lib.SpecialAware(tokenizer)
   decode_cfg = sampling.DecodeConfig(max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams,
                                      stop_id=stop)
   gen = make_generate_fn(model, params, tokenizer, decode_cfg, batch_size=eval_cfg.batch_size,
-                         max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
+                         max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules, keep_end=keep_end)
   loglik = None
   if eval_cfg.rank_classification:
     loglik = make_loglik_fn(model, params, tokenizer, batch_size=eval_cfg.batch_size,
-                            max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules)
+                            max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules,
+                            end_id=stop if stop >= 0 else None, keep_end=keep_end)
   return evaluators.PredictFns(gen, loglik)

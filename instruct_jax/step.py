@@ -63,12 +63,16 @@ def abstract_train_state(model: build.Model, tx: optax.GradientTransformation, m
   return abstract, state_sh
 
 
+def jit_init_state(model: build.Model, tx: optax.GradientTransformation, state_shardings):
+  """rng -> the train state, jitted to create every array directly in its sharding (call it under the mesh)."""
+  return jax.jit(_init_state_fn(model, tx), out_shardings=state_shardings)
+
+
 def create_train_state(model: build.Model, tx: optax.GradientTransformation, mesh: Mesh, rules, rng):
   """Parameters and optimizer state created directly in their shardings; returns (state, shardings)."""
-  init_state = _init_state_fn(model, tx)
   _, state_sh = abstract_train_state(model, tx, mesh, rules, rng)
   with jax.set_mesh(mesh):
-    state = jax.jit(init_state, out_shardings=state_sh)(rng)
+    state = jit_init_state(model, tx, state_sh)(rng)
   return state, state_sh
 
 

@@ -39,7 +39,7 @@ from absl import flags, logging
 from jax.experimental import multihost_utils
 
 from instruct_jax import checkpoint as ckpt_lib
-from instruct_jax import configs, convert, errors, host, optim, predict, sharding, step
+from instruct_jax import aot, configs, convert, errors, host, optim, predict, sharding, step
 from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.convert import added_tokens
@@ -373,9 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx, schedule = optim.make_optimizer(optim_cfg), optim.make_schedule(optim_cfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(config.seed))
   loss_cfg = step.LossConfig(**config.loss.to_dict())
-  num_templates = 1 + max(t.id for name in pipe.task_names for t in catalogues[0][name].templates)
-  metric_groups = (("task", "task_index", len(pipe.task_names)), ("template", "template_id", num_templates))
-  group_labels = {"task": pipe.task_names, "template": [str(i) for i in range(num_templates)]}
+  metric_groups = aot.metric_groups(pipe.task_names, catalogues[0])
+  group_labels = {"task": pipe.task_names, "template": [str(i) for i in range(metric_groups[1][2])]}
   train_step = step.jit_train_step(model, tx, loss_cfg, schedule, mesh, rules, state_sh,
                                    num_microbatches=config.num_microbatches, metric_groups=metric_groups)
 
@@ -534,21 +533,25 @@ def _any_process(flag: bool) -> bool:
 # ---------------------------------------------------------------- dry run
 
 def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (), num_devices: int | None = None,
-            num_examples: int = 3, rate_examples: int = 1000) -> list[str]:
-  """Resolves the config, mesh, init_from, tokenizer, data and the model's sharded shapes; compiles nothing and
-  writes nothing. Prints a report and returns the problems found (empty: the run can start).
+            num_examples: int = 3, rate_examples: int = 1000, compile_step: bool = False) -> list[str]:
+  """Resolves the config, mesh, init_from, tokenizer, data and the model's sharded shapes; writes nothing.
+  Prints a report and returns the problems found (empty: the run can start).
 
   The mesh is the config's on this machine's devices, or (if this machine has too few) an abstract mesh of
-  `num_devices` (default: the config's fixed axes), so a pod's config is checked on a laptop.
+  `num_devices` (default: the config's fixed axes), so a pod's config is checked on a laptop. With `compile_step`,
+  the state init and the train step are also compiled on this machine's devices (instruct_jax/aot.py), which
+  needs the mesh's devices here.
   """
   configs.validate(config, flag_keys=flag_keys)
   problems: list[str] = []
   out = lambda line="": print(line, flush=True)
   rules = sharding.get_rules(config.sharding)
+  concrete = True
   try:
     mesh = sharding.make_mesh(dict(config.mesh))
     where = f"{mesh.devices.size} devices of this machine"
   except sharding.MeshError:
+    concrete = False
     n = num_devices or int(np.prod([max(v, 1) for v in dict(config.mesh).values()]))
     mesh = sharding.abstract_mesh(dict(config.mesh), n)
     where = f"{n} devices (abstract: this machine has {jax.device_count()})"
@@ -593,19 +596,21 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
   gib = 1024 ** 3
   p_bytes, o_bytes = per_device(abstract.params, state_sh.params), per_device(abstract.opt_state, state_sh.opt_state)
   out(f"memory    per device: parameters {p_bytes / gib:.2f} GiB + optimizer state {o_bytes / gib:.2f} GiB = "
-      f"{(p_bytes + o_bytes) / gib:.2f} GiB (activations not counted)")
+      f"{(p_bytes + o_bytes) / gib:.2f} GiB (activations not counted: --compile adds XLA's whole plan)")
   flat = zip(jax.tree_util.tree_flatten_with_path(abstract.params)[0], jax.tree.leaves(state_sh.params))
   for (path, a), sh in sorted(flat, key=lambda x: -x[0][1].size)[:4]:  # the largest parameters, and where they go
     out(f"  {jax.tree_util.keystr(path):56s} {str(a.shape):22s} {str(sh.spec):28s} per device "
         f"{sh.shard_shape(a.shape)}")
 
   data_cfg = pipeline_config(config, model)
+  groups = (("task", "task_index", 1), ("template", "template_id", 1))  # the data's, once it resolves
   try:
     chat = predict.chat_format(config, tokenizer)
     tasks, mixes = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths,
                                                                             strict=config.data.strict,
                                                                             chat_format=chat))
     examples, task_names, rates = pipeline_lib.rendered_examples(data_cfg, tasks, mixes)
+    groups = aot.metric_groups(task_names, tasks)
     report_lib.check_files(config, tasks, rates)
     check_held_out(config, rates)
     counts = np.zeros(len(task_names))
@@ -647,10 +652,34 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
   tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
   out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
       f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
+  if compile_step:
+    problems += _compile(config, model, tx, optim_cfg, mesh if concrete else None, rules, groups, out)
   for p in problems:
     out(f"PROBLEM   {p}")
-  out("dry run: " + ("OK, nothing was compiled or written" if not problems else f"{len(problems)} problem(s)"))
+  done = "the state init and the train step compiled, nothing was written" if compile_step else \
+      "nothing was compiled or written"
+  out("dry run: " + (f"OK, {done}" if not problems else f"{len(problems)} problem(s)"))
   return problems
+
+
+def _compile(config, model, tx, optim_cfg, mesh, rules, groups, out) -> list[str]:
+  """The dry run's --compile: the run's state init and train step compiled on this machine (aot.py)."""
+  if mesh is None:
+    need = int(np.prod([max(v, 1) for v in dict(config.mesh).values()]))
+    return [f"compile: config.mesh {dict(config.mesh)} needs at least {need} devices and this machine has "
+            f"{jax.device_count()}; compile on the target machine, or on a CPU stand-in with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={need} (its times are the CPU's)"]
+  try:
+    programs = aot.compile_run(model, tx, step.LossConfig(**config.loss.to_dict()), optim.make_schedule(optim_cfg),
+                               mesh, rules, batch_size=config.data.batch_size,
+                               inputs_length=config.data.inputs_length, targets_length=config.data.targets_length,
+                               num_microbatches=config.num_microbatches, metric_groups=groups, seed=config.seed)
+  except (jax.errors.JaxRuntimeError, ValueError) as e:  # the compiler's refusal (memory, a sharding), or shapes
+    return [f"compile: {errors.one_line(str(e))}"]
+  out(f"compile   on {aot.device_summary(mesh)}")
+  for line in aot.report(programs):
+    out(f"  {line}")
+  return []
 
 
 # ---------------------------------------------------------------- command line
@@ -662,6 +691,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation output.")
   flags.DEFINE_bool("dry_run", False, "Resolve the config, mesh, checkpoint, tokenizer, data and the model's "
                     "sharded shapes, print them, and exit without compiling or writing anything.")
+  flags.DEFINE_bool("compile", False, "With --dry_run: also lower and compile the state init and the train step "
+                    "on this machine's devices, and print the compile times and XLA's memory plan per device.")
   flags.DEFINE_integer("dry_run_devices", None, "Devices of the abstract mesh a dry run uses when this machine "
                        "has fewer than the config's mesh needs (default: the mesh's fixed axes).")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
@@ -702,7 +733,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   keys = configs.flag_keys(sys.argv)
   if f.dry_run:
-    sys.exit(1 if dry_run(config, flag_keys=keys, num_devices=f.dry_run_devices) else 0)
+    sys.exit(1 if dry_run(config, flag_keys=keys, num_devices=f.dry_run_devices, compile_step=f.compile) else 0)
+  if f.compile:
+    raise errors.UserError("--compile goes with --dry_run (a run compiles its step anyway)")
   if f.workdir is None:
     raise errors.UserError("--workdir is required")
   if f.keep_freed_memory or (f.keep_freed_memory is None and host.cpu_only()):

@@ -39,3 +39,66 @@ def test_generate_fn_and_the_synthetic_model_backend(kind, tokenizer):
   backend = backends.ModelBackend(gen)
   out = backend.complete(["sort these", "the list", "no"], backends.GenParams(max_new_tokens=5, temperature=0.0))
   assert [c.text for c in out] == texts  # greedy through the backend equals greedy directly
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS)
+def test_an_over_long_prompt_loses_its_end_or_with_keep_end_its_beginning(kind, tokenizer):
+  model = helpers.tiny_model(kind, vocab_size=128)
+  text = "sort these numbers 3 1 2 4 5 6 7 8 9 then reverse the list"
+  ids = tokenizer.encode(text).tolist()
+  assert len(ids) > 8
+  if kind == "encoder_decoder":  # 8 = 7 of the text's ids + end-of-text
+    assert model.prompt_ids(tokenizer, text, 8) == ids[:7] + [tokenizer.eos_id]
+    assert model.prompt_ids(tokenizer, text, 8, keep_end=True) == ids[-7:] + [tokenizer.eos_id]
+  else:  # begin-of-text + 8 of the text's ids
+    assert model.prompt_ids(tokenizer, text, 8) == [tokenizer.bos_id] + ids[:8]
+    assert model.prompt_ids(tokenizer, text, 8, keep_end=True) == [tokenizer.bos_id] + ids[-8:]
+  assert model.prompt_ids(tokenizer, "the list", 8, keep_end=True) == model.prompt_ids(tokenizer, "the list", 8)
+
+
+@pytest.fixture(scope="module")
+def chatml_tokenizer(tmp_path_factory):
+  from instruct_jax.data import chat  # pylint: disable=g-import-not-at-top
+  fmt = chat.resolve_format("chatml", None)
+  texts = [chat.prompt(fmt, [{"role": "user", "content": f"count the items {i} {i + 1}"}]) + "yes no the list"
+           for i in range(300)]
+  return tokenizer_lib.train(texts, vocab_size=120, out_dir=tmp_path_factory.mktemp("spm_chatml"),
+                             user_defined_symbols=fmt.user_symbols()), fmt
+
+
+def test_under_a_chat_format_a_decoder_scores_options_with_its_end_of_turn_and_keeps_the_generation_prompt(
+    chatml_tokenizer, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from instruct_jax.data import chat  # pylint: disable=g-import-not-at-top
+  tok, fmt = chatml_tokenizer
+  model = helpers.tiny_model("decoder", vocab_size=128)
+  params = helpers.init_params(model)
+  eot = predict.chat_stop_id(model, tok, fmt)
+  assert eot >= 0 and eot != tok.eos_id
+  eval_cfg = ml_collections.ConfigDict(dict(max_new_tokens=3, num_beams=1, batch_size=2, rank_classification=True))
+  fns = predict.predict_fns(model, params, tok, eval_cfg, max_prompt_tokens=64, chat_format=fmt)
+  prompt = predict.chat_prompts([[{"role": "user", "content": "count the items 3 4"}]], fmt)[0]
+  special = chat.SpecialAware(tok)
+  with_eot = fns.loglik([prompt], ["yes"])[0]
+  with_eos = predict.make_loglik_fn(model, params, special, batch_size=2, max_prompt_tokens=64)([prompt], ["yes"])[0]
+  # The two scores share every term but the last: log p(end | prompt, "yes"), read here off one forward pass.
+  ctx = [tok.bos_id] + special.encode(prompt).tolist() + tok.encode("yes").tolist()
+  logits = model.apply(params, {"decoder_input_tokens": np.asarray([ctx], np.int32)})[0, -1]
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  np.testing.assert_allclose(with_eot - with_eos, logp[eot] - logp[tok.eos_id], rtol=1e-4, atol=1e-4)
+
+  seen = []
+  real = predict.sampling.generate
+  monkeypatch.setattr(predict.sampling, "generate", lambda m, p, ids, *a, **k: seen.extend(ids) or real(m, p, ids, *a, **k))
+  long = [{"role": "user", "content": " ".join(f"count the items {i}" for i in range(40))}]
+  text = predict.chat_prompts([long], fmt)[0]
+  whole = special.encode(text).tolist()
+  assert len(whole) > 64
+  fns_short = predict.predict_fns(model, params, tok, eval_cfg, max_prompt_tokens=64, chat_format=fmt)
+  fns_short.generate([text])
+  assert seen[0] == [tok.bos_id] + whole[-64:]  # the generation prompt (the assistant header) survives the cut
+  seen.clear()
+  predict.make_chat_generate_fn(model, params, tok, fmt, sampling.DecodeConfig(max_new_tokens=2),
+                                max_prompt_tokens=64)([long])
+  assert seen[0] == [tok.bos_id] + whole[-64:]

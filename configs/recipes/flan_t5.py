@@ -18,10 +18,13 @@ Here: the first 100 instances of each train task (data_paths.superni_train_insta
 Definition + 2 positive examples encoding) in training and evaluation, one example per row, 1024/128 tokens,
 2 epochs of the 756 x 100 = 75,600 examples at 128 rows per step = 1,182 steps (Tk-Instruct's batch size is not in
 this project's references; 128 rows is this recipe's choice).
-Hardware, per size (mesh data x fsdp x tensor; batch 128 rows of 1024 + 128 tokens):
-    small (77M), base (248M): one GPU or a v4-8, data parallel.
-    large (783M): a v4-8 or 8 GPUs, FSDP.
-    xl (2.85B): a v4-32 or 8x H100, FSDP.
+Hardware, per size (mesh data x fsdp x tensor; batch 128 rows of 1024 + 128 tokens; the most memory XLA plans
+per device for the train step, from `--dry_run --compile` on a CPU stand-in with the einsum attention (a GPU's
+cuDNN or a TPU's Pallas attention holds less): BENCHMARKS.md, "Compile time"):
+    small (77M), base (248M): data parallel over 8 GPUs or TPU chips; on one 80 GB GPU add
+        --config.num_microbatches=8 (16 rows at a time: 18 and 51 GiB, against 131 and 372 GiB whole).
+    large (783M): 8 GPUs or a v4-16 (8 chips), FSDP (24 GiB per device).
+    xl (2.85B): a v4-32 or 8x H100, FSDP (16 GiB per device).
     xxl (11.1B): a v4-128 or 32x H100, FSDP + tensor parallel, bf16 compute, remat, Adafactor.
 Runtime (estimated, not measured by this project): well under an hour for base on a v4-8 (1,182 steps).
 Expected result: Tk-Instruct-style training on the SuperNI train tasks (Definition + 2 positive examples,
@@ -57,7 +60,7 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
   c.model.kind, c.model.size = "encoder_decoder", size
   c.model.dtype = "bfloat16"
   c.model.remat_policy = s["remat"]
-  c.model.scan_layers = size in ("xl", "xxl")
+  c.model.scan_layers = size in ("large", "xl", "xxl")  # compile time: BENCHMARKS.md
   c.tokenizer.vocab_size = 32000
   c.data.mixture = "niv2_train"
   c.data_paths.superni_train_instances = INSTANCES  # Tk-Instruct: the first 100 instances of each task

@@ -24,7 +24,9 @@ starting as the mean of the old ones (data.add_chat_tokens; the published model 
 tokenizer, checkpoints and `convert --to hf` export carry them. Training from scratch (no init_from), the trained
 tokenizer keeps the markers as single pieces. Orca records without a system message get none.
 Hardware: sized for 8x A100/H100 80GB or a TPU v4-32 (FSDP over 8 devices, bf16 compute, full remat); the
-sliding window of 4096 positions is Mistral's own.
+sliding window of 4096 positions is Mistral's own. It needs a fused attention kernel (config.model.attention
+auto picks cuDNN on a GPU, Pallas on a TPU): with the einsum path XLA plans 110 GiB per device for the step,
+most of it one layer's 8192 x 8192 attention logits (BENCHMARKS.md, "Compile time"; not yet run on a GPU).
 Runtime: estimated 20-30 h on 8x H100 for the 4,600 steps (not measured by this project).
 Expected result: the card reports that at release this model ranked first among models under 30B parameters
 on the Hugging Face Open LLM Leaderboard; `python -m instruct_jax.evaluate` scores held-out tasks here.

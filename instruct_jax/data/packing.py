@@ -38,6 +38,24 @@ def feature_lengths(kind: str, inputs_length: int, targets_length: int) -> dict[
   return lengths
 
 
+def batch_spec(kind: str, inputs_length: int, targets_length: int, batch_size: int,
+               meta_features: Sequence[str] = ()) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """(shape, dtype) of every feature of the batches `pack_and_batch` yields; packed or not, the schema is one.
+
+  Lets a config's train step be compiled before any data is read (instruct_jax/aot.py).
+  """
+  lengths = feature_lengths(kind, inputs_length, targets_length)
+  spec = {k: ((batch_size, n), np.dtype(np.float32 if k == "decoder_loss_weights" else np.int32))
+          for k, n in lengths.items()}
+  for feature, prefix in _ANCHORS.items():
+    if feature in lengths:
+      for suffix in ("segment_ids", "positions"):
+        spec[f"{prefix}_{suffix}"] = ((batch_size, lengths[feature]), np.dtype(np.int32))
+  for m in meta_features:
+    spec[m] = ((batch_size, lengths["decoder_target_tokens"]), np.dtype(np.int32))
+  return spec
+
+
 def _broadcast_meta(ex: dict, meta_features: Sequence[str]) -> dict:
   n = len(ex["decoder_target_tokens"])
   out = dict(ex)

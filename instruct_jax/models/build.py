@@ -129,26 +129,36 @@ class Model:
     return self._family.stepper_cls(self.module, params, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
                                     pad_id=pad_id, use_cache=use_cache)
 
-  def prompt_ids(self, tokenizer, text: str, max_tokens: int) -> list[int]:
+  def prompt_ids(self, tokenizer, text: str, max_tokens: int, *, keep_end: bool = False) -> list[int]:
     """A prompt's ids as training rows began (cut to the instruction budget the way training cuts it).
 
     encoder_decoder: the text's ids then end-of-text (the encoder saw inputs + EOS); decoder: begin-of-text
-    then the text's ids (no EOS: the model continues after them).
+    then the text's ids (no EOS: the model continues after them). An over-long prompt loses its end, as
+    training inputs do, or with `keep_end` its beginning (a decoder's chat prompt, whose end is the generation
+    prompt the reply follows).
     """
     ids = tokenizer.encode(text)
     if self.kind == "encoder_decoder":
+      if keep_end:
+        ids = ids[max(len(ids) - (max_tokens - 1), 0):]  # the room left before end-of-text
       return transforms.encoder_inputs(ids, eos_id=tokenizer.eos_id, max_input_len=max_tokens).tolist()
     bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-    return bos + (ids[:max_tokens].tolist() or [tokenizer.eos_id])
+    kept = ids[max(len(ids) - max_tokens, 0):] if keep_end else ids[:max_tokens]
+    return bos + (kept.tolist() or [tokenizer.eos_id])
 
   def example_features(self, prompt_ids, continuation_ids, *, tokenizer, max_prompt_tokens: int,
-                       max_continuation_tokens: int) -> dict | None:
-    """Teacher-forced features scoring `continuation` + EOS after `prompt` (None if nothing to score)."""
+                       max_continuation_tokens: int, end_id: int | None = None) -> dict | None:
+    """Teacher-forced features scoring `continuation` + its end after `prompt` (None if nothing to score).
+
+    The end is end-of-text, or for a decoder `end_id` (the end-of-turn marker a chat reply ends with; T5's
+    replies always end with end-of-text).
+    """
     if self.kind == "encoder_decoder":
       return transforms.seq2seq_features(prompt_ids, continuation_ids, eos_id=tokenizer.eos_id,
                                          max_input_len=max_prompt_tokens, max_target_len=max_continuation_tokens + 1)
     bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.pad_id
-    return transforms.decoder_features(prompt_ids, continuation_ids, bos_id=bos, eos_id=tokenizer.eos_id,
+    return transforms.decoder_features(prompt_ids, continuation_ids, bos_id=bos,
+                                       eos_id=tokenizer.eos_id if end_id is None else end_id,
                                        max_len=max_prompt_tokens + max_continuation_tokens + 1)
 
 

@@ -170,3 +170,14 @@ def test_train_fraction_trains_on_each_tasks_first_examples_only(catalogues, mon
   assert sum(r["shots"] for r in rows) > 300 and set(read) == set(range(10))  # exemplars from the ten too
   with pytest.raises(ValueError, match="config.data.train_fraction must be in"):
     pipeline.PipelineConfig(mixture="builtin", train_fraction=0.0)
+
+
+@pytest.mark.parametrize("kind,pack", [("encoder_decoder", True), ("decoder", False)])
+def test_batch_spec_is_the_schema_the_pipeline_yields(spm_tokenizer, catalogues, kind, pack):
+  """What aot.py compiles the train step for, before any data is read, is what the pipeline then feeds it."""
+  from instruct_jax.data import packing  # pylint: disable=g-import-not-at-top
+  cfg = pipeline.PipelineConfig(**{**CFG.__dict__, "model_kind": kind, "pack": pack})
+  b = next(iter(pipeline.make_pipeline(cfg, spm_tokenizer, tasks=catalogues[0], mixtures=catalogues[1])))
+  spec = packing.batch_spec(kind, cfg.inputs_length, cfg.targets_length, cfg.batch_size,
+                            meta_features=pipeline.META_FEATURES)
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == spec
