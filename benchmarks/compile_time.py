@@ -7,10 +7,11 @@
 Runs `python -m instruct_jax.train --config configs/C --dry_run --compile` (instruct_jax/aot.py) for each config
 in a process of its own and tabulates what it prints: seconds to lower + compile the sharded state init and the
 train step at the config's real model, mesh and batch, and the most memory the step's plan holds per device.
-With `--scan both` each config also runs with config.model.scan_layers flipped. On a machine with fewer devices
-than a config's mesh needs, the run gets a CPU stand-in mesh (XLA_FLAGS=--xla_force_host_platform_device_count);
-`--no_stand_in` uses the machine's own devices (a GPU or TPU host with enough of them). Data the configs name
-need not exist: the compile does not read it (a dry run's data problems are counted, not fatal here).
+With `--scan both` each config also runs with config.model.scan_layers flipped. Every run gets a CPU stand-in
+mesh of the devices the config's mesh fixes (JAX_PLATFORMS=cpu, XLA_FLAGS=--xla_force_host_platform_device_count),
+also on a GPU host; `--no_stand_in` compiles on the machine's own devices instead (a GPU or TPU host with enough
+of them). Data the configs name need not exist: the compile does not read it (a dry run's data problems are
+counted, not fatal here).
 """
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ _PROGRAM = re.compile(r"^\s+(state init|train step): lowered in ([\d.]+) s, comp
                       r"([\d.]+) GiB at once", re.M)
 
 
-def mesh_devices(name: str) -> tuple[int, bool]:
-  """(devices the config's mesh needs at least, its scan_layers) read from the config itself."""
+def mesh_devices(name: str, extra: list[str]) -> tuple[int, bool]:
+  """(devices the config's mesh fixes, its scan_layers) read from the config with the `extra` overrides."""
   from instruct_jax import configs  # pylint: disable=g-import-not-at-top  (only the parent process needs it)
-  c = configs.from_command_line([f"--config={ROOT / 'configs' / name}"])
+  c = configs.from_command_line([f"--config={ROOT / 'configs' / name}", *extra])
   need = 1
   for v in dict(c.mesh).values():
     need *= max(v, 1)
@@ -49,7 +50,7 @@ def mesh_devices(name: str) -> tuple[int, bool]:
 
 
 def run_one(name: str, scan: bool | None, stand_in: bool, timeout: float, extra: list[str]) -> dict:
-  need, shipped_scan = mesh_devices(name)
+  need, shipped_scan = mesh_devices(name, extra)
   cmd = [sys.executable, "-m", "instruct_jax.train", f"--config={ROOT / 'configs' / name}", *SHIPPED.get(name, []),
          *extra, "--dry_run", "--compile"]
   if scan is not None:
@@ -71,7 +72,7 @@ def run_one(name: str, scan: bool | None, stand_in: bool, timeout: float, extra:
   problems = [l for l in proc.stdout.splitlines() if l.startswith("PROBLEM")]
   compile_problems = [l for l in problems if l.startswith("PROBLEM   compile:")]
   if compile_problems or "train step" not in row:
-    row["error"] = (compile_problems or problems or [proc.stderr.strip().splitlines()[-1:]])[0]
+    row["error"] = (compile_problems or problems or proc.stderr.strip().splitlines()[-1:] or ["no output"])[0]
   row["data_problems"] = len(problems) - len(compile_problems)
   return row
 
@@ -91,7 +92,7 @@ def main():
         "command wall s |", flush=True)
   print("|---|---|---|---|---|---|---|---|", flush=True)
   for name in names:
-    _, shipped_scan = mesh_devices(name)
+    _, shipped_scan = mesh_devices(name, args.flag)
     for scan in ([None] if args.scan == "config" else [shipped_scan, not shipped_scan]):
       r = run_one(name, scan, stand_in=not args.no_stand_in, timeout=args.timeout, extra=args.flag)
       if "error" in r and "train step" not in r:

@@ -13,7 +13,8 @@ LOG="${OUT:-/tmp}/issue12_gpu.log"
 run() {
   local limit=$1; shift
   echo "=== python benchmarks/train_step.py $*" | tee -a "$LOG"
-  timeout "$limit" python benchmarks/train_step.py "$@" 2>&1 | grep -v "^[WI]0000" | tee -a "$LOG"
+  timeout -k 15 "$limit" python benchmarks/train_step.py "$@" 2>&1 | grep --line-buffered -vE '^[WI][0-9]{4} ' \
+    | tee -a "$LOG"
   echo "=== exit ${PIPESTATUS[0]} (124: over its ${limit} s)" | tee -a "$LOG"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"

@@ -4,8 +4,9 @@
 
 compiles both for the config's mesh, model, optimizer and batch shapes on this machine's devices, before any
 data is read or any weight exists, and reports how long lowering and compiling took and the memory XLA plans
-to hold per device. It catches what only the compiler sees (a sharding that does not partition, a step that
-does not fit) without a run, and it is how this project times compilation (benchmarks/compile_time.py).
+to hold per device. It catches what only the compiler sees (a sharding that does not partition; a step whose
+plan exceeds the memory of a device that reports its size, as GPUs and TPUs do and a CPU does not) without a
+run, and it is how this project times compilation (benchmarks/compile_time.py).
 
 The programs are the trainer's own: `step.jit_init_state` and `step.jit_train_step`, given the shapes
 `packing.batch_spec` describes, so a config that compiles here compiles in `train`. Compile times and memory
@@ -104,8 +105,23 @@ def report(programs: Sequence[Program]) -> list[str]:
   return [p.line() for p in programs] + [f"total {total:.1f} s of lowering and compiling before the first step"]
 
 
+def too_big(programs: Sequence[Program], mesh: Mesh) -> list[str]:
+  """Problems for the programs whose plan exceeds the memory of a device of `mesh` (where it reports its size)."""
+  stats = np.asarray(mesh.devices).flat[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  if not limit:
+    return []
+  return [f"compile: the {p.name} plans {p.peak / GIB:.2f} GiB per device and a device has {limit / GIB:.2f} GiB; "
+          "raise config.num_microbatches, set config.model.remat_policy, or shard over more devices"
+          for p in programs if p.peak > limit]
+
+
+# The meta features of a batch the train step reads: per-task and per-template loss sums (the rest stay on the host).
+DEVICE_FEATURES = ("task_index", "template_id")
+
+
 def metric_groups(task_names: Sequence[str], tasks) -> tuple[tuple[str, str, int], ...]:
-  """The per-task and per-template loss sums the trainer's step computes (train.DEVICE_FEATURES), for the
-  mixture's `task_names` out of the catalogue `tasks`."""
+  """The per-task and per-template loss sums the trainer's step computes over DEVICE_FEATURES, for the mixture's
+  `task_names` out of the catalogue `tasks`."""
   num_templates = 1 + max(t.id for name in task_names for t in tasks[name].templates)
-  return (("task", "task_index", len(task_names)), ("template", "template_id", num_templates))
+  return (("task", DEVICE_FEATURES[0], len(task_names)), ("template", DEVICE_FEATURES[1], num_templates))

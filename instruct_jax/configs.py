@@ -195,6 +195,10 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
       is_file_map = name in ("data_paths.instruction_files", "data_paths.chat_files")
       if is_file_map and (not isinstance(value, str) or not value):
         raise ConfigError(f"{_flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
+  k, rows = config.num_microbatches, config.data.batch_size
+  if not isinstance(k, int) or k < 1 or rows % k:
+    raise ConfigError(f"{_flag_or_key('num_microbatches', flag_keys)}={k!r}: must be a positive integer dividing "
+                      f"{_flag_or_key('data.batch_size', flag_keys)}={rows}")
 
 
 def flag_keys(argv: Sequence[str], name: str = "config") -> list[str]:

@@ -89,8 +89,7 @@ def make_loglik_fn(model, params, tokenizer, *, batch_size: int = 32, max_prompt
   rules_key = None if rules is None else tuple(sorted(rules.items()))
 
   def features(prompt: str, continuation: str):
-    p = tokenizer.encode(prompt)
-    p = p[max(len(p) - max_prompt_tokens, 0):] if keep_end else p[:max_prompt_tokens]
+    p = model.cut_prompt(tokenizer.encode(prompt), max_prompt_tokens, keep_end=keep_end)
     c = tokenizer.encode(continuation)[:max_continuation_tokens]
     return model.example_features(p, c, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
                                   max_continuation_tokens=max_continuation_tokens, end_id=end_id)

@@ -177,12 +177,23 @@ def test_settings_that_contradict_the_checkpoint_are_errors_and_runtime_ones_app
   assert (model.config.remat_policy, model.config.dropout_rate, model.config.d_model) == ("full", 0.1, 64)
 
 
+def test_microbatches_must_divide_the_batch_naming_both_keys():
+  c = configs.base()
+  c.num_microbatches = 3
+  with pytest.raises(configs.ConfigError, match=r"^--config\.num_microbatches=3: must be a positive integer dividing "
+                                                r"config\.data\.batch_size=8$"):
+    configs.validate(c, flag_keys=["num_microbatches"])
+  c.num_microbatches = 4
+  configs.validate(c)
+
+
 def test_the_code_reads_only_keys_that_the_base_has():
   """Every `config.a.b` chain in the programs exists in base(); no `.get(key, default)` on a config."""
   known = set(configs.leaves(configs.base()))
   prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
   methods = {"to_dict", "to_json_best_effort", "unlocked", "items", "keys", "lock"}
-  files = [ROOT / "instruct_jax" / f for f in ("train.py", "evaluate.py", "generate.py", "workdir.py", "predict.py")]
+  files = [ROOT / "instruct_jax" / f for f in ("train.py", "resolve.py", "dry_run.py", "evaluate.py", "generate.py",
+                                             "workdir.py", "predict.py")]
   chains = 0
   for file in files:
     for node in ast.walk(ast.parse(file.read_text())):
@@ -203,7 +214,7 @@ def test_the_code_reads_only_keys_that_the_base_has():
         path = path.rsplit(".", 1)[0]  # an attribute of a leaf value (an open map's entry, a string's method)
       assert path in prefixes, f"{file.name} reads config.{'.'.join(parts)}, which base() lacks"
       chains += 1
-  assert chains > 30
+  assert chains > 150  # (about 200: the trainer, its dry run and resolution, evaluate, generate, predict)
 
 
 ABLATIONS = ["templates.py", "data_fraction.py"]

@@ -114,15 +114,15 @@ def test_config_section_builds_lora_and_names_bad_keys():
 
 
 def test_adafactor_parameter_scaling_with_lora_is_refused_naming_the_key():
-  from instruct_jax import train  # pylint: disable=g-import-not-at-top
+  from instruct_jax import resolve  # pylint: disable=g-import-not-at-top
   config = configs.base()
   config.model.kind, config.model.size, config.model.lora.rank = "decoder", "tiny", 4
   config.optim.optimizer = "adafactor"
   model = build.from_section(config.model)
   with pytest.raises(configs.ConfigError, match=r"^config.optim.adafactor_param_scale=True with LoRA"):
-    train.check_lora_optimizer(config, model)
+    resolve.check_lora_optimizer(config, model)
   config.optim.adafactor_param_scale = False
-  train.check_lora_optimizer(config, model)
+  resolve.check_lora_optimizer(config, model)
 
 
 def test_peft_adapter_config_is_read_in_our_names_and_what_we_cannot_compute_is_refused(tmp_path):

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from instruct_jax import configs, convert, sharding, step, train
+from instruct_jax import configs, convert, resolve, sharding, step, train
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.models import lora
 
@@ -87,7 +87,7 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
       str(tmp_path / "base_hf")).vocab_size
 
   # A new run starting from the exported adapter holds the same adapters before its first step.
-  start = train.initial_params(_config(**lora_keys, **{"model.lora.init_from": str(tmp_path / "adapter")}),
+  start = resolve.initial_params(_config(**lora_keys, **{"model.lora.init_from": str(tmp_path / "adapter")}),
                                loaded.model, loaded.params, jax.tree.map(lambda x: x.sharding, loaded.params),
                                loaded.mesh, loaded.rules, hf_base)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(start), jax.device_get(loaded.params))

@@ -54,6 +54,14 @@ def test_an_over_long_prompt_loses_its_end_or_with_keep_end_its_beginning(kind, 
     assert model.prompt_ids(tokenizer, text, 8) == [tokenizer.bos_id] + ids[:8]
     assert model.prompt_ids(tokenizer, text, 8, keep_end=True) == [tokenizer.bos_id] + ids[-8:]
   assert model.prompt_ids(tokenizer, "the list", 8, keep_end=True) == model.prompt_ids(tokenizer, "the list", 8)
+  # Scoring cuts the same way: with keep_end the prompt's last word counts and a prefix does not.
+  params = helpers.init_params(model)
+  start = predict.make_loglik_fn(model, params, tokenizer, batch_size=2, max_prompt_tokens=8)
+  end = predict.make_loglik_fn(model, params, tokenizer, batch_size=2, max_prompt_tokens=8, keep_end=True)
+  a, b = text, text.replace("the list", "the items")
+  assert start([a], ["yes"])[0] == start([b], ["yes"])[0]  # the cut-off end makes no difference
+  assert end([a], ["yes"])[0] != end([b], ["yes"])[0]
+  np.testing.assert_allclose(end(["count " + a], ["yes"]), end([a], ["yes"]), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def _as_seen_by_the_code(config, key: str):
     return tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict).strict
   if key == "data.chat_format":  # resolved as the trainer does (a named format here: no tokenizer needed)
     return chat.resolve_format(config.data.chat_format, None).name
-  if key == "data.add_chat_tokens":  # read by the trainer (train.chat_tokens), not the pipeline
+  if key == "data.add_chat_tokens":  # read by the trainer (resolve.chat_tokens), not the pipeline
     return config.data.add_chat_tokens
   if head == "data":
     return getattr(pipeline.PipelineConfig.from_config(config.data), last)

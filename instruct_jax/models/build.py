@@ -137,14 +137,17 @@ class Model:
     training inputs do, or with `keep_end` its beginning (a decoder's chat prompt, whose end is the generation
     prompt the reply follows).
     """
-    ids = tokenizer.encode(text)
+    ids = self.cut_prompt(tokenizer.encode(text), max_tokens, keep_end=keep_end)
     if self.kind == "encoder_decoder":
-      if keep_end:
-        ids = ids[max(len(ids) - (max_tokens - 1), 0):]  # the room left before end-of-text
       return transforms.encoder_inputs(ids, eos_id=tokenizer.eos_id, max_input_len=max_tokens).tolist()
     bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-    kept = ids[max(len(ids) - max_tokens, 0):] if keep_end else ids[:max_tokens]
-    return bos + (kept.tolist() or [tokenizer.eos_id])
+    return bos + (ids.tolist() or [tokenizer.eos_id])
+
+  def cut_prompt(self, ids, max_tokens: int, *, keep_end: bool = False):
+    """A prompt's ids that fit the budget of `max_tokens` (T5's encoder input keeps one place for its end-of-text):
+    an over-long prompt loses its end, or with `keep_end` its beginning."""
+    room = max(max_tokens - 1, 0) if self.kind == "encoder_decoder" else max_tokens
+    return ids[max(len(ids) - room, 0):] if keep_end else ids[:room]
 
   def example_features(self, prompt_ids, continuation_ids, *, tokenizer, max_prompt_tokens: int,
                        max_continuation_tokens: int, end_id: int | None = None) -> dict | None:

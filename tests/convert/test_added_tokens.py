@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from instruct_jax import configs, convert, sharding, train
+from instruct_jax import configs, convert, resolve, sharding
 from instruct_jax.convert import added_tokens
 from instruct_jax.data import chat
 from instruct_jax.data import tokenizer as tokenizer_lib
@@ -125,9 +125,9 @@ def test_lora_runs_are_refused_and_the_key_turns_adding_off(tmp_path):
   pretrained = convert.Pretrained(decoder.DecoderConfig(**{**decoder.SIZES["tiny"], "vocab_size": tok.vocab_size}),
                                   None, str(src))
   fmt = chat.resolve_format("chatml", tok)
-  assert train.chat_tokens(config, pretrained, fmt).ids == [tok.vocab_size, tok.vocab_size + 1]
+  assert resolve.chat_tokens(config, pretrained, fmt).ids == [tok.vocab_size, tok.vocab_size + 1]
   config.model.lora.rank = 4
   with pytest.raises(configs.ConfigError, match="LoRA"):
-    train.chat_tokens(config, pretrained, fmt)
+    resolve.chat_tokens(config, pretrained, fmt)
   config.data.add_chat_tokens = False
-  assert train.chat_tokens(config, pretrained, fmt) is None
+  assert resolve.chat_tokens(config, pretrained, fmt) is None
