@@ -130,3 +130,47 @@ def test_chatml_tokens_are_added_trained_resumed_and_exported(tmp_path, capsys, 
   theirs = generated[0, len(ids):].tolist()
   theirs = theirs[:min([theirs.index(s) for s in (hf_tok.eos_token_id, vocab + 1) if s in theirs] + [len(theirs)])]
   assert theirs == list(ours)
+
+
+@pytest.mark.slow
+def test_t5_checkpoint_takes_chatml_tokens_trains_and_exports_what_transformers_generates(tmp_path, capsys):
+  """The encoder-decoder case: a T5 checkpoint whose SentencePiece model lacks ChatML's markers; the run gives them
+  the checkpoint's unused embedding rows (no growth), trains on conversations, and the export's tokenizer, chat
+  template and weights give transformers our prompt ids and our greedy reply."""
+  src = hf_models.save(hf_models.build("t5_flan"), tmp_path / "ckpt", "t5_flan")
+  hf_models.train_spm(src / "spiece.model")
+  rows = json.loads((src / "config.json").read_text())["vocab_size"]
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  pieces = spm.SentencePieceProcessor(model_file=str(src / "spiece.model")).get_piece_size()
+  assert pieces + 2 <= rows  # the markers fit the unused rows
+  files = _chat_file(tmp_path)
+  work = tmp_path / "work"
+  train.train_and_evaluate(_config(src, files, 3), str(work))
+  out = capsys.readouterr().out
+  assert (f"Added chat tokens to the tokenizer: <|im_start|> (id {pieces}), <|im_end|> (id {pieces + 1}); in unused "
+          f"rows of the {rows}-row embedding (no growth)") in out
+
+  loaded = workdir_lib.load(work)
+  fmt = predict.chat_format(loaded.config, loaded.tokenizer)
+  assert predict.chat_stop_id(loaded.model, loaded.tokenizer, fmt) == -1  # T5's replies end with end-of-text
+  prompt = predict.chat_prompts([QUESTION], fmt)[0]
+  our_prompt = loaded.model.prompt_ids(chat.SpecialAware(loaded.tokenizer), prompt, loaded.config.data.inputs_length)
+  assert our_prompt.count(pieces) == 3 and our_prompt.count(pieces + 1) == 2  # system, user, assistant header
+  _, ours = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt,
+                                          sampling.DecodeConfig(max_new_tokens=MAX_NEW), with_ids=True)([QUESTION])[0]
+
+  export = tmp_path / "export"
+  _cli("instruct_jax.convert", "--to", "hf", "--src", work, "--dst", export)
+  hf_tok = transformers.AutoTokenizer.from_pretrained(export)
+  assert hf_tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [pieces, pieces + 1]
+  text = hf_tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+  assert text == prompt
+  ids = hf_tok(text)["input_ids"]  # T5's tokenizer appends </s>, as our encoder input ends with it
+  assert ids == our_prompt, (ids, our_prompt)
+  model = transformers.AutoModelForSeq2SeqLM.from_pretrained(export, dtype=torch.float32).eval()
+  with torch.no_grad():  # use_cache=False: see tests/test_pretrained_workflow.py (this T5's decoder is deeper)
+    generated = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               max_new_tokens=MAX_NEW, do_sample=False, num_beams=1, use_cache=False)
+  theirs = generated[0, 1:].tolist()
+  theirs = theirs[:theirs.index(hf_tok.eos_token_id)] if hf_tok.eos_token_id in theirs else theirs
+  assert theirs == list(ours)

@@ -12,7 +12,9 @@ from tests import helpers
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(12, 31))]
 
 
-@pytest.fixture(scope="module", params=[(k, s) for k in helpers.KINDS for s in (False, True)],
+# T5's unrolled decoding is slow only (its scanned sibling and the decoder's unrolled one cover the same code).
+@pytest.fixture(scope="module", params=[pytest.param((k, s), marks=pytest.mark.slow) if (k, s) == ("encoder_decoder", False)
+                                        else (k, s) for k in helpers.KINDS for s in (False, True)],
                 ids=lambda p: f"{p[0]}-{'scan' if p[1] else 'loop'}")
 def model_and_params(request):
   kind, scan = request.param
@@ -105,7 +107,7 @@ def test_sampling_filters():
   assert set(np.asarray(draws).ravel().tolist()) == {0, 1}
 
 
-@pytest.mark.parametrize("kind", helpers.KINDS)
+@pytest.mark.parametrize("kind", helpers.KINDS_T5_SLOW)
 def test_decoding_on_a_sharded_mesh_matches_one_device(kind):
   from instruct_jax import sharding
   model = helpers.tiny_model(kind)

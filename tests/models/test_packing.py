@@ -18,7 +18,7 @@ def _loss_and_grads(model, params, batch, normalization):
 
 
 @pytest.mark.parametrize("kind", helpers.KINDS)
-@pytest.mark.parametrize("normalization", ["tokens", "examples"])
+@pytest.mark.parametrize("normalization", ["tokens", pytest.param("examples", marks=pytest.mark.slow)])
 def test_packed_equals_unpacked(kind, normalization):
   model = helpers.tiny_model(kind)
   params = helpers.init_params(model)
