@@ -73,6 +73,10 @@ def _get(name: str, tasks, mixtures, stack: tuple[str, ...]) -> Mixture:
   if name in stack:
     raise ValueError(f"mixture cycle: {' -> '.join(stack + (name,))}")
   if name not in mixtures:
+    if (name == "niv2" or name.startswith(("niv2_", "niv2/"))) and not any(t.startswith("niv2/") for t in tasks):
+      raise tasks_lib.UnknownName(f"{name!r} is a SuperNI mixture or task, and no SuperNI task files were given: set "
+                                  "config.data_paths.superni_dir (--superni_dir for evaluate and preview) to the "
+                                  "natural-instructions directory")
     tasks_lib.lookup({**tasks, **mixtures}, name, "task or mixture")
   return mixtures[name]
 

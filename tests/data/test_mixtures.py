@@ -71,6 +71,11 @@ def test_unknown_names_suggest_closest(catalogues):
   bad = {"m": mixtures.Mixture("m", ("a", "bb"))}
   with pytest.raises(KeyError, match=r"unknown task or mixture 'bb'; did you mean 'b'"):
     mixtures.task_rates("m", TASKS, bad)
+  # A SuperNI name without SuperNI task files says which key brings them.
+  for name in ("niv2_train", "niv2"):
+    with pytest.raises(KeyError, match=rf"^'{name}' is a SuperNI mixture or task, and no SuperNI task files were "
+                                       r"given: set config\.data_paths\.superni_dir"):
+      mixtures.task_rates(name, tasks, mixes)
 
 
 def test_catalogue_mixtures(catalogues):
