@@ -8,6 +8,9 @@
 # H200. Results go into BENCHMARKS.md ("Attention kernels", "Compile time") with the device named.
 set -u
 export PYTHONUNBUFFERED=1  # a case cut by its time limit still leaves what it printed
+# The device machine runs a copy of the working tree with nothing installed: import the project from it.
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LOG="${OUT:-/tmp}/issue12_gpu.log"
 : > "$LOG"
 run() {
@@ -15,7 +18,8 @@ run() {
   echo "=== python benchmarks/train_step.py $*" | tee -a "$LOG"
   timeout -k 15 "$limit" python benchmarks/train_step.py "$@" 2>&1 | grep --line-buffered -vE '^[WI][0-9]{4} ' \
     | tee -a "$LOG"
-  echo "=== exit ${PIPESTATUS[0]} (124: over its ${limit} s)" | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  echo "=== exit $rc$( [ "$rc" = 124 ] && echo " (over its ${limit} s)")" | tee -a "$LOG"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 python -c "import jax, flax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', \
@@ -23,7 +27,13 @@ torch.__version__, 'transformers', transformers.__version__, jax.devices())" 2>&
 
 DEC="--model decoder --size 1b --batch 8 --inputs 1536 --targets 512 --dtype bfloat16 --steps 5"
 T5L="--model t5 --size large --batch 8 --inputs 1024 --targets 256 --dtype bfloat16 --steps 5"
-run 190 $DEC --attention cudnn --torch             # vs transformers eager and torch.compile, same shapes
-run 70 $DEC --attention cudnn --remat dots_no_batch  # memory against PyTorch's
+CUDNN=cudnn
+if [ "${ISSUE12_SMOKE:-0}" = 1 ]; then  # the same cases at tiny shapes on a CPU (tests/test_benchmarks.py)
+  DEC="--model decoder --size tiny --batch 2 --inputs 48 --targets 16 --steps 2"
+  T5L="--model t5 --size tiny --batch 2 --inputs 32 --targets 16 --steps 2"
+  CUDNN=auto
+fi
+run 190 $DEC --attention $CUDNN --torch             # vs transformers eager and torch.compile, same shapes
+run 70 $DEC --attention $CUDNN --remat dots_no_batch  # memory against PyTorch's
 run 150 $T5L --attention auto --scan_layers --torch  # cuDNN with T5's bias; vs transformers eager
 run 100 $T5L --attention auto --compile_only         # unrolled layers: the compile time issue 12 reports

@@ -118,8 +118,9 @@ def param_shardings(abstract_params, mesh: Mesh, rules: Rules):
     for dim, axes in enumerate(pspec):
       n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else (axes or ())))
       if leaf.shape[dim] % n:
-        raise ValueError(f"{name}: dimension {dim} of size {leaf.shape[dim]} is not divisible by the "
-                         f"{n} devices of mesh axes {axes!r}")
+        raise MeshError(f"{name}: dimension {dim} of size {leaf.shape[dim]} is not divisible by the {n} devices "
+                        f"of mesh axes {axes!r}; choose config.mesh sizes that divide it, or a config.sharding "
+                        f"preset that leaves this dimension whole")
     return NamedSharding(mesh, pspec)
 
   return jax.tree_util.tree_map_with_path(one, logical, shapes, is_leaf=lambda x: isinstance(x, P))

@@ -34,6 +34,15 @@ def test_rules_reject_two_dims_on_one_mesh_axis():
     sharding.param_shardings(boxed, _mesh((2, 2, 2)), bad)
 
 
+def test_a_dimension_the_mesh_does_not_divide_is_a_user_error_naming_the_keys():
+  # A checkpoint's vocabulary grown by two chat tokens (32000 -> 32002 rows, here 512 -> 514) over tensor=4.
+  boxed = helpers.tiny_model("decoder", vocab_size=514, num_kv_heads=4).param_shapes()
+  with pytest.raises(sharding.MeshError, match=r"embedding: dimension 0 of size 514 is not divisible by the 4 "
+                     r"devices of mesh axes 'tensor'; choose config.mesh sizes.*config.sharding"):
+    sharding.param_shardings(boxed, _mesh((2, 1, 4)), sharding.get_rules("fsdp_tensor"))
+  sharding.param_shardings(boxed, _mesh((2, 4, 1)), sharding.get_rules("fsdp_tensor"))  # tensor=1 divides
+
+
 def test_unknown_preset_and_axis():
   with pytest.raises(ValueError, match="unknown sharding preset"):
     sharding.get_rules("zero9")
