@@ -2,7 +2,7 @@
 (LLaMA-2-7B); they must match config.init_from's checkpoint (a contradiction is an error).
 
     python -m instruct_jax.convert --from hf --src /ckpt/Llama-2-7b-hf --dst /ckpt/llama2-7b-ij --scan_layers
-    python -m instruct_jax.train --config configs/decoder_llama.py:7b --workdir gs://bucket/llama7b \\
+    python -m instruct_jax.train --config configs/decoder_llama.py:7b --workdir /mnt/bucket/llama7b \\
         --config.init_from=/ckpt/llama2-7b-ij \\
         --config.data_paths.instruction_files.alpaca=/data/alpaca.jsonl --config.data.mixture=instructions
 
@@ -13,7 +13,9 @@ step, 1b with dots_no_batch remat and 7b with full remat: BENCHMARKS.md, "Compil
 need ~108 GB in all, so FSDP over 8 devices or Adafactor. On fewer devices set --config.mesh.fsdp.
 Sequences of 2048 tokens (1536 instruction + 512 output budget), packed; loss on outputs and their
 end-of-text token only.
-Runtime (estimated, not measured by this project): 1b, 3 epochs of 52k Alpaca-size examples, ~2 h on 8x H100.
+Runtime (estimated, not measured by this project): 1b, 3,000 steps of 64 packed 2048-token rows (393M tokens,
+about 2.9e18 FLOPs at 6 x 1.24B per token): ~15 min on 8x H100 at 40% MFU. Set total_steps from your data's
+tokens: `python -m instruct_jax.data.preview` prints them.
 Expected result: not yet measured here; the loss on held-out instructions falls as in the quickstart, and
 `python -m instruct_jax.evaluate --tasks ...` scores SuperNI tasks for comparison with published tables.
 """

@@ -13,7 +13,7 @@ config.model.size or a config.model.overrides field that contradicts the checkpo
 settings (model.dtype, param_dtype, remat_policy, scan_layers, dropout_rate) are yours to choose.
 Files: JSONL records {instruction, input, output} (Alpaca / Self-Instruct format); NAME=FILE is the train
 split, NAME=train=A.jsonl,test=B.jsonl adds a test split that `python -m instruct_jax.evaluate --workdir
-/tmp/finetune --tasks NAME` scores (exact match, ROUGE-L).
+/tmp/finetune --tasks NAME --num_examples 100` scores (exact match, ROUGE-L).
 Hardware: as the checkpoint needs (see configs/recipes/flan_t5.py and configs/decoder_llama.py for meshes of big
 models; pass --config.mesh.fsdp=8 --config.sharding=fsdp for FSDP). Runtime: 1000 steps of 32 rows of
 512 + 256 tokens, e.g. ~20 min for Flan-T5-base on one GPU (estimated, not measured by this project).

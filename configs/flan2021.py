@@ -4,7 +4,7 @@ evaluate the held-out cluster zero-shot. The argument names the T5 size (as conf
     for d in $(python -c "from instruct_jax.data import flan2021; print(*[s.name for s in flan2021.SPECS])"); do
       tfds build $d --data_dir=/data/tfds --file_format=array_record; done     # once, on a machine with TensorFlow
     python -m instruct_jax.data.preview --mixture flan2021 --tfds_data_dir=/data/tfds     # what is prepared
-    python -m instruct_jax.train --config configs/flan2021.py:xl --workdir gs://bucket/flan2021_no_nli \\
+    python -m instruct_jax.train --config configs/flan2021.py:xl --workdir /mnt/bucket/flan2021_no_nli \\
         --config.data_paths.tfds_data_dir=/data/tfds --config.eval.held_out_cluster=nli
 
 The training mixture is flan2021_no_<held_out_cluster>: examples-proportional over the other clusters' tasks,

@@ -6,6 +6,7 @@ a traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,19 @@ def one_line(message: str) -> str:
   if len(lines) <= 1:
     return lines[0] if lines else message
   return f"{lines[0].rstrip(':')}: {lines[-1]}"
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path_flags(*names: str, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Refuses a URL (gs://, s3://, ...) for these flags: they name output written through the local filesystem,
+  where "gs://b/run" would silently become a local directory ./gs:/b/run and never reach the bucket."""
+  for name in names:
+    flags.register_validator(
+        name, lambda value: value is None or not _URL.match(str(value)),
+        message="a URL is not a local path, and instruct_jax writes only to local filesystems: mount the bucket "
+                "(gcsfuse, NFS) and pass the mounted path, e.g. /mnt/bucket/run", flag_values=flag_values)
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:

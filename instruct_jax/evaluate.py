@@ -41,6 +41,7 @@ _NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: t
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the SuperNI-style score (overall, by_category, by_task) "
                               "here, in instruct_jax.evals.score's schema.")
 _OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")
+errors.local_path_flags("output", "output_dir")
 
 
 def main(argv):

@@ -45,6 +45,7 @@ _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file (one prompt
                                     "a 'prompt' field or an 'instruction' (and optional 'input').")
 _OUTPUT = flags.DEFINE_string("output", None, "Write JSONL here (default: print): each prompt record's fields plus "
                                "prompt, output, ids (generated token ids, end-of-text excluded), finish_reason.")
+errors.local_path_flags("output")
 _TEMPLATE = flags.DEFINE_integer("template_id", None, "Instruction template for {instruction, input} records "
                                  "(default: the first standard one the run trained with).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens to generate.")

@@ -428,6 +428,7 @@ def format_table(drawn: dict) -> str:
 def _define_flags() -> None:
   flags.DEFINE_string("config", None, "Sweep config file FILE[:ARG] (get_config and get_sweep).")
   flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per point, results and plots.")
+  errors.local_path_flags("workdir")
   flags.DEFINE_bool("print_commands", False, "Print each point's training command (shell-quoted) and exit.")
   flags.DEFINE_bool("collect_only", False, "Run nothing: collect results.csv, plots and plots.json.")
   flags.DEFINE_multi_string("set", [], "KEY=VALUE override for every point (passed as --config.KEY=VALUE); "

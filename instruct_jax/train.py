@@ -308,6 +308,7 @@ def _define_flags() -> None:
   configs.define_config_flag()
   flags.adopt_module_key_flags(configs)  # --help lists --config with the trainer's own flags
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluation output.")
+  errors.local_path_flags("workdir")
   flags.DEFINE_bool("dry_run", False, "Resolve the config, mesh, checkpoint, tokenizer, data and the model's "
                     "sharded shapes, print them, and exit without writing anything (compiling nothing unless "
                     "--compile).")

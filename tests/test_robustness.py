@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from instruct_jax import configs, train
+from instruct_jax import configs, errors, train
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.synthetic import backends, openai_backend
 
@@ -133,3 +133,21 @@ def test_help_lists_the_commands_own_flags(module, own_flags):
                        timeout=120).stdout
   for flag in own_flags:
     assert f"  {flag}" in out, (flag, out[-2000:])
+
+
+def test_output_flags_refuse_urls_that_would_become_local_directories(tmp_path):
+  from absl import flags
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  errors.local_path_flags("workdir", flag_values=fv)
+  fv(["prog", "--workdir=/mnt/bucket/run"])  # a mounted bucket is a path
+  for url in ("gs://bucket/run", "s3://b/r", "file:///tmp/x"):
+    with pytest.raises(flags.IllegalFlagValueError, match=f"--workdir={url}: a URL is not a local path.*mount"):
+      fv(["prog", f"--workdir={url}"])
+  # The trainer itself: one line, status 2, and no ./gs:/bucket directory made.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = subprocess.run([sys.executable, "-m", "instruct_jax.train", "--config", str(ROOT / "configs/tiny.py"),
+                        "--workdir", "gs://bucket/tiny", "--dry_run"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert run.returncode == 2 and "error: flag --workdir=gs://bucket/tiny: a URL is not a local path" in run.stderr
+  assert not (tmp_path / "gs:").exists()

@@ -3,7 +3,7 @@
     python -m instruct_jax.synthetic.self_instruct --seed-tasks seed_tasks.jsonl --out /data/si \\
         --num-instructions 52000 --backend openai --base-url URL --model NAME
     python -m instruct_jax.convert --from hf --src /ckpt/llama-7b-hf --dst /ckpt/llama-7b-ij --scan_layers
-    python -m instruct_jax.train --config configs/recipes/alpaca.py --workdir gs://bucket/alpaca \\
+    python -m instruct_jax.train --config configs/recipes/alpaca.py --workdir /mnt/bucket/alpaca \\
         --config.init_from=/ckpt/llama-7b-ij --config.data_paths.instruction_files.alpaca=/data/si/self_instruct.jsonl
 
 Published hyperparameters (Stanford Alpaca, Taori et al. 2023; the repository's README and training command):

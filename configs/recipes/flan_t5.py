@@ -2,7 +2,7 @@
 names the size, which must match the checkpoint's (a contradiction is an error, never ignored).
 
     python -m instruct_jax.convert --from hf --src /ckpt/flan-t5-base --dst /ckpt/flan-t5-base-ij
-    python -m instruct_jax.train --config configs/recipes/flan_t5.py:base --workdir gs://bucket/flan_t5_base \\
+    python -m instruct_jax.train --config configs/recipes/flan_t5.py:base --workdir /mnt/bucket/flan_t5_base \\
         --config.init_from=/ckpt/flan-t5-base-ij --config.data_paths.superni_dir=/data/natural-instructions
 
 Published hyperparameters: Tk-Instruct (Wang et al. 2022, "Super-NaturalInstructions"), the SuperNI recipe
@@ -11,7 +11,8 @@ task, encoded as Definition + 2 positive examples, inputs cut to 1024 tokens and
 learning rate 5e-5, 2 epochs; evaluated on the 119 test tasks by ROUGE-L. Flan-T5 itself (Chung et al. 2022,
 "Scaling Instruction-Finetuned Language Models") was fine-tuned on the Flan Collection with Adafactor at a
 constant learning rate on packed 2048/512-token rows (its appendix lists the per-size rates and batch sizes);
-the xxl size here takes Adafactor too, for its factored (small) optimizer state.
+the xxl size here takes Adafactor too, for its factored (small) optimizer state, at a constant 1e-3 (the T5
+paper's fine-tuning rate with Adafactor; our choice, not Tk-Instruct's 5e-5, which is an AdamW rate).
 The tokenizer is the checkpoint's own (spiece.model travels with the converted directory). Without
 init_from the same command trains that size from scratch with a tokenizer trained on the mixture.
 Here: the first 100 instances of each train task (data_paths.superni_train_instances), template 0 only (the

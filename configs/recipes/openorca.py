@@ -4,7 +4,7 @@ messages.
     python -m instruct_jax.synthetic.orca --queries flan_queries.jsonl --out /data/orca \\
         --num-instructions 500000 --backend openai --base-url URL --model NAME
     python -m instruct_jax.convert --from hf --src /ckpt/Mistral-7B-v0.1 --dst /ckpt/mistral-7b-ij --scan_layers
-    python -m instruct_jax.train --config configs/recipes/openorca.py --workdir gs://bucket/openorca \\
+    python -m instruct_jax.train --config configs/recipes/openorca.py --workdir /mnt/bucket/openorca \\
         --config.init_from=/ckpt/mistral-7b-ij --config.data_paths.instruction_files.orca=/data/orca/orca.jsonl
 
 Each Orca record (system message, query, teacher response) becomes the conversation [system, user,

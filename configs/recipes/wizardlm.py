@@ -3,7 +3,7 @@
     python -m instruct_jax.synthetic.evol_instruct --instructions alpaca_instructions.jsonl --out /data/evol \\
         --num-instructions 70000 --backend openai --base-url URL --model NAME
     python -m instruct_jax.convert --from hf --src /ckpt/llama-7b-hf --dst /ckpt/llama-7b-ij --scan_layers
-    python -m instruct_jax.train --config configs/recipes/wizardlm.py --workdir gs://bucket/wizardlm \\
+    python -m instruct_jax.train --config configs/recipes/wizardlm.py --workdir /mnt/bucket/wizardlm \\
         --config.init_from=/ckpt/llama-7b-ij --config.data_paths.instruction_files.evol=/data/evol/evol_instruct.jsonl
 
 Published hyperparameters (WizardLM, Xu et al. 2023, section 4 "Training details", as we read it; check the

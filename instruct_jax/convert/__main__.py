@@ -46,6 +46,7 @@ _BASE_MODEL = flags.DEFINE_string("base_model", None, "--to peft: base_model_nam
 _SRC = flags.DEFINE_string("src", None, "Source directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir --src (default: the newest).")
 _DST = flags.DEFINE_string("dst", None, "Destination directory.", required=True)
+errors.local_path_flags("dst")
 _SCAN = flags.DEFINE_bool("scan_layers", False, "Import into the scanned layout (one stacked `layers` tree).")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"],
                                  "dtype the imported parameters are stored in.")

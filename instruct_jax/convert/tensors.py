@@ -104,8 +104,8 @@ class TensorSource:
       if not allow_pickle:
         raise ConversionError(
             f"{d} holds only pickled PyTorch weights ({PICKLE_SINGLE}); unpickling can run arbitrary code, "
-            "so it is refused. Convert them to safetensors, or pass --allow_pickle (allow_pickle=True) to "
-            "load them with torch.load(weights_only=True)")
+            "so it is refused. Convert them to safetensors, or import them once with `python -m instruct_jax.convert "
+            "--from hf --allow_pickle` (torch.load(weights_only=True)) and use that import")
       self._pickled = True
       index = d / PICKLE_INDEX
       self._scan_pickled(self._files_from_index(index) if index.is_file() else {None: d / PICKLE_SINGLE})

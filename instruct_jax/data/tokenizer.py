@@ -589,6 +589,7 @@ def define_flags() -> None:
   flags.DEFINE_string("mixture", None, "Mixture (or task) whose rendered text trains the vocabulary.")
   flags.DEFINE_integer("vocab_size", 1000, "Upper bound on the number of pieces.")
   flags.DEFINE_string("out", None, "Output directory; the model is written as OUT/spm.model.")
+  errors.local_path_flags("out")
   flags.DEFINE_integer("num_examples", 20000, "Rendered examples to train on.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_string("superni_dir", None, "natural-instructions checkout (tasks/ and splits/).")

@@ -110,6 +110,7 @@ def _define_flags() -> None:
   flags.DEFINE_list("task_files", None, "SuperNI task JSON files or globs, comma-separated.", required=True)
   flags.DEFINE_string("references", None, "References JSONL file.", required=True)
   flags.DEFINE_string("output", None, "Where to write predictions JSONL.", required=True)
+  errors.local_path_flags("output")
   flags.DEFINE_bool("allow_missing", False, "Allow references found in no task file (they score as empty).")
 
 

@@ -156,6 +156,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("predictions", None, "Predictions JSONL file.", required=True)
   flags.DEFINE_string("output", None, "Where to write the metrics JSON (optional).")
   flags.DEFINE_string("per_instance", None, "Where to write per-instance scores as JSONL (optional).")
+  errors.local_path_flags("output", "per_instance")
 
 
 def _write(path: str, text: str) -> None:

@@ -27,6 +27,7 @@ from instruct_jax.synthetic.openai_backend import OpenAIBackend
 from instruct_jax.synthetic.runner import Tally
 
 OUT = flags.DEFINE_string("out", None, "Output directory. Re-use it to resume or extend a run.")
+errors.local_path_flags("out")
 BACKEND = flags.DEFINE_enum("backend", "openai", ["openai", "model"],
                             "Language-model backend: openai (an OpenAI-compatible server: --base_url, "
                             "--model) or model (a trained instruct_jax workdir: --workdir).")
