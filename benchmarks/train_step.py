@@ -10,7 +10,8 @@ Runs instruct_jax's jitted step on all local devices (data parallel) with the at
 (config.model.attention), then, with --torch, Hugging Face transformers' T5ForConditionalGeneration (or
 LlamaForCausalLM) on the same shapes with the settings a PyTorch user would pick: sdpa attention, and on a GPU
 bf16 autocast, fused AdamW and, as a second figure, torch.compile (on CPU: fp32, plain AdamW, eager).
-Tokens counted are batch x (inputs + targets) per step, all non-padding (random full-length rows).
+Tokens counted are batch x (inputs + targets) per step, all non-padding (random full-length rows, one example
+each: the step runs with packed=False, so cuDNN takes per-row lengths rather than a dense mask).
 Both run in this one process, so both get the same malloc setting (see --system_malloc).
 
 MFU = analytic model FLOPs per second / the device's peak (PEAK_TFLOPS by device kind, or --peak_tflops).
@@ -104,7 +105,9 @@ def bench_jax(args) -> tuple[float, float, build.Model]:
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
   jax.block_until_ready(state)
   t_init = time.perf_counter() - t0
-  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh)
+  # One full-length example per row, as the PyTorch side gets: the cuDNN kernel takes row lengths, no mask.
+  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh,
+                              packed=False)
   batch = jax.device_put(_batch(args.model, args.batch, args.inputs, args.targets, model.config.vocab_size),
                          sharding.batch_sharding(mesh, rules))
   t0 = time.perf_counter()

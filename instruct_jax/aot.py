@@ -78,7 +78,7 @@ def abstract_batch(model_kind: str, batch_size: int, inputs_length: int, targets
 def compile_run(model: build.Model, tx: optax.GradientTransformation, loss_cfg: step.LossConfig,
                 schedule: Callable, mesh: Mesh, rules, *, batch_size: int, inputs_length: int, targets_length: int,
                 num_microbatches: int = 1, metric_groups: tuple[tuple[str, str, int], ...] = (),
-                seed: int = 0) -> list[Program]:
+                packed: bool = True, seed: int = 0) -> list[Program]:
   """Lowers and compiles the state init and the train step on `mesh` (concrete devices); nothing is allocated."""
   rng = jax.random.key(seed)
   abstract, state_sh = step.abstract_train_state(model, tx, mesh, rules, rng)
@@ -87,7 +87,7 @@ def compile_run(model: build.Model, tx: optax.GradientTransformation, loss_cfg: 
   batch = abstract_batch(model.kind, batch_size, inputs_length, targets_length, features,
                          sharding.batch_sharding(mesh, rules))
   train_step = step.jit_train_step(model, tx, loss_cfg, schedule, mesh, rules, state_sh,
-                                   num_microbatches=num_microbatches, metric_groups=metric_groups)
+                                   num_microbatches=num_microbatches, metric_groups=metric_groups, packed=packed)
   with jax.set_mesh(mesh):
     init = Program.timed("state init", step.jit_init_state(model, tx, state_sh), rng)
     train = Program.timed("train step", train_step, state, batch, rng)

@@ -164,7 +164,8 @@ def _compile(config, model, tx, optim_cfg, mesh, mesh_error, rules, groups, out)
     programs = aot.compile_run(model, tx, step.LossConfig(**config.loss.to_dict()), optim.make_schedule(optim_cfg),
                                mesh, rules, batch_size=config.data.batch_size,
                                inputs_length=config.data.inputs_length, targets_length=config.data.targets_length,
-                               num_microbatches=config.num_microbatches, metric_groups=groups, seed=config.seed)
+                               num_microbatches=config.num_microbatches, metric_groups=groups,
+                               packed=bool(config.data.pack), seed=config.seed)
   except (jax.errors.JaxRuntimeError, ValueError) as e:  # the compiler's refusal (memory, a sharding), or shapes
     return [f"compile: {errors.one_line(str(e))}"]
   out(f"compile   on {aot.device_summary(mesh)}")

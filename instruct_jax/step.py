@@ -39,9 +39,9 @@ class LossConfig:
   label_smoothing: float = 0.0
 
 
-def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None) -> jax.Array:
-  """fp32 logits [B, L, V] for the decoder targets of `batch`."""
-  return model.apply(params, batch, dropout_rng=dropout_rng)
+def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None, packed: bool = True) -> jax.Array:
+  """fp32 logits [B, L, V] for the decoder targets of `batch` (`packed`: see `build.Model.apply`)."""
+  return model.apply(params, batch, dropout_rng=dropout_rng, packed=packed)
 
 
 def _init_state_fn(model: build.Model, tx: optax.GradientTransformation):
@@ -85,8 +85,11 @@ def _split_microbatches(x, k: int):
 
 def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: optax.GradientTransformation,
                loss_cfg: LossConfig, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1,
-               metric_groups: tuple[tuple[str, str, int], ...] = ()):
+               metric_groups: tuple[tuple[str, str, int], ...] = (), packed: bool = True):
   """One optimizer step; pure. Returns the new state and step metrics (host-side sums and means).
+
+  packed=False: the batch rows hold one example each, padded at their end (data.pack=False), which lets the
+  cuDNN attention take per-row lengths (`build.Model.apply`).
 
   metric_groups: (name, batch feature, n) triples, e.g. ("task", "task_index", 15): the batch carries that
   per-token feature and the metrics get its per-group NLL and weight sums (`losses.loss_and_metrics`).
@@ -100,7 +103,7 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
       mb = dict(mb)
       groups = {name: (mb.pop(feature), n) for name, feature, n in metric_groups}
       params = model.with_trainable(state.params, trainable)
-      logits = forward(model, params, mb, dropout_rng=mb_rng if _has_dropout(model) else None)
+      logits = forward(model, params, mb, dropout_rng=mb_rng if _has_dropout(model) else None, packed=packed)
       return losses.loss_and_metrics(logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
                                      scale_BL=mb_scale, denominator=denominator, z_loss=loss_cfg.z_loss,
                                      label_smoothing=loss_cfg.label_smoothing, groups=groups)
@@ -140,10 +143,12 @@ def _has_dropout(model: build.Model) -> bool:
 
 
 def jit_train_step(model, tx, loss_cfg: LossConfig, schedule, mesh: Mesh, rules, state_shardings,
-                   num_microbatches: int = 1, metric_groups: tuple[tuple[str, str, int], ...] = ()):
+                   num_microbatches: int = 1, metric_groups: tuple[tuple[str, str, int], ...] = (),
+                   packed: bool = True):
   """The train step jitted once with explicit in/out shardings and the state donated."""
   replicated = NamedSharding(mesh, P())
   step = functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule, mesh=mesh,
-                           rules=rules, num_microbatches=num_microbatches, metric_groups=tuple(metric_groups))
+                           rules=rules, num_microbatches=num_microbatches, metric_groups=tuple(metric_groups),
+                           packed=packed)
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))

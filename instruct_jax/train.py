@@ -147,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   metric_groups = aot.metric_groups(pipe.task_names, catalogues[0])
   group_labels = {"task": pipe.task_names, "template": [str(i) for i in range(metric_groups[1][2])]}
   train_step = step.jit_train_step(model, tx, loss_cfg, schedule, mesh, rules, state_sh,
-                                   num_microbatches=config.num_microbatches, metric_groups=metric_groups)
+                                   num_microbatches=config.num_microbatches, metric_groups=metric_groups,
+                                   packed=bool(config.data.pack))
 
   # Resume, or start from init_from's weights (read only when there is nothing of this run to resume).
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), every=config.checkpoint_every,

@@ -9,8 +9,9 @@ logits), so every path uses scale 1. Implementations (config.model.attention):
 
     xla         the einsum reference: materialises [B, H, L, S] logits; any mask, bias, dropout; every backend
     cudnn       jax.nn.dot_product_attention(implementation="cudnn") on GPU (bf16/fp16, head width a
-                multiple of 8 and at most 256); packing through a dense mask (exact; see `cudnn_call`); on CPU its
-                arguments run through jax's xla implementation (tests)
+                multiple of 8 and at most 256); packing through a dense mask (exact; see `cudnn_call`), rows
+                of one example each (`Mask.packed` False: data.pack=False) through per-row lengths; on CPU
+                its arguments run through jax's xla implementation (tests)
     pallas_tpu  TPU Pallas kernels from jax: splash attention (segment ids, causal/local/full masks,
                 grouped heads natively) where there is no bias, the Pallas flash attention (additive bias with
                 gradient, segment ids) for T5's self-attention; on CPU they run in interpret mode (tests)
@@ -55,6 +56,9 @@ class Mask:
   """Who may attend to whom, as segment ids: same non-padding segment (> 0), key not after query if causal.
 
   `window` (causal only; Mistral): a query also sees only the `window` most recent positions, itself included.
+  `packed=False` promises one example per row: segment ids > 0 on a prefix of the row and 0 after it (padding
+  at the end), for queries and keys alike. The cuDNN path then hands the kernel per-row lengths instead of a
+  dense mask; every path gives the same results either way.
   """
   q_segments_BL: jax.Array
   kv_segments_BS: jax.Array
@@ -62,6 +66,7 @@ class Mask:
   kv_positions_BS: jax.Array | None = None
   causal: bool = flax.struct.field(pytree_node=False, default=False)
   window: int | None = flax.struct.field(pytree_node=False, default=None)
+  packed: bool = flax.struct.field(pytree_node=False, default=True)
 
   def dense(self) -> jax.Array:
     """Boolean [B, 1, L, S] (the einsum path's mask)."""
@@ -177,18 +182,23 @@ def _xla(q_BLHK, k_BSNK, v_BSNK, mask_B1LS, bias_1HLS, dtype, dropout):
 def cudnn_call(q_BLHK, k_BSNK, v_BSNK, mask: Mask, bias_1HLS, dtype, implementation: str):
   """jax.nn.dot_product_attention with the arguments the cuDNN kernel is given.
 
-  The public API's lengths describe one valid prefix per row, not packed segments, so segments go in as a
-  boolean [B, 1, L, S] mask, which jax turns into a dense additive bias (with T5's bias: [B, H, L, S]).
-  Exact for every packing, at the cost of materialising that bias; jax's private segment-offset API
-  (Hopper only) would avoid it. Causality and the window go in as the kernel's own flags so it can skip
-  blocks; grouped key/value heads as they are (the kernel broadcasts them).
+  The public API's lengths describe one valid prefix per row, not packed segments. Rows of one example each
+  (`mask.packed` False) go in as those lengths: the kernel's own padding mask, nothing materialised. Packed
+  rows go in as a boolean [B, 1, L, S] same-segment mask, which jax turns into a dense additive bias (with
+  T5's bias: [B, H, L, S]): exact for every packing, at the cost of materialising that bias; jax's private
+  segment-offset API (Hopper only) would avoid it. Causality and the window go in as the kernel's own flags
+  so it can skip blocks; grouped key/value heads as they are (the kernel broadcasts them).
   """
-  same_segment_B1LS = segment_mask(mask.q_segments_BL, mask.kv_segments_BS, causal=False)
   window = None if mask.window is None else (mask.window - 1, 0)
   bias = None if bias_1HLS is None else bias_1HLS.astype(dtype)
+  if mask.packed:
+    masks = dict(mask=segment_mask(mask.q_segments_BL, mask.kv_segments_BS, causal=False))
+  else:  # an all-padding row keeps one key so that nothing is 0/0 (its outputs are read by no loss)
+    length = lambda segments: jnp.maximum(jnp.sum(segments > 0, axis=1), 1).astype(jnp.int32)
+    masks = dict(query_seq_lengths=length(mask.q_segments_BL), key_value_seq_lengths=length(mask.kv_segments_BS))
   return jax.nn.dot_product_attention(q_BLHK.astype(dtype), k_BSNK.astype(dtype), v_BSNK.astype(dtype), bias=bias,
-                                      mask=same_segment_B1LS, scale=1.0, is_causal=mask.causal,
-                                      local_window_size=window, implementation=implementation)
+                                      scale=1.0, is_causal=mask.causal, local_window_size=window,
+                                      implementation=implementation, **masks)
 
 
 # ---------------------------------------------------------------- TPU (Pallas)
@@ -210,7 +220,7 @@ def _per_shard(fn, q_BLHK, k_BSNK, v_BSNK, mask: Mask, bias_1HLS, dtype):
   row, bhk = P(batch, None), P(batch, None, heads, None)
   has_pos = mask.q_positions_BL is not None
   specs = (bhk, bhk, bhk, Mask(row, row, row if has_pos else None, row if has_pos else None, mask.causal,
-                               mask.window), None if bias_1HLS is None else P(None, heads, None, None))
+                               mask.window, mask.packed), None if bias_1HLS is None else P(None, heads, None, None))
   body = lambda q, k, v, m, b: fn(q, k, v, m, b, dtype)
   return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=bhk, check_vma=False)(
       q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS)

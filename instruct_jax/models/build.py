@@ -118,10 +118,14 @@ class Model:
     config, params = lora_lib.merge(self.config, params)
     return Model(config), params
 
-  def apply(self, params, batch: dict[str, jax.Array], *, dropout_rng=None) -> jax.Array:
-    """fp32 logits [B, L, V] for the decoder targets of `batch` (training and scoring)."""
+  def apply(self, params, batch: dict[str, jax.Array], *, dropout_rng=None, packed: bool = True) -> jax.Array:
+    """fp32 logits [B, L, V] for the decoder targets of `batch` (training and scoring).
+
+    `packed=False` promises rows of one example each, padded at their end (data.pack=False batches): the
+    cuDNN attention then takes per-row lengths instead of a dense mask (`attention.Mask`).
+    """
     feats = {k: batch[k] for k in self.input_features if k in batch}
-    return self.module.apply({"params": params}, **feats, deterministic=dropout_rng is None,
+    return self.module.apply({"params": params}, **feats, deterministic=dropout_rng is None, packed=packed,
                              rngs=None if dropout_rng is None else {"dropout": dropout_rng})
 
   def stepper(self, params, *, prompt_len: int, max_new_tokens: int, pad_id: int, use_cache: bool):

@@ -83,10 +83,11 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, decoder_input_tokens, decoder_segment_ids=None, decoder_positions=None, *,
-               deterministic: bool = True, decode: bool = False, mask_B1LS=None):
+               deterministic: bool = True, decode: bool = False, mask_B1LS=None, packed: bool = True):
     """Logits for every position.
 
-    Training and scoring pass segment ids and positions (or neither, for one unpadded example per row).
+    Training and scoring pass segment ids and positions (or neither, for one unpadded example per row);
+    `packed=False` promises one example per row, padded at its end (see `attention.Mask`).
     Decoding with a cache (see instruct_jax.sampling) passes decode=True, the new tokens' positions, and
     `mask_B1LS`: which cache slots each new token may attend to.
     """
@@ -97,7 +98,8 @@ class Decoder(nn.Module):
     mask = mask_B1LS
     if mask is None:
       segments = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
-      mask = attention.Mask(segments, segments, positions, positions, causal=True, window=cfg.sliding_window)
+      mask = attention.Mask(segments, segments, positions, positions, causal=True, window=cfg.sliding_window,
+                            packed=packed and decoder_segment_ids is not None)
     embedder = layers.Embed(cfg.vocab_size, cfg.d_model, init_scale=0.02,
                             name="token_embedder", **kw)
     x = nn.Dropout(cfg.dropout_rate)(embedder(decoder_input_tokens), deterministic=deterministic)

@@ -134,9 +134,9 @@ class Encoder(nn.Module):
   embedder: layers.Embed
 
   @nn.compact
-  def __call__(self, tokens_BS, segments_BS, *, deterministic: bool = True):
+  def __call__(self, tokens_BS, segments_BS, *, deterministic: bool = True, packed: bool = True):
     cfg = self.config
-    mask = attention.Mask(segments_BS, segments_BS)
+    mask = attention.Mask(segments_BS, segments_BS, packed=packed)
     S = tokens_BS.shape[1]
     bias_1HSS = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(S, S)
     x = nn.Dropout(cfg.dropout_rate)(self.embedder(tokens_BS), deterministic=deterministic)
@@ -186,18 +186,22 @@ class T5(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic: bool = True):
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic: bool = True,
+             packed: bool = True):
+    """`packed=False` (also for `decode` and the whole call) promises one example per row, its padding at the
+    end (see `attention.Mask`)."""
     segments = _segments_or_nonpad(encoder_segment_ids, encoder_input_tokens)
-    return self.encoder(encoder_input_tokens, segments, deterministic=deterministic)
+    return self.encoder(encoder_input_tokens, segments, deterministic=deterministic, packed=packed)
 
   def decode(self, encoded_BSD, decoder_input_tokens, encoder_segment_ids, decoder_segment_ids=None,
-             decoder_positions=None, *, deterministic: bool = True):
+             decoder_positions=None, *, deterministic: bool = True, packed: bool = True):
     """Teacher-forced decoder logits for a whole target sequence (training and scoring)."""
     B, L = decoder_input_tokens.shape
     dec_seg = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
     dec_pos = decoder_positions if decoder_positions is not None else jnp.broadcast_to(jnp.arange(L), (B, L))
-    self_mask = attention.Mask(dec_seg, dec_seg, dec_pos, dec_pos, causal=True)
-    cross_mask = attention.Mask(dec_seg, encoder_segment_ids)
+    self_mask = attention.Mask(dec_seg, dec_seg, dec_pos, dec_pos, causal=True,
+                               packed=packed and decoder_segment_ids is not None)
+    cross_mask = attention.Mask(dec_seg, encoder_segment_ids, packed=packed)
     return self.decoder(encoded_BSD, decoder_input_tokens, self_mask, cross_mask, deterministic=deterministic)
 
   def decode_step(self, encoded_BSD, encoder_mask_BS, tokens_BL, cache_index, cache_length: int):
@@ -210,12 +214,12 @@ class T5(nn.Module):
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, *,
-               deterministic: bool = True):
+               deterministic: bool = True, packed: bool = True):
     del encoder_positions  # relative positions come from indices (see module docstring)
     enc_seg = _segments_or_nonpad(encoder_segment_ids, encoder_input_tokens)
-    encoded = self.encoder(encoder_input_tokens, enc_seg, deterministic=deterministic)
+    encoded = self.encoder(encoder_input_tokens, enc_seg, deterministic=deterministic, packed=packed)
     return self.decode(encoded, decoder_input_tokens, enc_seg, decoder_segment_ids, decoder_positions,
-                       deterministic=deterministic)
+                       deterministic=deterministic, packed=packed)
 
 
 class Stepper:

@@ -5,6 +5,7 @@ bias) through jax.nn.dot_product_attention's xla implementation; the TPU Pallas 
 bias) run in interpret mode. Outputs are compared at non-padding queries; losses and gradients everywhere.
 """
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +29,27 @@ def _inputs(L, S, H, N, K=16, seed=0, bias=False):
   return q, k, v, b
 
 
-def _segments(length, packed):
+# Row layouts: "packed" (three examples, then padding), "one" (one example per row, the second row's shifted off
+# its start: the general mask still serves), "rows" (one example per row padded at its end: Mask.packed=False,
+# cuDNN takes lengths), "rows_empty" (the same with a row of padding only).
+_ROW_LENGTHS = {"rows": (5, 11), "rows_empty": (3, None)}  # padding at the end of each row (None: all padding)
+
+
+def _segments(length, layout):
+  if layout in _ROW_LENGTHS:
+    return jnp.asarray(np.stack([np.arange(length) < length - pad if pad is not None else np.zeros(length, bool)
+                                 for pad in _ROW_LENGTHS[layout]]).astype(np.int32))
   row = np.asarray((_SEGMENTS * 4)[:length], np.int32)
-  if not packed:  # one example per row, then padding
+  if layout == "one":
     row = np.where(np.arange(length) < length - 5, 1, 0).astype(np.int32)
   return jnp.asarray(np.stack([row, np.roll(row, 3)]))
 
 
-def _mask(L, S, causal, window=None, packed=True):
-  q_seg, kv_seg = _segments(L, packed), _segments(S, packed)
+def _mask(L, S, causal, window=None, layout="packed"):
+  q_seg, kv_seg = _segments(L, layout), _segments(S, layout)
   pos = lambda seg: jnp.asarray(np.stack([_positions(r) for r in np.asarray(seg)]))
-  return attention.Mask(q_seg, kv_seg, pos(q_seg), pos(kv_seg), causal=causal, window=window)
+  return attention.Mask(q_seg, kv_seg, pos(q_seg), pos(kv_seg), causal=causal, window=window,
+                        packed=layout not in _ROW_LENGTHS)
 
 
 def _positions(row):
@@ -49,9 +60,9 @@ def _positions(row):
   return out
 
 
-def _check(impl, L, S, H, N, causal, bias, window=None, packed=True):
+def _check(impl, L, S, H, N, causal, bias, window=None, layout="packed"):
   q, k, v, b = _inputs(L, S, H, N, bias=bias)
-  mask = _mask(L, S, causal, window, packed)
+  mask = _mask(L, S, causal, window, layout)
   c = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
   valid = np.asarray(mask.q_segments_BL > 0)
 
@@ -67,8 +78,8 @@ def _check(impl, L, S, H, N, causal, bias, window=None, packed=True):
   np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref_out)[valid], rtol=2e-5, atol=2e-5)
   assert helpers.rel_err(loss, ref_loss) < 1e-5
   for g, ref_g in zip(grads, ref_grads):
-    assert helpers.rel_err(g, ref_g) < 1e-4
-  if not packed:
+    assert np.isfinite(np.asarray(g)).all() and helpers.rel_err(g, ref_g) < 1e-4
+  if layout != "packed":
     return
   # No query attends to another packed example: new values in segment 2 move no other segment's output.
   v_changed = jnp.where((mask.kv_segments_BS == 2)[:, :, None, None], v + 3.0, v)
@@ -87,12 +98,18 @@ CASES = {
     "causal_bias": dict(L=32, S=32, H=2, N=2, causal=True, bias=True),
     "cross": dict(L=24, S=40, H=2, N=2, causal=False, bias=False),
     "bidirectional_gqa": dict(L=32, S=32, H=4, N=1, causal=False, bias=False),
-    "causal_gqa_unpacked": dict(L=32, S=32, H=4, N=2, causal=True, bias=False, packed=False),
-    "bidirectional_bias_unpacked": dict(L=32, S=32, H=2, N=2, causal=False, bias=True, packed=False),
+    "causal_gqa_unpacked": dict(L=32, S=32, H=4, N=2, causal=True, bias=False, layout="one"),
+    "bidirectional_bias_unpacked": dict(L=32, S=32, H=2, N=2, causal=False, bias=True, layout="one"),
+    # Mask.packed=False: one example per row, padded at its end (data.pack=False; cuDNN takes row lengths).
+    "causal_gqa_window_rows": dict(L=32, S=32, H=4, N=2, causal=True, bias=False, window=6, layout="rows"),
+    "bidirectional_bias_rows": dict(L=32, S=32, H=2, N=2, causal=False, bias=True, layout="rows"),
+    "causal_bias_rows_empty": dict(L=32, S=32, H=2, N=2, causal=True, bias=True, layout="rows_empty"),
+    "cross_rows": dict(L=24, S=40, H=2, N=2, causal=False, bias=False, layout="rows"),
 }
 # In the default suite (interpret mode is slow): one case per kernel of each path; the rest are marked slow.
 FAST = {("pallas_tpu", "causal_gqa"), ("pallas_tpu", "bidirectional_bias"), ("cudnn", "causal_gqa_window"),
-        ("cudnn", "causal_bias")}
+        ("cudnn", "causal_bias"), ("cudnn", "causal_gqa_window_rows"), ("cudnn", "bidirectional_bias_rows"),
+        ("cudnn", "causal_bias_rows_empty"), ("cudnn", "cross_rows")}
 
 
 # Left out to keep the slow suite short: the whole-T5 test below runs these through the Pallas kernels.
@@ -106,12 +123,14 @@ def test_fused_core_equals_xla(impl, case):
   _check(impl, **CASES[case])
 
 
+@pytest.mark.parametrize("layout", ["packed", "rows"])
 @pytest.mark.parametrize("L,S,N,causal,window,bias", [(32, 32, 2, True, 8, False), (32, 32, 4, False, None, True),
                                                       (24, 40, 4, False, None, False), (32, 32, 4, True, None, True)],
                          ids=["decoder", "t5_encoder", "cross", "t5_decoder"])
-def test_cudnn_call_passes_jaxs_cudnn_checks(monkeypatch, L, S, N, causal, window, bias):
+def test_cudnn_call_passes_jaxs_cudnn_checks(monkeypatch, L, S, N, causal, window, bias, layout):
   """With no GPU, jax's cuDNN op still traces (forward and backward) once its version probes are answered:
-  its layout, dtype and bias checks accept our arguments, and the flags it receives are the intended ones."""
+  its layout, dtype and bias checks accept our arguments, and the flags it receives are the intended ones:
+  packed rows as a dense bias, rows of one example as the kernel's padding mask (lengths, no bias)."""
   from jax._src.cudnn import fused_attention_stablehlo as cudnn_op
   monkeypatch.setattr(cudnn_op, "check_cudnn_version", lambda: 91000)
   monkeypatch.setattr(cudnn_op, "check_compute_capability", lambda capability: True)
@@ -119,14 +138,19 @@ def test_cudnn_call_passes_jaxs_cudnn_checks(monkeypatch, L, S, N, causal, windo
   q = jnp.ones((2, L, H, K), jnp.bfloat16)
   k = jnp.ones((2, S, N, K), jnp.bfloat16)
   b = jnp.ones((1, H, L, S), jnp.float32) if bias else None
-  mask = _mask(L, S, causal, window)
+  mask = _mask(L, S, causal, window, layout)
   f = lambda q, k, v, b: attention.cudnn_call(q, k, v, mask, b, jnp.bfloat16, "cudnn").astype(jnp.float32).sum()
   grads = jax.grad(f, argnums=(0, 1, 2, 3) if bias else (0, 1, 2))
   text = str(jax.make_jaxpr(grads)(q, k, k, b))
   assert "dot_product_attention_fwd" in text and "dot_product_attention_bwd" in text
-  assert f"mask_type=MaskType.{'CAUSAL' if causal else 'NO_MASK'}" in text
+  expected = {("packed", False): "NO_MASK", ("packed", True): "CAUSAL", ("rows", False): "PADDING",
+              ("rows", True): "PADDING_CAUSAL"}[layout, causal]
+  assert re.search(rf"mask_type=MaskType\.{expected}\s", text)
   assert f"sliding_window_length={window}" in text
-  assert "variadic_args=(True, True)" in text  # the segment mask (and T5's bias) go in as a bias with gradient
+  if layout == "packed":
+    assert "variadic_args=(True, True)" in text  # the segment mask (and T5's bias) go in as a bias with gradient
+  else:  # lengths only: no bias unless T5's own
+    assert f"variadic_args=({bias}, {bias})" in text
   if bias:
     assert jax.eval_shape(grads, q, k, k, b)[3].shape == (1, H, L, S)
 
@@ -176,9 +200,9 @@ def test_a_kernel_this_backend_cannot_run_is_a_user_error_before_anything_runs(m
   assert workdir.runnable_here(recorded).config.attention == "pallas_tpu"
 
 
-def _loss_and_grads(model, params, batch):
+def _loss_and_grads(model, params, batch, packed=True):
   def loss_fn(p):
-    logits = step.forward(model, p, batch)
+    logits = step.forward(model, p, batch, packed=packed)
     scale, denom = losses.token_scale_and_denominator(batch["decoder_loss_weights"], batch["decoder_segment_ids"],
                                                       "tokens")
     return losses.loss_and_metrics(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
@@ -203,6 +227,22 @@ def test_model_loss_and_gradients_equal_xla_on_packed_batches(kind, layout):
     loss, grads = _loss_and_grads(fused, params, batch)
     assert helpers.rel_err(loss, ref_loss) < 1e-5, impl
     assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4, impl
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS)
+def test_rows_of_one_example_run_on_lengths_with_the_same_loss_and_gradients(kind):
+  """data.pack=False batches (one example per row, padded at its end) with packed=False: cuDNN's arguments are
+  row lengths, not a mask; loss and every gradient equal the einsum path's."""
+  model = helpers.tiny_model(kind)
+  params = helpers.init_params(model, seed=5)
+  batch = helpers.make_batches(kind, helpers.random_examples(kind, 2, seed=5), pack=False, batch_size=2,
+                               inputs_len=24, targets_len=16)[0]
+  assert int(batch["decoder_segment_ids"].max()) == 1 and (np.asarray(batch["decoder_segment_ids"]) == 0).any()
+  ref_loss, ref_grads = _loss_and_grads(model, params, batch)
+  fused = build.from_config(dataclasses.replace(model.config, attention="cudnn"))
+  loss, grads = _loss_and_grads(fused, params, batch, packed=False)
+  assert helpers.rel_err(loss, ref_loss) < 1e-5
+  assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4
 
 
 def _decode_logits(model, params, use_cache):
