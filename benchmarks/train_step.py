@@ -14,16 +14,8 @@ Tokens counted are batch x (inputs + targets) per step, all non-padding (random 
 each: the step runs with packed=False, so cuDNN takes per-row lengths rather than a dense mask).
 Both run in this one process, so both get the same malloc setting (see --system_malloc).
 
-MFU = analytic model FLOPs per second / the device's peak (PEAK_TFLOPS by device kind, or --peak_tflops).
-Analytic FLOPs of one step (forward + backward = 3 x forward; a matmul of an n-parameter weight is 2n FLOPs per
-token; only weights used as matmuls count, so an untied input embedding table does not):
-    decoder: tokens x (6 x P + 6 x layers x d_attn x T)   causal self-attention: QK^T and PV are 2 x 2 x d_attn
-                                                          FLOPs per key and query, counted over the T/2 keys
-                                                          a query sees on average (T = inputs + targets)
-    T5:      enc_tokens x (6 x P_enc + 12 x enc_layers x d_attn x I)                    bidirectional, I inputs
-           + dec_tokens x (6 x P_dec + 6 x dec_layers x d_attn x O + 12 x dec_layers x d_attn x I)
-                                                          causal self over O targets, cross over I inputs
-with d_attn = heads x head_dim and P the parameters of that stack (the output layer belongs to the decoder).
+MFU = analytic model FLOPs per second / the device's peak (instruct_jax/flops.py: the formula, 6 x matmul
+parameters per token plus attention, and the peaks by device kind; or --peak_tflops).
 """
 from __future__ import annotations
 
@@ -35,35 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import flax.linen as nn
-
-from instruct_jax import host, optim, sharding, step
+from instruct_jax import flops, host, optim, sharding, step
 from instruct_jax.models import attention, build, decoder, lora, t5
-
-# Dense bf16 peak TFLOP/s of one device, matched against jax's device_kind (first match wins).
-PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0),
-               ("TPU v5e", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0))
-
-
-def peak_tflops(device_kind: str) -> float | None:
-  return next((tf for name, tf in PEAK_TFLOPS if name.lower() in device_kind.lower()), None)
-
-
-def analytic_flops(model: build.Model, batch: int, inputs: int, targets: int) -> float:
-  """Model FLOPs of one train step (see the module docstring for the formula)."""
-  cfg = model.config
-  sizes = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in nn.meta.unbox(model.param_shapes()).items()}
-  d_attn = cfg.num_heads * cfg.head_dim
-  embed = cfg.vocab_size * cfg.d_model
-  if model.kind == "encoder_decoder":
-    p_enc, p_dec = sizes["encoder"], sizes["decoder"] + (embed if cfg.tie_embeddings else 0)
-    enc = batch * inputs * (6 * p_enc + 12 * cfg.num_encoder_layers * d_attn * inputs)
-    dec = batch * targets * (6 * p_dec + 6 * cfg.num_decoder_layers * d_attn * targets
-                             + 12 * cfg.num_decoder_layers * d_attn * inputs)
-    return float(enc + dec)
-  T = inputs + targets
-  p = sum(sizes.values()) - (0 if cfg.tie_embeddings else embed)
-  return float(batch * T * (6 * p + 6 * cfg.num_layers * d_attn * T))
 
 
 def peak_memory() -> str:
@@ -265,16 +230,17 @@ def main():
   tokens = args.batch * (args.inputs + args.targets)
   print(f"devices: {jax.devices()}; {args.model}-{args.size}, batch {args.batch} x ({args.inputs} + "
         f"{args.targets}) = {tokens} tokens/step; malloc: {'system' if args.system_malloc else 'keep freed'}")
-  t_jax, flops, model = bench_jax(args)
+  t_jax, xla_flops, model = bench_jax(args)
   if args.compile_only:
     return
-  model_flops = analytic_flops(model, args.batch, args.inputs, args.targets)
+  model_flops = flops.train_step_flops(model, batch_size=args.batch, inputs_length=args.inputs,
+                                       targets_length=args.targets)
   n = jax.device_count()
   print(f"instruct_jax: {t_jax:.3f} s/step, {tokens / t_jax:,.0f} tokens/s (median of {args.steps}), "
-        f"{flops / t_jax / 1e9:,.1f} GFLOP/s per device as XLA counts; {peak_memory()}")
+        f"{xla_flops / t_jax / 1e9:,.1f} GFLOP/s per device as XLA counts; {peak_memory()}")
   print(f"analytic model FLOPs: {model_flops / tokens / 1e9:.4f} GFLOP per token, {model_flops / 1e9:,.2f} GFLOP "
         f"per step; {model_flops / t_jax / n / 1e12:.3f} TFLOP/s per device")
-  peak = args.peak_tflops or peak_tflops(jax.devices()[0].device_kind)
+  peak = args.peak_tflops or flops.peak_tflops(jax.devices()[0].device_kind)
   if peak:
     print(f"MFU: {model_flops / t_jax / n / (peak * 1e12):.1%} of {peak:g} TFLOP/s per device "
           f"({jax.devices()[0].device_kind})")

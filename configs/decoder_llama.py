@@ -13,8 +13,8 @@ step, 1b with dots_no_batch remat and 7b with full remat: BENCHMARKS.md, "Compil
 need ~108 GB in all, so FSDP over 8 devices or Adafactor. On fewer devices set --config.mesh.fsdp.
 Sequences of 2048 tokens (1536 instruction + 512 output budget), packed; loss on outputs and their
 end-of-text token only.
-Runtime (estimated, not measured by this project): 1b, 3,000 steps of 64 packed 2048-token rows (393M tokens,
-about 2.9e18 FLOPs at 6 x 1.24B per token): ~15 min on 8x H100 at 40% MFU. Set total_steps from your data's
+Runtime (estimated, not measured by this project): 1b from Llama-3.2-1B, 3,000 steps of 64 packed 2048-token
+rows (393M tokens, 3.1e18 model FLOPs: `--dry_run` prints them): ~16 min on 8x H100 at 40% MFU. Set total_steps from your data's
 tokens: `python -m instruct_jax.data.preview` prints them.
 Expected result: not yet measured here; the loss on held-out instructions falls as in the quickstart, and
 `python -m instruct_jax.evaluate --tasks ...` scores SuperNI tasks for comparison with published tables.

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from instruct_jax import aot, configs, convert, errors, optim, predict, resolve, sharding, step
+from instruct_jax import aot, configs, convert, errors, flops, optim, predict, resolve, sharding, step
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
@@ -142,6 +142,10 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
   tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
   out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
       f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
+  step_flops = flops.train_step_flops(model, batch_size=config.data.batch_size,
+                                      inputs_length=config.data.inputs_length, targets_length=config.data.targets_length)
+  out(f"flops     {step_flops:.3g} model FLOPs per step, {step_flops * config.total_steps:.3g} for the run "
+      "(instruct_jax/flops.py; the trainer logs train/mfu against the device's peak)")
   if compile_step:
     problems += _compile(config, model, tx, optim_cfg, mesh, mesh_error, rules, groups, out)
   for p in problems:

@@ -206,9 +206,10 @@ class Progress:
     elapsed = time.time() - self.t0
     eta = elapsed / max(done, 1) * (self.total - step)
     bar = "#" * int(20 * step / max(self.total, 1))
+    mfu = f"  mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
     print(f"[{bar:<20}] step {step}/{self.total}  loss {metrics.get('loss', float('nan')):.4f}  "
           f"acc {metrics.get('token_accuracy', float('nan')):.3f}  "
-          f"{metrics.get('tokens_per_sec', 0):,.0f} tok/s  eta {_hms(eta)}", file=sys.stdout, flush=True)
+          f"{metrics.get('tokens_per_sec', 0):,.0f} tok/s{mfu}  eta {_hms(eta)}", file=sys.stdout, flush=True)
 
 
 def _hms(seconds: float) -> str:
@@ -234,8 +235,15 @@ def token_counts(batch: dict[str, np.ndarray]) -> tuple[int, int]:
 
 @dataclasses.dataclass
 class StepWindow:
-  """Step metrics gathered on the host between two log lines."""
+  """Step metrics gathered on the host between two log lines.
+
+  With `flops_per_step` (instruct_jax/flops.py) the summary also has the model FLOP/s per device
+  ("model_tflops_per_device") and, given the device's peak, MFU ("mfu", a fraction).
+  """
   num_tasks: int
+  flops_per_step: float = 0.0
+  devices: int = 1
+  peak_tflops: float | None = None
   steps: int = 0
   sums: dict | None = None
   tokens: int = 0
@@ -256,7 +264,13 @@ class StepWindow:
     n = max(self.steps, 1)
     means = {k: v / n if k in ("loss", "learning_rate", "grad_norm", "param_norm") else v
              for k, v in self.sums.items()}
-    out = summarize_step(means, seconds=self.t_last - self.t_first, tokens=self.tokens, nonpad_tokens=self.nonpad,
+    seconds = self.t_last - self.t_first
+    out = summarize_step(means, seconds=seconds, tokens=self.tokens, nonpad_tokens=self.nonpad,
                          task_names=task_names, task_counts=seen, group_labels=group_labels)
+    if self.flops_per_step:
+      tflops = self.flops_per_step * n / max(seconds, 1e-9) / self.devices / 1e12
+      out["model_tflops_per_device"] = tflops
+      if self.peak_tflops:
+        out["mfu"] = tflops / self.peak_tflops
     self.steps, self.sums, self.tokens, self.nonpad, self.t_first = 0, None, 0, 0, None
     return out

@@ -34,7 +34,7 @@ from absl import flags, logging
 from jax.experimental import multihost_utils
 
 from instruct_jax import checkpoint as ckpt_lib
-from instruct_jax import aot, configs, errors, host, optim, predict, resolve, sharding, step
+from instruct_jax import aot, configs, errors, flops, host, optim, predict, resolve, sharding, step
 from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import mixtures as mixtures_lib
@@ -197,7 +197,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = metrics_lib.Progress(config.total_steps, start, config.log_every)
   rng = jax.random.key(config.seed + 1)
   pending = None  # (step, device metrics, host stats) of the step in flight
-  window = metrics_lib.StepWindow(len(pipe.task_names))
+  window = metrics_lib.StepWindow(
+      len(pipe.task_names), devices=jax.device_count(), peak_tflops=flops.peak_tflops(jax.devices()[0].device_kind),
+      flops_per_step=flops.train_step_flops(model, batch_size=config.data.batch_size,
+                                            inputs_length=config.data.inputs_length,
+                                            targets_length=config.data.targets_length))
   seen = np.zeros(len(pipe.task_names), np.int64)
   stopped_early = False
 

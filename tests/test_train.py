@@ -68,8 +68,10 @@ def test_uninterrupted_run_learns_and_writes_tensorboard(reference_run):
   acc.Reload()
   tags = acc.Tags()["scalars"]
   for tag in ("train/loss", "train/token_accuracy", "train/learning_rate", "train/grad_norm", "train/param_norm",
-              "train/tokens_per_sec", "train/nonpad_tokens_per_sec", "train/nonpad_share"):
+              "train/tokens_per_sec", "train/nonpad_tokens_per_sec", "train/nonpad_share",
+              "train/model_tflops_per_device"):
     assert tag in tags, tags
+  assert "train/mfu" not in tags  # a CPU has no known peak
   assert any(t.startswith("train/examples_seen/builtin/") for t in tags)
   # Loss per task and per template group, from the task and template ids the batch carries.
   assert any(t.startswith("train/nll_by_task/builtin/") for t in tags)
