@@ -38,6 +38,7 @@ from instruct_jax import aot, configs, errors, flops, host, optim, predict, reso
 from instruct_jax import metrics as metrics_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import mixtures as mixtures_lib
+from instruct_jax.data import packing
 from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import report as report_lib
 from instruct_jax.data import tasks as tasks_lib
@@ -229,6 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       except _PreemptedWaitingForData:
         interrupted = preemption.before is not None  # the data position to save with the steps done
         break
+      if not config.data.pack:  # the step's attention relies on it (step.train_step's packed=False)
+        packing.check_one_example_rows(host_batch)
       counts = metrics_lib.task_counts(host_batch, len(pipe.task_names))
       seen += counts
       stats = (time.time(), *metrics_lib.token_counts(host_batch), counts)

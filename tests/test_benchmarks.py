@@ -28,9 +28,10 @@ def test_gpu_benchmark_script_runs_every_case_without_the_data_packages(tmp_path
   subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_issue12.sh")], cwd=tmp_path, env=env, check=True,
                  capture_output=True, timeout=900)
   log = (out / "issue12_gpu.log").read_text()
-  cases = re.findall(r"^=== python benchmarks/train_step.py (.*)$", log, re.M)
+  cases = re.findall(r"^=== python benchmarks/(\S+) (.*)$", log, re.M)
   exits = re.findall(r"^=== exit (\d+)", log, re.M)
-  assert len(cases) == 4 and exits == ["0"] * 4, log
+  assert [c[0] for c in cases] == ["attention_check.py"] + ["train_step.py"] * 4 and exits == ["0"] * 5, log
+  assert "attention 'cudnn' runs 'cudnn' against 'xla'" in log and "9 of 9 cases agree with 'xla'" in log, log
   assert log.count("instruct_jax: ") == 3, log  # the compile-only case times no step
   assert log.count("pytorch ") == 2 and "speed-up" in log, log
   assert "step compile" in log.split("--compile_only\n")[-1], log

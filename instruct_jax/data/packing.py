@@ -56,6 +56,19 @@ def batch_spec(kind: str, inputs_length: int, targets_length: int, batch_size: i
   return spec
 
 
+def check_one_example_rows(batch: dict[str, np.ndarray]) -> None:
+  """Raises unless every row holds one example padded at its end (segment ids 1 on a prefix, then 0): what
+  `pack=False` batches are, and what the train step's packed=False lets the cuDNN attention assume."""
+  for prefix in _ANCHORS.values():
+    segments = batch.get(f"{prefix}_segment_ids")
+    if segments is None:
+      continue
+    segments = np.asarray(segments)
+    if segments.max(initial=0) > 1 or segments.min(initial=0) < 0 or (np.diff(segments, axis=1) > 0).any():
+      raise ValueError(f"{prefix}_segment_ids: a row is not one example padded at its end, but the train step "
+                       "was built for such rows (data.pack=False)")
+
+
 def _broadcast_meta(ex: dict, meta_features: Sequence[str]) -> dict:
   n = len(ex["decoder_target_tokens"])
   out = dict(ex)

@@ -58,7 +58,8 @@ class Mask:
   `window` (causal only; Mistral): a query also sees only the `window` most recent positions, itself included.
   `packed=False` promises one example per row: segment ids > 0 on a prefix of the row and 0 after it (padding
   at the end), for queries and keys alike. The cuDNN path then hands the kernel per-row lengths instead of a
-  dense mask; every path gives the same results either way.
+  dense mask; every path gives the same results either way at non-padding queries (the trainer checks each
+  such batch: `packing.check_one_example_rows`).
   """
   q_segments_BL: jax.Array
   kv_segments_BS: jax.Array

@@ -181,3 +181,20 @@ def test_batch_spec_is_the_schema_the_pipeline_yields(spm_tokenizer, catalogues,
   spec = packing.batch_spec(kind, cfg.inputs_length, cfg.targets_length, cfg.batch_size,
                             meta_features=pipeline.META_FEATURES)
   assert {k: (v.shape, v.dtype) for k, v in b.items()} == spec
+
+
+@pytest.mark.parametrize("kind", ["encoder_decoder", "decoder"])
+def test_unpacked_rows_are_one_example_padded_at_the_end(spm_tokenizer, catalogues, kind):
+  """What the train step's packed=False (cuDNN on row lengths) assumes of data.pack=False batches, and the
+  check the trainer runs on each of them; packed rows fail it."""
+  from instruct_jax.data import packing  # pylint: disable=g-import-not-at-top
+  batches = {}
+  for pack in (False, True):
+    cfg = pipeline.PipelineConfig(**{**CFG.__dict__, "model_kind": kind, "pack": pack})
+    batches[pack] = next(iter(pipeline.make_pipeline(cfg, spm_tokenizer, tasks=catalogues[0], mixtures=catalogues[1])))
+  unpacked = batches[False]["decoder_segment_ids"]
+  assert (unpacked == 0).any() and (unpacked[:, 0] == 1).all()
+  packing.check_one_example_rows(batches[False])
+  assert batches[True]["decoder_segment_ids"].max() > 1
+  with pytest.raises(ValueError, match="(en|de)coder_segment_ids: a row is not one example padded at its end"):
+    packing.check_one_example_rows(batches[True])

@@ -230,9 +230,13 @@ def test_model_loss_and_gradients_equal_xla_on_packed_batches(kind, layout):
 
 
 @pytest.mark.parametrize("kind", helpers.KINDS)
-def test_rows_of_one_example_run_on_lengths_with_the_same_loss_and_gradients(kind):
+def test_rows_of_one_example_run_on_lengths_with_the_same_loss_and_gradients(kind, monkeypatch):
   """data.pack=False batches (one example per row, padded at its end) with packed=False: cuDNN's arguments are
-  row lengths, not a mask; loss and every gradient equal the einsum path's."""
+  row lengths, not a mask (every attention of the model); loss and every gradient equal the einsum path's.
+  Packed (the default), the same model hands cuDNN a mask."""
+  calls = []
+  real = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
   model = helpers.tiny_model(kind)
   params = helpers.init_params(model, seed=5)
   batch = helpers.make_batches(kind, helpers.random_examples(kind, 2, seed=5), pack=False, batch_size=2,
@@ -243,6 +247,13 @@ def test_rows_of_one_example_run_on_lengths_with_the_same_loss_and_gradients(kin
   loss, grads = _loss_and_grads(fused, params, batch, packed=False)
   assert helpers.rel_err(loss, ref_loss) < 1e-5
   assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4
+  per_layer = 1 if kind == "decoder" else 3  # T5: encoder self, decoder self, cross
+  assert len(calls) == per_layer * 2  # two layers, traced once
+  assert all("mask" not in kw and kw["key_value_seq_lengths"] is not None for kw in calls), calls
+  calls.clear()
+  _loss_and_grads(fused, params, batch)
+  assert len(calls) == per_layer * 2 and all(kw["mask"] is not None and "query_seq_lengths" not in kw
+                                             for kw in calls), calls
 
 
 def _decode_logits(model, params, use_cache):
