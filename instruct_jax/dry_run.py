@@ -74,6 +74,10 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
                      if f.name not in ("dtype", "param_dtype"))
   out(f"model     {model.kind} {model.num_params() / 1e6:,.1f}M parameters; {fields}; compute "
       f"{config.model.dtype}, parameters {config.model.param_dtype}")
+  plan, problem = model.attention_plan()
+  out(f"attention {plan}")
+  if problem:
+    problems.append(f"attention: {problem}")
   if model.config.lora is not None:
     n_train = sum(x.size for x in jax.tree.leaves(model.trainable(nn.meta.unbox(model.param_shapes()))))
     out(f"lora      {n_train / 1e6:,.2f}M adapter parameters train (the base is frozen): {model.config.lora}")

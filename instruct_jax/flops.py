@@ -22,9 +22,6 @@ for long causal rows, whose masked half the einsum path computes anyway.
 """
 from __future__ import annotations
 
-import flax.linen as nn
-import jax
-
 from instruct_jax.models import build
 
 # Dense bf16 peak TFLOP/s of one device, matched against jax's device_kind (first match wins).
@@ -38,18 +35,6 @@ def peak_tflops(device_kind: str) -> float | None:
 
 
 def train_step_flops(model: build.Model, *, batch_size: int, inputs_length: int, targets_length: int) -> float:
-  """Model FLOPs of one train step over the global batch (the module docstring gives the formula)."""
-  cfg = model.config
-  sizes = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in nn.meta.unbox(model.param_shapes()).items()}
-  d_attn = cfg.num_heads * cfg.head_dim
-  embed = cfg.vocab_size * cfg.d_model
-  if model.kind == "encoder_decoder":
-    I, O = inputs_length, targets_length
-    p_enc, p_dec = sizes["encoder"], sizes["decoder"] + (embed if cfg.tie_embeddings else 0)
-    enc = batch_size * I * (6 * p_enc + 12 * cfg.num_encoder_layers * d_attn * I)
-    dec = batch_size * O * (6 * p_dec + 6 * cfg.num_decoder_layers * d_attn * O
-                            + 12 * cfg.num_decoder_layers * d_attn * I)
-    return float(enc + dec)
-  T = inputs_length + targets_length
-  p = sum(sizes.values()) - (0 if cfg.tie_embeddings else embed)
-  return float(batch_size * T * (6 * p + 6 * cfg.num_layers * d_attn * T))
+  """Model FLOPs of one train step over the global batch (the module docstring gives the formula; each model
+  kind's part of it is its module's `train_flops_per_row`)."""
+  return float(batch_size * model.train_flops_per_row(inputs_length, targets_length))

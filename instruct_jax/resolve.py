@@ -26,7 +26,7 @@ from instruct_jax.data import pipeline as pipeline_lib
 from instruct_jax.data import render as render_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
-from instruct_jax.models import build, lora as lora_lib
+from instruct_jax.models import attention, build, lora as lora_lib
 
 
 def padded_vocab(n: int, multiple: int = 128) -> int:
@@ -180,6 +180,15 @@ def resolve_model(config, tokenizer, pretrained, flag_keys: Sequence[str] = ()) 
                                adapter=adapter)
   check_lora_optimizer(config, model)
   return model
+
+
+def attention_plan(model: build.Model) -> str:
+  """Which attention core the run's training, scoring and decoding take here (`build.Model.attention_plan`), or
+  the AttentionError of a kernel that cannot run as configured (before anything is compiled)."""
+  plan, problem = model.attention_plan()
+  if problem:
+    raise attention.AttentionError(problem)
+  return plan
 
 
 def check_lora_optimizer(config, model: build.Model) -> None:

@@ -123,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   added = resolve.chat_tokens(config, pretrained, chat)
   tokenizer, pretrained = resolve.add_chat_tokens(tokenizer, added, pretrained)
   model = resolve.resolve_model(config, tokenizer, pretrained, flag_keys)
+  attention_plan = resolve.attention_plan(model)
   resolve.guard_workdir(workdir, model)
   resolve.keep_tokenizer(tokenizer, workdir)
 
@@ -132,6 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   report_lib.check_files(config, catalogues[0], pipe.rates)
   resolve.check_held_out(config, pipe.rates)
   if jax.process_index() == 0:  # the run's settings, recorded once everything they name has been checked
+    print(f"attention {attention_plan}", flush=True)
     workdir_lib.write_config(workdir, config)
     if not os.path.isfile(os.path.join(workdir, workdir_lib.MODEL_CONFIG)):
       workdir_lib.write_model(workdir, model, source=config.init_from,

@@ -93,6 +93,8 @@ def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir
     assert "mixture 'flan2021_no_nli': 58 tasks" in out and "glue/rte" not in out.split("evals")[0], out
   assert problems == [], out
   assert "dry run: OK" in out and "memory    per device" in out and out.count("example   ") == 3
+  assert re.search(r"^attention '\w+' on cpu: xla in training, xla in scoring", out, re.M), out
+  assert re.search(r"^flops     [\d.e+]+ model FLOPs per step", out, re.M), out
   if arg in PUBLISHED_M:
     assert f"{PUBLISHED_M[arg]:,.1f}M parameters" in out
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -44,12 +44,14 @@ class _Family:
   sizes: dict[str, dict]
   input_features: tuple[str, ...]
   stepper_cls: type
+  train_flops_per_row: Callable[..., float]
 
 
 FAMILIES = {
-    "encoder_decoder": _Family(t5.T5Config, t5.T5, t5.SIZES, t5.INPUT_FEATURES, t5.Stepper),
+    "encoder_decoder": _Family(t5.T5Config, t5.T5, t5.SIZES, t5.INPUT_FEATURES, t5.Stepper,
+                               t5.train_flops_per_row),
     "decoder": _Family(decoder.DecoderConfig, decoder.Decoder, decoder.SIZES, decoder.INPUT_FEATURES,
-                       decoder.Stepper),
+                       decoder.Stepper, decoder.train_flops_per_row),
 }
 
 
@@ -104,6 +106,33 @@ class Model:
 
   def num_params(self) -> int:
     return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(self.param_shapes())))
+
+  def train_flops_per_row(self, inputs_length: int, targets_length: int) -> float:
+    """Model FLOPs of one train step's row (instruct_jax/flops.py has the formula)."""
+    sizes = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in nn.meta.unbox(self.param_shapes()).items()}
+    return self._family.train_flops_per_row(self.config, sizes, inputs_length, targets_length)
+
+  def attention_plan(self, backend: str | None = None) -> tuple[str, str | None]:
+    """(which attention core training, scoring and decoding run on `backend`, a problem or None), in words.
+
+    Attention dropout (model.dropout_rate > 0, e.g. a Hugging Face T5 checkpoint's 0.1) is the einsum's alone, so
+    `auto` trains on the einsum path then, which on a GPU or TPU costs the fused kernel's speed and memory.
+    """
+    cfg = self.config
+    backend = backend or jax.default_backend()
+    pick = lambda dropout: attention.resolve(cfg.attention, dtype=cfg.dtype, head_dim=cfg.head_dim,
+                                             dropout_active=dropout, dense_mask=False, backend=backend)
+    try:
+      scoring = pick(False)
+      training = pick(cfg.dropout_rate > 0)
+    except attention.AttentionError as e:
+      return f"{cfg.attention!r} on {backend}: cannot run", str(e)
+    text = (f"{cfg.attention!r} on {backend}: {training} in training, {scoring} in scoring, xla in key/value-cache "
+            "decoding")
+    if training != scoring:
+      text += (f" (model.dropout_rate={cfg.dropout_rate} drops attention probabilities, which only the einsum "
+               f"does; --config.model.dropout_rate=0 trains on {scoring} too)")
+    return text, None
 
   def trainable(self, tree) -> Any:
     """What the optimizer updates, of a params-shaped tree: the LoRA adapters when config.lora is set, else all."""

@@ -172,6 +172,15 @@ class Stepper:
     return state, self._full(state["buf"], slot, state["pad"])
 
 
+def train_flops_per_row(cfg: DecoderConfig, sizes: dict[str, int], inputs_length: int, targets_length: int) -> float:
+  """Model FLOPs of a train step's row of T = inputs + targets tokens (instruct_jax/flops.py): causal
+  self-attention over T, every weight a matmul except an untied input embedding table (a lookup). `sizes`:
+  parameters per top-level module."""
+  T = inputs_length + targets_length
+  p = sum(sizes.values()) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+  return float(T * (6 * p + 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * T))
+
+
 def config_for(size: str, **overrides) -> DecoderConfig:
   if size not in SIZES:
     raise ValueError(f"unknown decoder size {size!r}; choose one of {sorted(SIZES)}")

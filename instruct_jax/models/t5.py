@@ -274,6 +274,20 @@ class Stepper:
     return state, self._full(state["encoded"], state["enc_mask"], state["buf"], t + 1)
 
 
+def train_flops_per_row(cfg: T5Config, sizes: dict[str, int], inputs_length: int, targets_length: int) -> float:
+  """Model FLOPs of a train step's row (instruct_jax/flops.py): the encoder's I tokens (bidirectional), the
+  decoder's O (causal self-attention, cross-attention over I); the output layer counts with the decoder and the
+  input embedding table, a lookup, only where it is tied (as that output layer). `sizes`: parameters per
+  top-level module."""
+  I, O = inputs_length, targets_length
+  d_attn = cfg.num_heads * cfg.head_dim
+  p_enc = sizes["encoder"]
+  p_dec = sizes["decoder"] + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
+  enc = I * (6 * p_enc + 12 * cfg.num_encoder_layers * d_attn * I)
+  dec = O * (6 * p_dec + 6 * cfg.num_decoder_layers * d_attn * O + 12 * cfg.num_decoder_layers * d_attn * I)
+  return float(enc + dec)
+
+
 def _segments_or_nonpad(segment_ids, tokens):
   """Segment ids if given (packed data), else 1 on non-padding tokens and 0 on padding (id 0)."""
   return segment_ids if segment_ids is not None else (tokens != 0).astype(jnp.int32)

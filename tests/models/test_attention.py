@@ -172,6 +172,22 @@ def test_auto_picks_per_backend_and_call():
                       dense_mask=False)
 
 
+def test_the_attention_plan_says_what_each_phase_runs_and_why_dropout_keeps_training_on_the_einsum():
+  from instruct_jax import resolve  # pylint: disable=g-import-not-at-top
+  t5_like = lambda **kw: build.Model(dataclasses.replace(helpers.tiny_model("encoder_decoder").config,
+                                                         dtype=jnp.bfloat16, **{"attention": "auto", **kw}))
+  plan, problem = t5_like(dropout_rate=0.0).attention_plan("gpu")
+  assert problem is None and plan.startswith("'auto' on gpu: cudnn in training, cudnn in scoring, xla in key/value")
+  plan, problem = t5_like(dropout_rate=0.1).attention_plan("gpu")  # a Hugging Face T5 checkpoint's dropout
+  assert problem is None and "xla in training, cudnn in scoring" in plan
+  assert "model.dropout_rate=0.1 drops attention probabilities" in plan and "--config.model.dropout_rate=0" in plan
+  assert t5_like(dropout_rate=0.1).attention_plan("cpu")[0] == (
+      "'auto' on cpu: xla in training, xla in scoring, xla in key/value-cache decoding")
+  plan, problem = t5_like(attention="pallas_tpu").attention_plan("gpu")
+  assert plan == "'pallas_tpu' on gpu: cannot run" and "does not run on gpu" in problem
+  assert "pallas_tpu in training" in resolve.attention_plan(t5_like(attention="pallas_tpu"))  # interpret mode here
+
+
 def test_config_errors_name_the_key():
   with pytest.raises(ValueError, match=r"^config.model.attention='flash': choose one of \['xla'"):
     helpers.tiny_model("decoder", attention="flash")
