@@ -21,7 +21,9 @@ Definition + 2 positive examples encoding) in training and evaluation, one examp
 this project's references; 128 rows is this recipe's choice).
 Hardware, per size (mesh data x fsdp x tensor; batch 128 rows of 1024 + 128 tokens; the most memory XLA plans
 per device for the train step, from `--dry_run --compile` on a CPU stand-in with the einsum attention (a GPU's
-cuDNN or a TPU's Pallas attention holds less): BENCHMARKS.md, "Compile time"):
+cuDNN or a TPU's Pallas attention holds less): BENCHMARKS.md, "Compile time"). A T5 v1.1 / Flan-T5 checkpoint
+brings dropout_rate 0.1, which keeps training on that einsum attention (no fused kernel drops attention
+probabilities; `--dry_run` says which kernel each phase takes): --config.model.dropout_rate=0 trains on the fused one):
     small (77M), base (248M): data parallel over 8 GPUs or TPU chips; on one 80 GB GPU add
         --config.num_microbatches=8 (16 rows at a time: 18 and 51 GiB, against 130 and 362 GiB whole).
     large (783M): 8 GPUs or a v4-16 (8 chips), FSDP (24 GiB per device).
