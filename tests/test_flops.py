@@ -24,7 +24,8 @@ def _xla_flops(model, batch):
     ("decoder", decoder.config_for("tiny", num_kv_heads=2, num_layers=2, tie_embeddings=True, **_WIDE)),
     pytest.param("decoder", decoder.config_for("tiny", num_kv_heads=4, num_layers=3, tie_embeddings=False, **_WIDE),
                  marks=pytest.mark.slow),
-    ("encoder_decoder", t5.config_for("tiny", num_encoder_layers=2, num_decoder_layers=2, **_WIDE)),
+    pytest.param("encoder_decoder", t5.config_for("tiny", num_encoder_layers=2, num_decoder_layers=2, **_WIDE),
+                 marks=pytest.mark.slow),
 ], ids=["decoder-tied", "decoder-untied", "t5"])
 def test_model_flops_are_what_xla_counts_for_the_step_less_its_elementwise_work(kind, config):
   """XLA's count of the compiled train step adds the elementwise work and AdamW to the model's matmuls (and

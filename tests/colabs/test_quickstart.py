@@ -7,6 +7,7 @@ import re
 
 import nbclient
 import nbformat
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "colabs" / "quickstart.ipynb"
@@ -39,6 +40,7 @@ def test_notebook_matches_its_builder():
   assert all(not c.get("outputs") for c in stored.cells), "commit the notebook without outputs"
 
 
+@pytest.mark.slow  # 20-30 s; the quickstart's trainer path is the default suite's (tests/test_train.py)
 def test_quickstart_notebook_trains_and_plots(tmp_path):
   workdir = tmp_path / "workdir"
   env = dict(os.environ, QUICKSTART_TINY="1", QUICKSTART_STEPS=str(STEPS), QUICKSTART_WORKDIR=str(workdir),

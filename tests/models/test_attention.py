@@ -245,7 +245,7 @@ def test_model_loss_and_gradients_equal_xla_on_packed_batches(kind, layout):
     assert helpers.max_tree_rel_err(grads, ref_grads) < 1e-4, impl
 
 
-@pytest.mark.parametrize("kind", helpers.KINDS)
+@pytest.mark.parametrize("kind", ["decoder", pytest.param("encoder_decoder", marks=pytest.mark.slow)])
 def test_rows_of_one_example_run_on_lengths_with_the_same_loss_and_gradients(kind, monkeypatch):
   """data.pack=False batches (one example per row, padded at its end) with packed=False: cuDNN's arguments are
   row lengths, not a mask (every attention of the model); loss and every gradient equal the einsum path's.
