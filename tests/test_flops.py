@@ -21,7 +21,8 @@ def _xla_flops(model, batch):
 
 
 @pytest.mark.parametrize("kind,config", [
-    ("decoder", decoder.config_for("tiny", num_kv_heads=2, num_layers=2, tie_embeddings=True, **_WIDE)),
+    pytest.param("decoder", decoder.config_for("tiny", num_kv_heads=2, num_layers=2, tie_embeddings=True, **_WIDE),
+                 marks=pytest.mark.slow),
     pytest.param("decoder", decoder.config_for("tiny", num_kv_heads=4, num_layers=3, tie_embeddings=False, **_WIDE),
                  marks=pytest.mark.slow),
     pytest.param("encoder_decoder", t5.config_for("tiny", num_encoder_layers=2, num_decoder_layers=2, **_WIDE),

@@ -58,7 +58,8 @@ def test_batched_prompts_of_different_lengths_match_one_at_a_time(model_and_para
     assert sampling.generate(model, params, [prompt], cfg) == [out]
 
 
-@pytest.mark.parametrize("kind", ["decoder", pytest.param("encoder_decoder", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~12 s each; beams of one equal greedy in the default suite
+@pytest.mark.parametrize("kind", helpers.KINDS)
 def test_exhaustive_beam_search_returns_the_most_likely_finished_sequence(kind):
   """Vocabulary 6, 3 new tokens, 36 beams: beam search is exhaustive and must match brute force."""
   import itertools

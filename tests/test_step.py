@@ -38,6 +38,7 @@ def test_microbatches_give_the_same_update_as_one_batch(kind, normalization):
   assert float(m4["weight_sum"]) == float(np.asarray(batch["decoder_loss_weights"]).sum())
 
 
+@pytest.mark.slow  # ~12 s; test_microbatches_give_the_same_update_as_one_batch covers microbatching by default
 def test_per_task_and_per_template_sums_add_up_and_survive_microbatching():
   kind = "decoder"
   batch = helpers.concat_batches(helpers.make_batches(kind, helpers.random_examples(kind, 16, seed=5), pack=False,

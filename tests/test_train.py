@@ -337,7 +337,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(s < bad for s in saved)  # no checkpoint holds the state that produced the bad loss
 
 
-@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("pack", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_the_train_step_is_told_whether_rows_hold_one_example(tmp_path, monkeypatch, pack):
   """data.pack reaches the step as `packed` (False lets cuDNN take row lengths, which packed rows must never get)."""
   from instruct_jax import configs, step, train  # pylint: disable=g-import-not-at-top
@@ -357,6 +357,7 @@ def test_the_train_step_is_told_whether_rows_hold_one_example(tmp_path, monkeypa
   assert seen["packed"] is pack
 
 
+@pytest.mark.slow  # ~30 s: three command-line processes after a training run
 def test_periodic_evaluation_and_the_cli_commands(tmp_path):
   work = tmp_path / "w"
   _run(_cmd(work, "--config.total_steps=6", "--config.eval_every=3", "--config.eval.num_examples=1",

@@ -84,6 +84,7 @@ def test_instruction_prompts_are_rendered_as_training_rendered_instruction_files
     predict.instruction_prompts(records, config, template_id=5)   # 5 is the inverted one
 
 
+@pytest.mark.slow  # the module's workdir is trained first (~15 s)
 def test_the_model_backend_says_length_when_max_new_tokens_cut_the_output(workdir, backend):
   from instruct_jax import workdir as workdir_lib
   prompts = ["Sort: 3 1 2", "Count the items: a b c", "Reverse: x y"]
@@ -103,6 +104,7 @@ def test_the_model_backend_says_length_when_max_new_tokens_cut_the_output(workdi
   assert backend.chat_format(chat) == "Be brief.\n\nName a colour."
 
 
+@pytest.mark.slow
 def test_self_instruct_and_the_judge_on_the_trained_model(tmp_path, backend):
   seeds = _write(tmp_path / "seeds.jsonl", [
       {"id": f"s{i}", "instruction": f"Explain {TOPICS[i]} to a child.", "instances": [{"input": "",
