@@ -55,7 +55,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.remat_policy = "none"  # none | dots | dots_no_batch | full (recompute in the backward pass)
   c.model.scan_layers = False  # one scanned layer instead of N unrolled ones (faster compiles for big models)
   c.model.dropout_rate = config_dict.placeholder(float)  # None: the size's default (0) or the checkpoint's
-  c.model.attention = "xla"  # attention core: xla (einsum) | cudnn (GPU) | pallas_tpu (TPU) | auto (fastest exact)
+  c.model.attention = "auto"  # attention core: auto (fastest exact: xla on CPU) | xla (einsum) | cudnn | pallas_tpu
   c.model.lora = ml_collections.ConfigDict()  # low-rank adapters; only they train (instruct_jax/models/lora.py)
   c.model.lora.rank = 0  # adapter rank (0: no LoRA, every parameter trains)
   c.model.lora.alpha = 16.0  # adapter output scaled by alpha / rank

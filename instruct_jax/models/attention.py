@@ -137,12 +137,18 @@ def resolve(implementation: str, *, dtype: Any, head_dim: int, dropout_active: b
                      "set config.model.dropout_rate=0, or attention 'auto' or 'xla'")
   if implementation == "cudnn" and backend == "gpu" and not cudnn_supports(dtype, head_dim):
     raise AttentionError(f"config.model.attention='cudnn' needs config.model.dtype bfloat16 or float16 and a head "
-                     f"width that is a multiple of 8 and at most 256 (got {jnp.dtype(dtype).name}, {head_dim})")
+                     f"width that is a multiple of 8 and at most 256 (128 before Hopper) (got {jnp.dtype(dtype).name}, "
+                     f"{head_dim})")
   return implementation
 
 
-def cudnn_supports(dtype, head_dim: int) -> bool:
-  return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 256
+def cudnn_supports(dtype, head_dim: int, capability: str | None = None) -> bool:
+  """Whether cuDNN's fused attention takes this dtype and head width: 16-bit, a multiple of 8, at most 256 on
+  Hopper and later (compute capability 9.0+) and 128 before (`capability`: the GPU's; default the first's)."""
+  if capability is None:
+    capability = getattr(jax.devices()[0], "compute_capability", "9.0") if jax.default_backend() == "gpu" else "9.0"
+  widest = 256 if float(capability) >= 9.0 else 128
+  return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= widest
 
 
 def attend(q_BLHK, k_BSNK, v_BSNK, mask: "Mask | jax.Array", bias_1HLS=None, *, implementation: str = "xla",

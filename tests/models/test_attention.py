@@ -162,6 +162,8 @@ def test_auto_picks_per_backend_and_call():
   assert pick("gpu") == "cudnn"
   assert pick("gpu", dtype=jnp.float32) == "xla"  # cuDNN attention needs 16-bit inputs
   assert pick("gpu", head_dim=260) == "xla"
+  assert attention.cudnn_supports(jnp.bfloat16, 256, "9.0") and attention.cudnn_supports(jnp.bfloat16, 128, "8.0")
+  assert not attention.cudnn_supports(jnp.bfloat16, 256, "8.0")  # an A100 takes at most 128
   assert pick("tpu") == "pallas_tpu"
   assert pick("tpu", dropout_active=True) == "xla"  # only the einsum path drops attention probabilities
   assert pick("gpu", dense_mask=True) == "xla"  # key/value-cache decode steps
