@@ -9,7 +9,7 @@ logits), so every path uses scale 1. Implementations (config.model.attention):
 
     xla         the einsum reference: materialises [B, H, L, S] logits; any mask, bias, dropout; every backend
     cudnn       jax.nn.dot_product_attention(implementation="cudnn") on GPU (bf16/fp16, head width a
-                multiple of 8 and at most 256); packing through a dense mask (exact; see `cudnn_call`), rows
+                multiple of 8 and at most 256, 128 before Hopper); packing through a dense mask (exact; see `cudnn_call`), rows
                 of one example each (`Mask.packed` False: data.pack=False) through per-row lengths; on CPU
                 its arguments run through jax's xla implementation (tests)
     pallas_tpu  TPU Pallas kernels from jax: splash attention (segment ids, causal/local/full masks,
