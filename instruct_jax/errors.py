@@ -10,7 +10,8 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app, flags
+from absl import app
+from absl import logging, flags
 
 
 class UserError(Exception):
@@ -45,7 +46,8 @@ def local_path_flags(*names: str, flag_values: flags.FlagValues = flags.FLAGS) -
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """absl's app.run, reporting UserErrors (also those raised while parsing --config) on one line."""
+  """absl's app.run, reporting UserErrors (also those raised while parsing --config) on one line; warnings and
+  errors only in the log unless --verbosity asks for more."""
   def parse(argv: Sequence[str]) -> list[str]:
     try:
       return flags.FLAGS(argv)
@@ -60,6 +62,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     return []
 
   def guarded(argv: Sequence[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # libraries' INFO lines (orbax, jax's backends) only when asked
+      logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
     except UserError as e:

@@ -4,11 +4,14 @@
     python -m instruct_jax.evaluate --workdir DIR --tasks niv2/task1393_superglue_copa_text_completion \\
         --superni_dir ../shared/data/natural-instructions --num_examples 100 --output_dir /tmp/eval
     python -m instruct_jax.evaluate --workdir DIR --superni_dir DIR --superni_split test --output metrics.json
+    python -m instruct_jax.evaluate --workdir DIR --init_from /ckpt/base   # the baseline, as step 0
 
 The model, tokenizer and newest checkpoint (or --step) come from the workdir; tasks are looked up in the
 workdir's data paths (and --superni_dir), and a mixture name stands for its tasks (e.g. niv2_test).
 Writes predictions.jsonl, metrics.json and eval_results.csv (one row per grouping, key and metric) to
---output_dir (default: WORKDIR/eval) and prints a table.
+--output_dir (default: WORKDIR/eval) and prints a table. With --init_from the checkpoint named there is evaluated
+with the workdir's settings (default: WORKDIR/eval_baseline), and its rows are also added to the run's own
+WORKDIR/eval_results.csv as step 0, beside the fine-tuned steps.
 Task evaluations are also scored by `instruct_jax.evals.score` (SuperNI's exact match and ROUGE-L per
 category and task); a SuperNI task counts under its task file's own category (its first "Categories" entry),
 other tasks under their cluster. `--superni_split test` evaluates the tasks listed in
@@ -31,7 +34,10 @@ from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import score as score_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train (with --init_from: its settings "
+                               "are used and the baseline's results written there as step 0).")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "A checkpoint before fine-tuning (an imported or Hugging Face "
+                                 "directory, or a workdir): evaluate it as step 0, the baseline.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the newest).")
 _TASKS = flags.DEFINE_list("tasks", [], "Tasks (or mixtures) to evaluate instead of the config's evaluation.")
 _SUPERNI = flags.DEFINE_string("superni_dir", None, "natural-instructions directory for niv2/ tasks.")
@@ -48,22 +54,33 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  config = workdir_lib.read_config(_WORKDIR.value)
-  workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
+  loaded = None
+  if _INIT_FROM.value:  # a baseline: its own tokenizer, the workdir's settings or the defaults
+    loaded = workdir_lib.load_model(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
+    config, tokenizer = loaded.config, loaded.tokenizer
+    if not (_WORKDIR.value or _OUT.value):
+      raise errors.UserError("--init_from: give --workdir (its settings; results go to WORKDIR/eval as step 0) or "
+                             "--output_dir")
+  else:
+    if not _WORKDIR.value:
+      raise errors.UserError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
+    config = workdir_lib.read_config(_WORKDIR.value)
+    workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
+    tokenizer = workdir_lib.tokenizer(_WORKDIR.value)
   if _NUM.value is not None:
     config.eval.num_examples = _NUM.value
   if _TASKS.value:
     config.eval.tasks = tuple(_TASKS.value)
   if _SUPERNI.value:
     config.data_paths.superni_dir = _SUPERNI.value
-  chat = predict.chat_format(config, workdir_lib.tokenizer(_WORKDIR.value))  # what chat tasks are rendered with
+  chat = predict.chat_format(config, tokenizer)  # what chat tasks are rendered with
   catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, chat_format=chat))
   if _SPLIT.value:
     config.eval.tasks = tuple(evaluators.superni_split_tasks(config.data_paths.superni_dir, _SPLIT.value,
                                                              catalogues[0], what=f"--superni_split {_SPLIT.value}"))
   if _OUTPUT.value and not (_TASKS.value or _SPLIT.value):
     raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
-  loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
+  loaded = loaded or workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   # One evaluator, as the trainer runs them; tasks also get SuperNI's table (per category and task).
   ev = evaluators.Evaluator("eval", evaluators.config_rows(config.eval, *catalogues),
                             superni=bool(_TASKS.value or _SPLIT.value))
@@ -77,7 +94,7 @@ def main(argv):
   seconds = time.time() - t0
   scored = ev.scored
   summary = {k: v for k, v in ev.summary.items() if k != "superni"}
-  out_dir = _OUT.value or os.path.join(_WORKDIR.value, "eval")
+  out_dir = _OUT.value or os.path.join(_WORKDIR.value, "eval_baseline" if _INIT_FROM.value else "eval")
   os.makedirs(out_dir, exist_ok=True)
   evaluators.write_jsonl(os.path.join(out_dir, "predictions.jsonl"), scored)
   result = {"summary": summary, "step": loaded.step, "examples": len(scored), "seconds": seconds,
@@ -93,6 +110,8 @@ def main(argv):
   results = os.path.join(out_dir, metrics_lib.RESULTS_CSV)
   if os.path.exists(results):
     os.remove(results)
+  if _INIT_FROM.value and _WORKDIR.value and not _OUT.value:  # the baseline beside the run's own rows
+    metrics_lib.append_results(os.path.join(_WORKDIR.value, metrics_lib.RESULTS_CSV), loaded.step, ev.result_rows())
   metrics_lib.append_results(results, loaded.step, ev.result_rows())
   print(evaluators.format_table(summary))
   print(f"step {loaded.step}: {len(scored)} examples in {seconds:.1f} s ({result['examples_per_second']:.1f} "

@@ -20,6 +20,12 @@ decoder stops at the format's end of turn:
 
     python -m instruct_jax.generate --workdir DIR --chat --system "Answer briefly." --prompt "Name a prime."
 
+--init_from DIR generates with a checkpoint before fine-tuning (an imported or Hugging Face directory, or another
+run's workdir), with its own tokenizer and the default settings (the tokenizer's own chat template), or the
+settings of --workdir when that is given too: the baseline every instruction-tuning comparison reports.
+
+    python -m instruct_jax.generate --init_from /ckpt/smollm2-hf --chat --prompt "What is the capital of France?"
+
 --output writes one JSONL record per prompt, in order: the prompt record's own fields (instruction, input,
 any others such as a category; an "output" it had is kept as "reference"), then "prompt" (the text the model
 read), "output", "ids" (the generated token ids, end-of-text excluded) and "finish_reason" ("length" when
@@ -38,7 +44,10 @@ from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import sources
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train (with --init_from: only its "
+                               "settings: prompt templates, chat format, lengths).")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "A checkpoint before fine-tuning (an imported or Hugging Face "
+                                 "directory, or a workdir): generate with it, as a baseline.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the newest).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Text file (one prompt per line), or JSONL records with "
@@ -130,8 +139,16 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  config = workdir_lib.read_config(_WORKDIR.value)
-  workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
+  if _INIT_FROM.value:  # a baseline: its own tokenizer, the workdir's settings or the defaults
+    loaded = workdir_lib.load_model(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
+    config, tokenizer = loaded.config, loaded.tokenizer
+  else:
+    loaded = None
+    if not _WORKDIR.value:
+      raise errors.UserError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
+    config = workdir_lib.read_config(_WORKDIR.value)
+    workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
+    tokenizer = None
   if _CHAT.value:
     system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
     records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]
@@ -139,7 +156,7 @@ def main(argv):
     if not records:
       raise errors.UserError("give --prompt or --prompts_file")
     try:
-      prompts, fmt = chat_prompt_texts(records, config, workdir_lib.tokenizer(_WORKDIR.value))
+      prompts, fmt = chat_prompt_texts(records, config, tokenizer or workdir_lib.tokenizer(_WORKDIR.value))
     except chat_lib.ChatError as e:
       raise errors.UserError(str(e)) from None
   else:
@@ -150,7 +167,7 @@ def main(argv):
     if not records:
       raise errors.UserError("give --prompt or --prompts_file")
     prompts = prompt_texts(records, config)
-  loaded = workdir_lib.load(_WORKDIR.value, step=_STEP.value)
+  loaded = loaded or workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                               top_p=_TOP_P.value, num_beams=_BEAMS.value)
   options = dict(batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh,

@@ -203,7 +203,7 @@ def make_chat_generate_fn(model, params, tokenizer, fmt: chat_lib.ChatFormat, de
   """
   cfg = dataclasses.replace(decode_cfg, stop_id=chat_stop_id(model, tokenizer, fmt))
   kwargs.setdefault("keep_end", model.reply_follows_prompt)  # an over-long prompt keeps its generation prompt
-  generate = make_generate_fn(model, params, chat_lib.SpecialAware(tokenizer), cfg, **kwargs)
+  generate = make_generate_fn(model, params, chat_lib.SpecialAware(tokenizer, fmt), cfg, **kwargs)
   return lambda conversations: generate(chat_prompts(conversations, fmt))
 
 
@@ -217,7 +217,7 @@ def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, m
   stop = chat_stop_id(model, tokenizer, chat_format)
   keep_end = chat_format is not None and model.reply_follows_prompt
   if chat_format is not None:
-    tokenizer = chat_lib.SpecialAware(tokenizer)
+    tokenizer = chat_lib.SpecialAware(tokenizer, chat_format)
   decode_cfg = sampling.DecodeConfig(max_new_tokens=eval_cfg.max_new_tokens, num_beams=eval_cfg.num_beams,
                                      stop_id=stop)
   gen = make_generate_fn(model, params, tokenizer, decode_cfg, batch_size=eval_cfg.batch_size,

@@ -108,7 +108,8 @@ def _path_name(path) -> str:
 
 
 def param_shardings(abstract_params, mesh: Mesh, rules: Rules):
-  """NamedShardings for a tree of boxed (nn.LogicallyPartitioned) abstract params; checks divisibility."""
+  """NamedShardings for a tree of boxed (nn.LogicallyPartitioned) abstract params; checks divisibility (key/value
+  heads that do not divide over their mesh axes are replicated instead)."""
   logical = nn.get_partition_spec(abstract_params)
   shapes = nn.meta.unbox(abstract_params)
 
@@ -117,7 +118,11 @@ def param_shardings(abstract_params, mesh: Mesh, rules: Rules):
     pspec = logical_to_mesh(tuple(spec), rules, name=name)
     for dim, axes in enumerate(pspec):
       n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else (axes or ())))
-      if leaf.shape[dim] % n:
+      if leaf.shape[dim] % n and spec[dim] == "kv_heads":
+        # Fewer key/value heads than the tensor axis splits (Gemma 3 1B, Qwen3 with 1 kv head): each device
+        # keeps them all, as MaxText does; the query heads still split.
+        pspec = P(*pspec[:dim], None, *pspec[dim + 1:])
+      elif leaf.shape[dim] % n:
         raise MeshError(f"{name}: dimension {dim} of size {leaf.shape[dim]} is not divisible by the {n} devices "
                         f"of mesh axes {axes!r}; choose config.mesh sizes that divide it, or a config.sharding "
                         f"preset that leaves this dimension whole")

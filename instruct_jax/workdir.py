@@ -240,3 +240,32 @@ def load(path: str | os.PathLike, *, step: int | None = None) -> Loaded:
   mesh, rules = inference_mesh(config)
   params = _restore(path, model, mesh, rules, step)
   return Loaded(config, model, params, tok, mesh, rules, step)
+
+
+def load_baseline(init_from: str | os.PathLike, config: ml_collections.ConfigDict | None = None) -> Loaded:
+  """A checkpoint before fine-tuning, as step 0: an imported directory, a Hugging Face directory, or a workdir
+  (its newest checkpoint), with its own tokenizer. `config` gives the settings a run would (prompt lengths, chat
+  format, evaluation); by default `configs.base()`'s, whose chat format "" is the tokenizer's own template."""
+  from instruct_jax import convert  # pylint: disable=g-import-not-at-top (convert imports this module)
+  config = configs.base() if config is None else config
+  mesh, rules = inference_mesh(config)
+  try:
+    pretrained = convert.load_pretrained(init_from, mesh, rules)
+    tok = convert.load_tokenizer(init_from)
+    convert.check_tokenizer(pretrained, tok, str(init_from))
+  except convert.ConversionError as e:
+    raise WorkdirError(f"--init_from {e}") from None
+  return Loaded(config, runnable_here(build.Model(pretrained.config)), pretrained.params, tok, mesh, rules,
+                step=pretrained.step or 0)
+
+
+def load_model(workdir: str | None, init_from: str | None, step: int | None) -> Loaded:
+  """What generate, evaluate and the model backend decode with: `init_from`'s checkpoint (a baseline, step 0) with
+  `workdir`'s settings when both are given, else the workdir's checkpoint (`step`, default the newest)."""
+  if init_from:
+    if step is not None:
+      raise WorkdirError("--step picks a checkpoint of --workdir; --init_from is read as it is (step 0)")
+    return load_baseline(init_from, read_config(workdir) if workdir else None)
+  if not workdir:
+    raise WorkdirError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
+  return load(workdir, step=step)

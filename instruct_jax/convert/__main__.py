@@ -134,7 +134,8 @@ def main(argv: Sequence[str]) -> None:
     if tokenizer is not None and workdir_lib.is_workdir(tok_src):  # the run's chat format, for transformers
       spec = workdir_lib.read_config(tok_src).data.chat_format
       template = (tokenizer.chat_template() if spec in ("", "tokenizer") else
-                  chat.export_template(spec, begin_of_text=build.Model(pretrained.config).reply_follows_prompt))
+                  chat.export_template(spec, begin_of_text=build.Model(pretrained.config).reply_follows_prompt
+                                       and tokenizer.adds_bos))
       stop = _end_of_turn(workdir_lib.read_config(tok_src), tokenizer, pretrained.config)
     files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
                               dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),

@@ -25,15 +25,13 @@ import numpy as np
 from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
-from instruct_jax.convert import hf_llama, hf_t5, tensors
+from instruct_jax.convert import tensors
 from instruct_jax.convert.tensors import ConversionError, TensorMap
-from instruct_jax.models import build, lora as lora_lib
+from instruct_jax.models import build, families, lora as lora_lib
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-_FAMILIES = {"encoder_decoder": hf_t5, "decoder": hf_llama}
-_TASK_TYPES = {"encoder_decoder": "SEQ_2_SEQ_LM", "decoder": "CAUSAL_LM"}
 # adapter_config.json fields that must keep PEFT's plain-LoRA value for the adapter to compute what ours does.
 _PLAIN = {"use_rslora": False, "use_dora": False, "bias": "none", "fan_in_fan_out": False, "layers_to_transform": None,
           "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None,
@@ -47,7 +45,7 @@ def adapter_maps(config: build.ModelConfig) -> dict[tensors.Path, TensorMap]:
   if config.lora is None:
     raise ConversionError("the model has no LoRA adapters (config.model.lora.rank is 0)")
   maps = {}
-  for path, tmap in _FAMILIES[config.kind].tensor_maps(dataclasses.replace(config, lora=None)).items():
+  for path, tmap in families.of_config(config).tensor_maps(dataclasses.replace(config, lora=None)).items():
     if path[-1] != "kernel" or path[-2] not in config.lora.targets:
       continue
     modules = [n.removesuffix(".weight") for n in tmap.names]
@@ -70,8 +68,8 @@ def export_peft(config: build.ModelConfig, params, dst: str | os.PathLike, *, ba
   out = {name: produce() for name, produce, _ in pretrained._export_tensors(  # pylint: disable=protected-access
       adapters, maps, np_dtype)}
   save_file(out, dst / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-  names = lora_lib.HF_NAMES[config.kind]
-  blob = {"peft_type": "LORA", "task_type": _TASK_TYPES[config.kind], "base_model_name_or_path": base_model,
+  names = families.of_config(config).LORA_NAMES
+  blob = {"peft_type": "LORA", "task_type": families.of_config(config).PEFT_TASK_TYPE, "base_model_name_or_path": base_model,
           "r": config.lora.rank, "lora_alpha": config.lora.alpha, "lora_dropout": config.lora.dropout,
           "target_modules": sorted(names[t] for t in config.lora.targets), "init_lora_weights": True,
           "inference_mode": True, "revision": None,
@@ -109,7 +107,7 @@ def read_peft_config(src: str | os.PathLike, kind: str, where: str | None = None
   if not isinstance(modules, list) or not modules:
     raise ConversionError(f"{where}: target_modules={modules!r}; expected a list of module names (regex targets "
                           "are not supported)")
-  ours = {theirs: name for name, theirs in lora_lib.HF_NAMES[kind].items()}
+  ours = families.lora_names(kind)
   unknown = [m for m in modules if m not in ours]
   if unknown:
     raise ConversionError(f"{where}: target_modules {unknown} are not projections of a {kind} model; known: "

@@ -6,8 +6,9 @@
     pretrained = load_pretrained(path, mesh, rules)             # imported, HF or T5X dir, or a run's workdir
     export_hf(pretrained.config, params, "out_hf/", tokenizer=tok)   # loads with transformers' from_pretrained
 
-Supported: T5 v1.1 / Flan-T5 / mT5 (model_type t5, mt5) and LLaMA / Llama-2 / Llama-3 / Mistral
-(model_type llama, mistral). Imports place each parameter on the mesh as they read it, in the unrolled
+Supported: the families of `instruct_jax.models.families`: T5 v1.1 / Flan-T5 / mT5 (model_type t5, mt5),
+LLaMA / Llama-2 / Llama-3 / Mistral / SmolLM2 (llama, mistral), Qwen2 / Qwen2.5 / Qwen3 (qwen2, qwen3) and
+Gemma 2 / Gemma 3 text (gemma2, gemma3_text). Imports place each parameter on the mesh as they read it, in the unrolled
 or the scanned layout (`scan_layers=True`). The command line is `python -m instruct_jax.convert`.
 
 An imported directory holds `model_config.json` (the instruct_jax config, plus the source config.json
@@ -35,17 +36,17 @@ from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
 from instruct_jax import workdir as workdir_lib
-from instruct_jax.convert import hf_llama, hf_t5, t5x, tensors
+from instruct_jax.convert import t5x, tensors
 from instruct_jax.convert.tensors import ConversionError
 from instruct_jax.data import tokenizer as tokenizer_lib
-from instruct_jax.models import build, lora as lora_lib
+from instruct_jax.models import build, families, lora as lora_lib
 
 ModelConfig = build.ModelConfig
-FAMILIES = {"t5": hf_t5, "mt5": hf_t5, "llama": hf_llama, "mistral": hf_llama}
+FAMILIES = families.BY_MODEL_TYPE
 MODEL_CONFIG = workdir_lib.MODEL_CONFIG
 PARAMS_DIR = "params"
 TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "generation_config.json")
+                   "special_tokens_map.json", "generation_config.json", tokenizer_lib.CHAT_TEMPLATE_FILENAME)
 
 
 @dataclasses.dataclass
@@ -86,9 +87,7 @@ def read_hf_config(src: str | os.PathLike) -> dict:
     hf = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ConversionError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
-  if hf.get("model_type") not in FAMILIES:
-    raise ConversionError(f"{path}: model_type {hf.get('model_type')!r} is not supported; supported model "
-                          f"types: {sorted(FAMILIES)}")
+  families.by_model_type(hf.get("model_type"), str(path))
   return hf
 
 
@@ -101,7 +100,7 @@ def import_hf(src: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle: bool =
   With weights=False only the config (and the tensor names it needs) is read; params is None.
   """
   hf = read_hf_config(src)
-  family = FAMILIES[hf["model_type"]]
+  family = families.by_model_type(hf["model_type"], str(src))
   source = tensors.TensorSource(src, allow_pickle=allow_pickle)
   names = source.names()
   config = family.config_from_hf(hf, names, str(pathlib.Path(src) / "config.json"),
@@ -312,9 +311,6 @@ def _write_safetensors(out_dir: pathlib.Path, items, max_shard_bytes: int) -> li
   return files
 
 
-EXPORTERS = {"encoder_decoder": hf_t5, "decoder": hf_llama}
-
-
 def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: dict | None = None,
               dtype=None, max_shard_bytes: int = 2 * 1024**3, tokenizer: tokenizer_lib.Tokenizer | None = None,
               tokenizer_src=None, chat_template: str | None = None) -> list[str]:
@@ -330,7 +326,7 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   `export_peft` writes the adapters).
   """
   config, params = lora_lib.merge(config, params)
-  family = EXPORTERS[config.kind]
+  family = families.of_config(config)
   dst = pathlib.Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   maps = family.tensor_maps(config)
@@ -342,7 +338,7 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   (dst / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
   files.append("config.json")
   if tokenizer is not None:
-    files += tokenizer.save_for_hf(dst, family.tokenizer_family(hf))
+    files += tokenizer.save_for_hf(dst, family.ROW_FORMAT)
     if chat_template is not None:
       tokenizer_config = json.loads((dst / "tokenizer_config.json").read_text(encoding="utf-8"))
       tokenizer_config["chat_template"] = chat_template

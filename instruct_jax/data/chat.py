@@ -200,12 +200,16 @@ class ChatFormat:
     template: Jinja source.
     specials: strings that must be single tokens (end-of-text and begin-of-text included).
     bos_token, eos_token: the tokenizer's begin- and end-of-text strings, as templates receive them.
+    writes_bos: the tokenizer's own template, which writes the begin-of-text itself where its model has one: a
+      decoder row is its rendering as it is, the ids transformers' `apply_chat_template` gives. Rows of other
+      formats begin with begin-of-text where the tokenizer adds one (`Tokenizer.adds_bos`), as plain rows do.
   """
   name: str
   template: str
   specials: tuple[str, ...] = ()
   bos_token: str = ""
   eos_token: str = ""
+  writes_bos: bool = False
 
   def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
     return _compile(self.template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
@@ -249,7 +253,7 @@ def resolve_format(spec: str, tokenizer=None, *, has_chat_data: bool = True, fla
       raise ChatError(f"{flag}={spec!r}: {where} has no chat template (chat_template in tokenizer_config.json); "
                       f"set {flag} to one of {', '.join(named)} or a .jinja file")
     specials = tuple(s for s in getattr(tokenizer, "special_strings", lambda: ())() if s)
-    return ChatFormat("tokenizer", template, specials + (bos, eos), bos, eos)
+    return ChatFormat("tokenizer", template, specials + (bos, eos), bos, eos, writes_bos=True)
   if spec in named:
     entry = named[spec]
     return ChatFormat(spec, entry["template"], tuple(entry.get("specials") or ()) + (bos, eos), bos, eos)
@@ -283,7 +287,8 @@ def render(fmt: ChatFormat, messages: Sequence[Mapping[str, str]], turn: int | N
   """A conversation up to its assistant message `turn` (default: the last) rendered with `fmt`.
 
   Returns {"inputs": the rendering before that turn with the generation prompt, "targets": the turn's content,
-  "text": the whole rendering, "spans": [(start, end)] characters scored, one per assistant turn}.
+  "text": the whole rendering, "spans": [(start, end)] characters scored, one per assistant turn, "writes_bos":
+  the format's}.
   """
   turns = assistant_turns(messages)
   turn = turns[-1] if turn is None else turn
@@ -298,7 +303,8 @@ def render(fmt: ChatFormat, messages: Sequence[Mapping[str, str]], turn: int | N
                       f"generation prompt is not a prefix of its whole rendering, so assistant turn {k} cannot be "
                       f"found; use a named format or a .jinja file ({FLAG})")
     spans.append((len(prompt), _turn_end(upto, len(prompt), messages[k]["content"], fmt.specials)))
-  return {"inputs": prompt, "targets": messages[turn]["content"], "text": text, "spans": spans}
+  return {"inputs": prompt, "targets": messages[turn]["content"], "text": text, "spans": spans,
+          "writes_bos": fmt.writes_bos}
 
 
 def prompt(fmt: ChatFormat, messages: Sequence[Mapping[str, str]]) -> str:
@@ -383,28 +389,36 @@ class ChatFields:
 
 class SpecialAware:
   """A tokenizer whose `encode` reads special strings in the text as their ids (`encode` above), for prompts a chat
-  format rendered (e.g. "</s>" ending an earlier turn), without a leading begin-of-text that the template wrote
-  (prompts get one as every decoder row does); everything else is the wrapped tokenizer's."""
+  format rendered (e.g. "</s>" ending an earlier turn); everything else is the wrapped tokenizer's. The tokenizer's
+  own template (`fmt.writes_bos`) is read as it is and gets no begin-of-text added; other formats' prompts lose a
+  begin-of-text the template wrote and get one where the tokenizer adds it, as every decoder row does."""
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer, fmt: ChatFormat | None = None):
     self.tokenizer = tokenizer
+    self.writes_bos = fmt is not None and fmt.writes_bos
 
   def __getattr__(self, name: str):
-    if name.startswith("__") or name == "tokenizer":
+    if name.startswith("__") or name in ("tokenizer", "writes_bos"):
       raise AttributeError(name)
     return getattr(self.tokenizer, name)
 
+  @property
+  def adds_bos(self) -> bool:
+    return self.tokenizer.adds_bos and not self.writes_bos
+
   def encode(self, text: str) -> np.ndarray:
     ids = encode(self.tokenizer, text)
+    if self.writes_bos:
+      return ids
     bos = self.tokenizer.bos_id
     return ids[1:] if bos >= 0 and ids.size and ids[0] == bos else ids  # a template's own begin-of-text: rows add it
 
 
 def export_template(spec: str, *, begin_of_text: bool) -> str | None:
   """The Jinja template to write into an exported tokenizer_config.json for a run's `config.data.chat_format`: a
-  named format's or a .jinja file's (begin_of_text: led by {{ bos_token }}, as decoder rows start with it; the
-  export's tokenizer then gives the run's ids through apply_chat_template). None for "" and "tokenizer" (the
-  tokenizer's own template is exported as it is)."""
+  named format's or a .jinja file's (begin_of_text: led by {{ bos_token }}, as a decoder's rows start with it where
+  its tokenizer adds one; the export's tokenizer then gives the run's ids through apply_chat_template). None for ""
+  and "tokenizer" (the tokenizer's own template is exported as it is)."""
   named = named_formats()
   if spec in named:
     template = named[spec]["template"]

@@ -260,12 +260,14 @@ class Featurizer:
       return self._finish(ex, chat_lib.encode(self.tokenizer, ex["inputs"]), self.tokenizer.encode(ex["targets"]))
     ids, weights, turn_ends = chat_lib.scored_tokens(self.tokenizer, ex["chat"])
     max_len = cfg.inputs_length + cfg.targets_length
-    features = transforms.chat_decoder_features(ids, weights, turn_ends, bos_id=self.tokenizer.bos_id,
-                                                max_len=max_len, train_on_inputs=cfg.train_on_inputs)
+    # The tokenizer's own template writes the begin-of-text itself; other formats' rows get it as plain rows do.
+    bos = None if ex["chat"].get("writes_bos") else row_bos(self.tokenizer)
+    features = transforms.chat_decoder_features(ids, weights, turn_ends, bos_id=bos, max_len=max_len,
+                                                train_on_inputs=cfg.train_on_inputs)
     n_out = int(weights.sum())
     truncated = False
     if features is not None:  # the whole row would predict every token up to the last turn's end
-      whole = turn_ends[-1] - (1 if ids[0] == self.tokenizer.bos_id else 0)
+      whole = turn_ends[-1] - (0 if bos is not None and ids[0] != bos else 1)
       truncated = features["decoder_target_tokens"].size < whole
     return self._record(ex, features, ids.size - n_out, n_out, truncated)
 
@@ -277,7 +279,7 @@ class Featurizer:
       truncated = inputs.size > cfg.inputs_length or targets.size + 1 > cfg.targets_length
     else:
       max_len = cfg.inputs_length + cfg.targets_length
-      features = transforms.decoder_features(inputs, targets, bos_id=self.tokenizer.bos_id,
+      features = transforms.decoder_features(inputs, targets, bos_id=row_bos(self.tokenizer),
                                              eos_id=self.tokenizer.eos_id, max_len=max_len,
                                              train_on_inputs=cfg.train_on_inputs)
       truncated = inputs.size + targets.size + 1 > max_len
@@ -439,6 +441,11 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
   return examples, task_names, rates
 
 
+def row_bos(tokenizer) -> int | None:
+  """The id a decoder-only row of plain text begins with: begin-of-text where the tokenizer adds it, else none."""
+  return tokenizer.bos_id if tokenizer.adds_bos else None
+
+
 def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
                   tasks: Mapping[str, tasks_lib.Task] | None = None,
                   mixtures: Mapping[str, mixtures_lib.Mixture] | None = None,
@@ -458,9 +465,6 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
     n = config.batch_size // process_count
     host_rows = slice(process_index * n, (process_index + 1) * n)
     process_index, process_count = 0, 1  # build the global batches here too; keep this host's rows
-  if config.model_kind == "decoder" and tokenizer.bos_id < 0:
-    raise ValueError(f"tokenizer {tokenizer.model_path} has no begin-of-text piece, which decoder-only "
-                     "models need (T5's vocabulary has none; train one with instruct_jax.data.tokenizer)")
   examples, task_names, rates = rendered_examples(config, tasks, mixtures, tokenizer=tokenizer,
                                                   process_index=process_index, process_count=process_count)
   if process_index == 0:

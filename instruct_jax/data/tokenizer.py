@@ -16,12 +16,14 @@ picks one from a file or a directory:
 
 `encode` never adds special tokens; the feature transforms do, by the project's convention: a T5 encoder reads
 `encode(text) + [eos]` (its decoder starts from id 0), a decoder-only model reads `[bos] + encode(text)` and
-trains on `[bos] + instruction + output + [eos]`.
+trains on `[bos] + instruction + output + [eos]`, where `adds_bos` says the tokenizer begins a text with its
+begin-of-text token (its own post-processor adds one, as Llama's and Gemma's do; Qwen's and SmolLM2's add none,
+and their rows start with the instruction's first token). A chat rendering is read as the template wrote it.
 
 `save_for_hf(out_dir, family)` writes the tokenizer so that `transformers.AutoTokenizer.from_pretrained(out_dir)`
 (checked against transformers 5) follows that convention: `hf(text)["input_ids"]` is `encode(text) + [eos]`
-for "t5" and `[bos] + encode(text)` for "llama" and "mistral", and `hf.decode(ids, skip_special_tokens=True)`
-equals `decode(ids)`. What transformers needs:
+for "t5" and `[bos] + encode(text)` (`encode(text)` without `adds_bos`) for "decoder", and
+`hf.decode(ids, skip_special_tokens=True)` equals `decode(ids)`. What transformers needs:
 
 * T5 from a SentencePiece model: `spiece.model` with `tokenizer_class` `T5Tokenizer`, `extra_ids` 0 (no
   sentinels beyond our vocabulary) and `legacy` true (SentencePiece's own behaviour, for transformers 4).
@@ -81,7 +83,7 @@ MODEL_FILENAME = "spm.model"
 HF_FILENAME = "tokenizer.json"
 CHAT_TEMPLATE_FILENAME = "chat_template.jinja"  # as transformers 5 saves a tokenizer's chat template
 SENTENCEPIECE_FILENAMES = (MODEL_FILENAME, "spiece.model", "tokenizer.model")
-HF_FAMILIES = ("t5", "llama", "mistral")
+HF_FAMILIES = ("t5", "decoder")  # how rows begin and end: inputs + EOS, or [BOS] + text
 
 _TOKEN_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # name tokens: bos_token, ...
 _ID_FILES = ("config.json", "generation_config.json")  # give ids: bos_token_id, ...
@@ -98,6 +100,7 @@ class Tokenizer:
     eos_id: the end-of-text id.
     bos_id, unk_id: begin-of-text and unknown ids, -1 when there is none.
     has_pad: whether the tokenizer defines a real pad token.
+    adds_bos: whether a decoder row begins with bos_id (the tokenizer's own post-processor adds it).
 
   Instances pickle by path (grain worker processes receive them pickled). `load(path)` picks the backend.
   """
@@ -110,17 +113,18 @@ class Tokenizer:
   unk_id: int
   has_pad: bool
 
+  @property
+  def adds_bos(self) -> bool:
+    return self.bos_id >= 0
+
   def __reduce__(self):
     return type(self), (self.model_path,)
 
-  def _check_ids(self, pad_source: str = "") -> None:
-    """Rejects a tokenizer without an end-of-text id, or whose pad id equals it (the filler 0 included)."""
+  def _check_ids(self) -> None:
+    """Rejects a tokenizer without an end-of-text id. A pad id equal to it is fine (SmolLM2, many Llama-3 and
+    Mistral fine-tunes): padding is masked by loss weights and segment ids, never by its id."""
     if self.eos_id < 0:
       raise TokenizerError(f"{self.model_path}: the tokenizer defines no end-of-text piece")
-    if self.eos_id == self.pad_id:
-      why = pad_source if self.has_pad else " (without a pad token, id 0 fills padding and starts T5's decoder)"
-      raise TokenizerError(f"{self.model_path}: end-of-text id equals the pad id ({self.eos_id}); the stop token would "
-                       f"never be learned{why}")
 
   def encode(self, text: str) -> np.ndarray:
     """Token ids of `text`, int32, without special tokens (the feature transforms add them)."""
@@ -193,7 +197,7 @@ class Tokenizer:
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     """Writes the tokenizer for `transformers.AutoTokenizer.from_pretrained(out_dir)`, set up to tokenize like
-    the pipeline does for `family` ("t5": ids + [eos]; "llama", "mistral": [bos] + ids). Returns the names of
+    the pipeline does for `family` ("t5": ids + [eos]; "decoder": [bos] + ids, or ids without `adds_bos`). Returns the names of
     the files written (tokenizer files, `tokenizer_config.json`, `special_tokens_map.json`)."""
     raise NotImplementedError
 
@@ -204,10 +208,7 @@ class Tokenizer:
 
   def _check_family(self, family: str) -> str:
     if family not in HF_FAMILIES:
-      raise TokenizerError(f"unknown model family {family!r}; expected one of {', '.join(HF_FAMILIES)}")
-    if family != "t5" and self.bos_id < 0:
-      raise TokenizerError(f"{self.model_path}: the tokenizer defines no begin-of-text piece, which {family} prompts "
-                       "start with")
+      raise TokenizerError(f"unknown row format {family!r}; expected one of {', '.join(HF_FAMILIES)}")
     return family
 
 
@@ -296,8 +297,8 @@ class SentencePieceTokenizer(Tokenizer):
       config.update(tokenizer_class="T5Tokenizer", extra_ids=0, legacy=True)
     else:
       name = "tokenizer.model"
-      config.update(tokenizer_class="PreTrainedTokenizerFast", legacy=True, add_bos_token=family != "t5",
-                    add_eos_token=family == "t5")
+      config.update(tokenizer_class="PreTrainedTokenizerFast", legacy=True,
+                    add_bos_token=family != "t5" and self.adds_bos, add_eos_token=family == "t5")
     _copy(self.model_path, out_dir / name)
     config.update(tokens, clean_up_tokenization_spaces=False)
     return [name, *_write_hf_configs(out_dir, config, tokens)]
@@ -339,7 +340,13 @@ class HFTokenizer(Tokenizer):
     if self.eos_id < 0:
       raise TokenizerError(f"{self.model_path}: the tokenizer defines no end-of-text token (looked for eos_token in "
                        f"{', '.join(_TOKEN_FILES)} and eos_token_id in {', '.join(_ID_FILES)} next to it)")
-    self._check_ids(f" (pad from {self._sources['pad']})" if self.has_pad else "")
+    self._check_ids()
+    # What transformers 5 does too: a tokenizer.json's post-processor alone decides (add_bos_token is not read).
+    self._adds_bos = self.bos_id >= 0 and self._tok.encode("a").ids[:1] == [self.bos_id]
+
+  @property
+  def adds_bos(self) -> bool:
+    return self._adds_bos
 
   def _special_ids(self) -> tuple[dict[str, int], dict[str, str]]:
     """Special ids by role ("bos", ...) and where each came from; the first file naming a role decides."""
@@ -453,7 +460,7 @@ class HFTokenizer(Tokenizer):
     tok.no_padding()
     tok.no_truncation()
     probe = tok.encode("a b", add_special_tokens=False).ids
-    want = probe + [self.eos_id] if family == "t5" else [self.bos_id] + probe
+    want = probe + [self.eos_id] if family == "t5" else [self.bos_id] * self.adds_bos + probe
     if tok.encode("a b").ids != want:
       tok.post_processor = self._post_processor(tokenizers, tok.post_processor, family)
       changed = True
@@ -463,15 +470,19 @@ class HFTokenizer(Tokenizer):
       _copy(self.model_path, out_dir / HF_FILENAME)
     tokens = self._special_tokens()
     config = {**self._own_config(), **tokens, "tokenizer_class": "PreTrainedTokenizerFast",
-              "add_bos_token": family != "t5", "add_eos_token": family == "t5", "clean_up_tokenization_spaces": False}
+              "add_bos_token": family != "t5" and self.adds_bos, "add_eos_token": family == "t5",
+              "clean_up_tokenization_spaces": False}
     return [HF_FILENAME, *_write_hf_configs(out_dir, config, tokens)]
 
   def _post_processor(self, tokenizers, current, family: str):
-    """A post-processor adding the family's special token (kept after a byte-level one, which only maps offsets)."""
+    """A post-processor adding the family's special token (kept after a byte-level one, which only maps offsets).
+    For "decoder" without `adds_bos` it adds nothing (replacing one that adds a token the rows do not have)."""
     if family == "t5":
       token = self.piece(self.eos_id)
       single, pair = f"$A:0 {token}:0", f"$A:0 {token}:0 $B:1 {token}:1"
       special = [(token, self.eos_id)]
+    elif not self.adds_bos:
+      single, pair, special = "$A:0", "$A:0 $B:1", []
     else:
       token = self.piece(self.bos_id)
       single, pair = f"{token}:0 $A:0", f"{token}:0 $A:0 {token}:1 $B:1"

@@ -71,21 +71,25 @@ def instruction_budget(max_len: int) -> int:
   return max_len // 2
 
 
-def decoder_features(inputs, targets, *, bos_id: int, eos_id: int, max_len: int,
+def decoder_features(inputs, targets, *, bos_id: int | None, eos_id: int, max_len: int,
                      train_on_inputs: bool = False) -> dict[str, np.ndarray] | None:
-  """Features for a decoder-only model; None if the output would be truncated away."""
+  """Features for a decoder-only model; None if the output would be truncated away.
+
+  The row is [bos] + instruction + output + [eos], or without `bos_id` (a tokenizer that adds none: Qwen)
+  instruction + output + [eos], whose first token is then read but never predicted.
+  """
   inputs, targets = _as_ids(inputs), _as_ids(targets)
-  if eos_id == 0:
-    raise ValueError("eos_id must differ from the pad id 0, or the stop token is never learned")
   if targets.size == 0 or inputs.size == 0 or max_len < 2:
     return None
-  # The model predicts len(inputs) + len(targets) + 1 positions (the +1 is end-of-text).
-  n_inputs = min(inputs.size, max(max_len - targets.size - 1, instruction_budget(max_len)))
-  targets = _with_eos(targets, max_len - n_inputs, eos_id)
-  seq = np.concatenate([[bos_id], inputs[:n_inputs], targets]).astype(np.int32)
+  lead = [] if bos_id is None else [bos_id]
+  # The model predicts len(lead + inputs) - 1 + len(targets) + 1 positions (the +1 is end-of-text).
+  room = max_len + 1 - len(lead)
+  n_inputs = min(inputs.size, max(room - targets.size - 1, instruction_budget(max_len)))
+  targets = _with_eos(targets, room - n_inputs, eos_id)
+  seq = np.concatenate([lead, inputs[:n_inputs], targets]).astype(np.int32)
   weights = np.ones(seq.size - 1, np.float32)
   if not train_on_inputs:
-    weights[:n_inputs] = 0.0  # targets at positions < n_inputs are instruction tokens
+    weights[:len(lead) + n_inputs - 1] = 0.0  # targets before the output are instruction tokens
   return {
       "decoder_input_tokens": seq[:-1],
       "decoder_target_tokens": seq[1:],
@@ -93,14 +97,15 @@ def decoder_features(inputs, targets, *, bos_id: int, eos_id: int, max_len: int,
   }
 
 
-def chat_decoder_features(ids, weights, turn_ends, *, bos_id: int, max_len: int,
+def chat_decoder_features(ids, weights, turn_ends, *, bos_id: int | None, max_len: int,
                           train_on_inputs: bool = False) -> dict[str, np.ndarray] | None:
   """Features for a decoder-only model from a rendered conversation (`chat.scored_tokens`): its ids, a weight per
   id (1 on assistant turns and their end-of-turn tokens) and, per assistant turn, the index one past its last
   scored id. The row starts with begin-of-text (unless the rendering does) and ends at the end of the last
   assistant turn that fits whole: leading turns are kept, a turn is never cut, and what follows the last turn
   (trailing newlines, unanswered messages) is left out. None if not even the first turn fits, or nothing is
-  scored; the caller drops and counts the example.
+  scored; the caller drops and counts the example. `bos_id` None: the row is the rendering as it is (the
+  template writes a begin-of-text where the model has one).
 
       ids      B  u1 u2 a1 a2 E  u3 a3 E        (B begin-of-text, E the turn's end marker)
       weights  0  0  0  1  1  1  0  1  1
@@ -112,7 +117,7 @@ def chat_decoder_features(ids, weights, turn_ends, *, bos_id: int, max_len: int,
   if ids.size == 0 or not turn_ends or max_len < 1:
     return None
   ends = np.asarray(turn_ends, np.int64)
-  if ids[0] != bos_id:
+  if bos_id is not None and ids[0] != bos_id:
     ids, weights, ends = np.concatenate([[bos_id], ids]).astype(np.int32), np.concatenate([[0.0], weights]), ends + 1
   fitting = ends[ends - 1 <= max_len]  # a row of ids[:e] predicts e - 1 tokens
   if fitting.size == 0:

@@ -117,14 +117,21 @@ add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
 
 
 def resolve(implementation: str, *, dtype: Any, head_dim: int, dropout_active: bool, dense_mask: bool,
-            backend: str | None = None) -> str:
-  """The implementation one call runs: `auto` chosen, and the cases no fused kernel takes sent to xla."""
+            backend: str | None = None, softcap: bool = False) -> str:
+  """The implementation one call runs: `auto` chosen, and the cases no fused kernel takes sent to xla.
+
+  `dense_mask`: a key/value-cache decode step (one or a few queries against the cache), or the per-layer
+  windows of a scanned stack; `softcap`: soft-capped logits (Gemma 2), which no fused kernel here computes.
+  """
   check_implementation(implementation)
   backend = backend or jax.default_backend()
-  if dense_mask:  # a key/value-cache decode step: one or a few queries against the cache
+  if dense_mask:
     return "xla"
+  if softcap and implementation not in ("xla", "auto"):
+    raise AttentionError(f"config.model.attention={implementation!r} cannot soft-cap attention logits (the "
+                         "checkpoint's attn_softcap): choose 'auto' (the einsum for those layers) or 'xla'")
   if implementation == "auto":
-    if dropout_active or backend == "cpu":
+    if dropout_active or backend == "cpu" or softcap:
       return "xla"
     if backend == "gpu":
       return "cudnn" if cudnn_supports(dtype, head_dim) else "xla"
@@ -152,17 +159,19 @@ def cudnn_supports(dtype, head_dim: int, capability: str | None = None) -> bool:
 
 
 def attend(q_BLHK, k_BSNK, v_BSNK, mask: "Mask | jax.Array", bias_1HLS=None, *, implementation: str = "xla",
-           dtype: Any = jnp.float32, dropout: Callable | None = None, dropout_active: bool = False):
+           dtype: Any = jnp.float32, dropout: Callable | None = None, dropout_active: bool = False,
+           softcap: float | None = None):
   """Attention of scaled queries: softmax(q k^T + bias, masked) v, as [B, L, H, K] in `dtype`.
 
   H query heads read N key/value heads in groups (query head n * G + g reads key/value head n). `dropout`
-  (xla only) is applied to the probabilities; `dropout_active` says whether it does anything.
+  (xla only) is applied to the probabilities; `dropout_active` says whether it does anything. `softcap`
+  (xla only): logits become softcap * tanh(logits / softcap) before the bias and the mask.
   """
   impl = resolve(implementation, dtype=dtype, head_dim=q_BLHK.shape[-1], dropout_active=dropout_active,
-                 dense_mask=not isinstance(mask, Mask))
+                 dense_mask=not isinstance(mask, Mask), softcap=softcap is not None)
   if impl == "xla":
     dense = mask.dense() if isinstance(mask, Mask) else mask
-    return _xla(q_BLHK, k_BSNK, v_BSNK, dense, bias_1HLS, dtype, dropout)
+    return _xla(q_BLHK, k_BSNK, v_BSNK, dense, bias_1HLS, dtype, dropout, softcap)
   if impl == "pallas_tpu":
     return _per_shard(pallas_tpu, q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, dtype)
   # cuDNN (jax's own op partitions itself); off GPU its arguments run through jax's xla implementation.
@@ -170,13 +179,15 @@ def attend(q_BLHK, k_BSNK, v_BSNK, mask: "Mask | jax.Array", bias_1HLS=None, *, 
                     "cudnn" if jax.default_backend() == "gpu" else "xla")
 
 
-def _xla(q_BLHK, k_BSNK, v_BSNK, mask_B1LS, bias_1HLS, dtype, dropout):
+def _xla(q_BLHK, k_BSNK, v_BSNK, mask_B1LS, bias_1HLS, dtype, dropout, softcap=None):
   H, N = q_BLHK.shape[2], k_BSNK.shape[2]
   if H != N:  # grouped-query attention: query head n * G + g reads key/value head n
     k_BSHK, v_BSHK = jnp.repeat(k_BSNK, H // N, axis=2), jnp.repeat(v_BSNK, H // N, axis=2)
   else:
     k_BSHK, v_BSHK = k_BSNK, v_BSNK
   logits_BHLS = jnp.einsum("BLHK,BSHK->BHLS", q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
+  if softcap is not None:
+    logits_BHLS = softcap * jnp.tanh(logits_BHLS / softcap)
   if bias_1HLS is not None:
     logits_BHLS = add_shared_bias(logits_BHLS, bias_1HLS.astype(jnp.float32))
   logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, NEG_INF)

@@ -166,14 +166,14 @@ class Model:
     """A prompt's ids as training rows began (cut to the instruction budget the way training cuts it).
 
     encoder_decoder: the text's ids then end-of-text (the encoder saw inputs + EOS); decoder: begin-of-text
-    then the text's ids (no EOS: the model continues after them). An over-long prompt loses its end, as
-    training inputs do, or with `keep_end` its beginning (a decoder's chat prompt, whose end is the generation
-    prompt the reply follows).
+    (where the tokenizer adds one: `adds_bos`) then the text's ids (no EOS: the model continues after them). An
+    over-long prompt loses its end, as training inputs do, or with `keep_end` its beginning (a decoder's chat
+    prompt, whose end is the generation prompt the reply follows).
     """
     ids = self.cut_prompt(tokenizer.encode(text), max_tokens, keep_end=keep_end)
     if self.kind == "encoder_decoder":
       return transforms.encoder_inputs(ids, eos_id=tokenizer.eos_id, max_input_len=max_tokens).tolist()
-    bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
+    bos = [tokenizer.bos_id] if tokenizer.adds_bos else []
     return bos + (ids.tolist() or [tokenizer.eos_id])
 
   def cut_prompt(self, ids, max_tokens: int, *, keep_end: bool = False):
@@ -192,7 +192,7 @@ class Model:
     if self.kind == "encoder_decoder":
       return transforms.seq2seq_features(prompt_ids, continuation_ids, eos_id=tokenizer.eos_id,
                                          max_input_len=max_prompt_tokens, max_target_len=max_continuation_tokens + 1)
-    bos = tokenizer.bos_id if tokenizer.bos_id >= 0 else tokenizer.pad_id
+    bos = tokenizer.bos_id if tokenizer.adds_bos else None
     return transforms.decoder_features(prompt_ids, continuation_ids, bos_id=bos,
                                        eos_id=tokenizer.eos_id if end_id is None else end_id,
                                        max_len=max_prompt_tokens + max_continuation_tokens + 1)
@@ -357,6 +357,7 @@ def config_from_json(blob: dict, where: str) -> ModelConfig:
   for k in ("dtype", "param_dtype"):
     if k in fields:
       fields[k] = jnp.dtype(fields[k])
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}  # JSON lists: tuples
   for name, cls_ in (("rope_scaling", layers.RopeScaling), ("lora", lora_lib.LoraConfig)):
     if isinstance(fields.get(name), dict):
       try:

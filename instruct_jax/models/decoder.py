@@ -4,6 +4,13 @@ Pre-norm blocks of RMSNorm, grouped-query attention with rotary positions, and a
 tied or untied; optionally Mistral's sliding-window attention (in training and in the KV-cache decoder).
 Rotary positions come from `decoder_positions`, which restart at 0 for every packed example. Shape
 letters: see `instruct_jax.models.layers`.
+
+The families of today's checkpoints differ only by switches of `DecoderConfig`, which this module reads and
+never the family's name (`models/families/` maps each family's checkpoints onto them): biases on the query,
+key and value projections (Qwen2), q/k norms (Qwen3, Gemma 3), (1 + w) norm scales, norms after attention and
+the MLP, embeddings times sqrt(d_model), GeGLU, soft-capped attention and output logits and a query scale
+apart from the head width (Gemma), and layers of two types, sliding-window and global, each with its own RoPE
+base (Gemma 2 and 3).
 """
 from __future__ import annotations
 
@@ -35,8 +42,36 @@ class DecoderConfig(StackConfig):
   tie_embeddings: bool = False
   dropout_rate: float = 0.0
   sliding_window: int | None = None  # Mistral: attend to the last `sliding_window` positions only (None: all)
+  family: str = "llama"  # the checkpoint family (models/families) that reads and writes it; the model never asks
+  qkv_bias: bool = False  # Qwen2: biases on the query, key and value projections
+  qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over each query and key head before RoPE
+  norm_plus_one: bool = False  # Gemma: every norm scales by (1 + w), w starting at 0
+  sandwich_norms: bool = False  # Gemma 2, 3: norms on the attention's and the MLP's outputs too
+  embed_scale: bool = False  # Gemma: embeddings times sqrt(d_model)
+  mlp_activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU, tanh approximation: Gemma)
+  attn_softcap: float | None = None  # Gemma 2: attention logits -> cap * tanh(logits / cap)
+  final_softcap: float | None = None  # Gemma 2: output logits likewise
+  query_scale: float | None = None  # Gemma: queries times query_scale ** -0.5 (None: head_dim ** -0.5)
+  layer_types: tuple[str, ...] | None = None  # per layer "sliding" (sliding_window) or "full"; None: all alike
+  local_rope_theta: float | None = None  # Gemma 3: the sliding layers' RoPE base, unscaled (None: as the others)
 
   kind = "decoder"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.mlp_activation not in ("silu", "gelu"):
+      raise ValueError(f"mlp_activation {self.mlp_activation!r}: choose 'silu' or 'gelu'")
+    if self.layer_types is not None:
+      if len(self.layer_types) != self.num_layers or set(self.layer_types) - {"sliding", "full"}:
+        raise ValueError(f"layer_types must name 'sliding' or 'full' for each of the {self.num_layers} layers, "
+                         f"got {self.layer_types}")
+      if "sliding" in self.layer_types and self.sliding_window is None:
+        raise ValueError("layer_types has sliding layers but sliding_window is None")
+
+  @property
+  def layered(self) -> bool:
+    """Whether layers differ by type (sliding or global, each with its own mask and RoPE base)."""
+    return self.layer_types is not None and len(set(self.layer_types)) > 1
 
 
 SIZES: dict[str, dict] = {
@@ -55,25 +90,62 @@ SIZES: dict[str, dict] = {
 }
 
 
+def _rope(cfg: DecoderConfig, local: bool):
+  """A layer type's RoPE frequencies: the sliding layers' own base (unscaled) where the config has one."""
+  if local and cfg.local_rope_theta is not None:
+    return layers.rope_frequencies(cfg.head_dim, cfg.local_rope_theta, None)
+  return layers.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+
+def _uniform_window(cfg: DecoderConfig) -> int | None:
+  """The window of every layer when layers do not differ by type."""
+  return None if cfg.layer_types is not None and "sliding" not in cfg.layer_types else cfg.sliding_window
+
+
+def _dense(mask):
+  return mask.dense() if isinstance(mask, attention.Mask) else mask
+
+
 class Block(nn.Module):
+  """One pre-norm layer. Called as (x, mask, positions), or with `config.layered` as (x, index, masks,
+  positions): masks (global, sliding), each layer taking its type's mask and RoPE base by its index."""
   config: DecoderConfig
   deterministic: bool = True
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, mask, positions_BL):
+  def __call__(self, x_BLD, *args):
     cfg = self.config
+    inv_freq = None
+    if cfg.layered:
+      index, (full, local), positions_BL = args
+      if isinstance(index, int):  # unrolled: the layer's type is known when tracing
+        is_local = cfg.layer_types[index] == "sliding"
+        mask, inv_freq = (local if is_local else full), _rope(cfg, is_local)
+      else:  # scanned: chosen per layer at run time, so the mask is dense (the einsum path)
+        is_local = jnp.asarray([t == "sliding" for t in cfg.layer_types])[index]
+        mask = jnp.where(is_local, _dense(local), _dense(full))
+        inv_freq = jnp.where(is_local, _rope(cfg, True), _rope(cfg, False))
+    else:
+      mask, positions_BL = args
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    norm = lambda name: layers.RMSNorm(cfg.norm_eps, name=name, plus_one=cfg.norm_plus_one, **kw)
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
-    h = layers.RMSNorm(cfg.norm_eps, name="pre_attention_norm", **kw)(x_BLD)
+    h = norm("pre_attention_norm")(x_BLD)
     h = layers.Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_model, rope_theta=cfg.rope_theta,
                          rope_scaling=cfg.rope_scaling, dropout_rate=cfg.dropout_rate,
                          deterministic=self.deterministic, decode=self.decode, implementation=cfg.attention,
-                         name="attention", lora=cfg.lora, **kw)(h, h, mask, None, positions_BL, positions_BL)
+                         name="attention", lora=cfg.lora, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm,
+                         norm_eps=cfg.norm_eps, norm_plus_one=cfg.norm_plus_one, query_scale=cfg.query_scale,
+                         softcap=cfg.attn_softcap, **kw)(h, h, mask, None, positions_BL, positions_BL, inv_freq)
+    if cfg.sandwich_norms:
+      h = norm("post_attention_norm")(h)
     x_BLD = x_BLD + drop(h)
-    h = layers.RMSNorm(cfg.norm_eps, name="pre_mlp_norm", **kw)(x_BLD)
-    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, "silu", cfg.dropout_rate, self.deterministic, name="mlp",
+    h = norm("pre_mlp_norm")(x_BLD)
+    h = layers.GatedMLP(cfg.d_model, cfg.d_ff, cfg.mlp_activation, cfg.dropout_rate, self.deterministic, name="mlp",
                         lora=cfg.lora, **kw)(h)
+    if cfg.sandwich_norms:
+      h = norm("post_mlp_norm")(h)
     return constrain(x_BLD + drop(h), ("act_batch", "act_length", "act_embed"))
 
 
@@ -89,7 +161,8 @@ class Decoder(nn.Module):
     Training and scoring pass segment ids and positions (or neither, for one unpadded example per row);
     `packed=False` promises one example per row, padded at its end (see `attention.Mask`).
     Decoding with a cache (see instruct_jax.sampling) passes decode=True, the new tokens' positions, and
-    `mask_B1LS`: which cache slots each new token may attend to.
+    `mask_B1LS`: which cache slots each new token may attend to (with `config.layered`, a pair: the global
+    layers' mask and the sliding layers').
     """
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
@@ -98,21 +171,29 @@ class Decoder(nn.Module):
     mask = mask_B1LS
     if mask is None:
       segments = decoder_segment_ids if decoder_segment_ids is not None else jnp.ones((B, L), jnp.int32)
-      mask = attention.Mask(segments, segments, positions, positions, causal=True, window=cfg.sliding_window,
-                            packed=packed and decoder_segment_ids is not None)
+      make = lambda window: attention.Mask(segments, segments, positions, positions, causal=True, window=window,
+                                           packed=packed and decoder_segment_ids is not None)
+      mask = (make(None), make(cfg.sliding_window)) if cfg.layered else make(_uniform_window(cfg))
     embedder = layers.Embed(cfg.vocab_size, cfg.d_model, init_scale=0.02,
                             name="token_embedder", **kw)
-    x = nn.Dropout(cfg.dropout_rate)(embedder(decoder_input_tokens), deterministic=deterministic)
+    x = embedder(decoder_input_tokens)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.d_model ** 0.5, x.dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
-    stack = LayerStack(Block, cfg, cfg.num_layers, dict(deterministic=deterministic, decode=decode), name="layers")
+    stack = LayerStack(Block, cfg, cfg.num_layers, dict(deterministic=deterministic, decode=decode), name="layers",
+                       with_index=cfg.layered)
     x = stack(x, mask, positions)
-    x = layers.RMSNorm(cfg.norm_eps, name="final_norm", **kw)(x)
+    x = layers.RMSNorm(cfg.norm_eps, name="final_norm", plus_one=cfg.norm_plus_one, **kw)(x)
     if cfg.tie_embeddings:
       logits = embedder.attend(x)
     else:
       logits = layers.Dense((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "BLD,DV->BLV",
                             name="logits_dense", out_dtype=jnp.float32, **kw)(x)
-    return constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+    logits = logits.astype(jnp.float32)
+    if cfg.final_softcap is not None:
+      logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
+    return constrain(logits, ("act_batch", "act_length", "act_vocab"))
 
 
 class Stepper:
@@ -138,11 +219,16 @@ class Stepper:
     positions_BL = jnp.maximum(slots_BL - pad_B[:, None], 0)
     key_slots_S = jnp.arange(self.T)
     mask = (key_slots_S[None, None, :] <= slots_BL[:, :, None]) & (key_slots_S[None, None, :] >= pad_B[:, None, None])
-    window = self.module.config.sliding_window
-    if window is not None:  # slots are positions shifted by the row's padding
-      mask &= slots_BL[:, :, None] - key_slots_S[None, None, :] < window
+    cfg = self.module.config
+    # slots are positions shifted by the row's padding
+    windowed = lambda w: (mask & (slots_BL[:, :, None] - key_slots_S[None, None, :] < w))[:, None]
+    if cfg.layered:
+      masks = (mask[:, None], windowed(cfg.sliding_window))
+    else:
+      window = _uniform_window(cfg)
+      masks = mask[:, None] if window is None else windowed(window)
     logits, vars_ = self.module.apply({"params": self.params, "cache": cache}, tokens_BL, None, positions_BL,
-                                      decode=True, mask_B1LS=mask[:, None], mutable=["cache"])
+                                      decode=True, mask_B1LS=masks, mutable=["cache"])
     return vars_["cache"], logits[:, -1]
 
   def _full(self, buf_BT, upto, pad_B):

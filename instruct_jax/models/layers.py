@@ -35,17 +35,25 @@ def param_with_axes(module: nn.Module, name: str, init: Callable, shape: tuple[i
 
 
 class RMSNorm(nn.Module):
-  """Root-mean-square norm with a learned scale and no bias or mean subtraction (T5, LLaMA)."""
+  """Root-mean-square norm over the last axis with a learned scale and no bias or mean subtraction (T5, LLaMA).
+
+  `plus_one` (Gemma): the scale is 1 + w, w starting at 0. `axis` names the normalised axis (a query or key
+  head's `head_dim` for Qwen3's and Gemma 3's q/k norms).
+  """
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  plus_one: bool = False
+  axis: str = "embed"
 
   @nn.compact
   def __call__(self, x_BLD):
     x = x_BLD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    scale_D = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",), self.param_dtype)
-    return (x * scale_D.astype(jnp.float32)).astype(self.dtype)
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale_D = param_with_axes(self, "scale", init, (x.shape[-1],), (self.axis,), self.param_dtype)
+    scale_D = scale_D.astype(jnp.float32) + (1.0 if self.plus_one else 0.0)
+    return (x * scale_D).astype(self.dtype)
 
 
 class Embed(nn.Module):
@@ -72,6 +80,7 @@ class Dense(nn.Module):
 
   The kernel starts normal with std init_scale / sqrt(fan_in), fan_in being the contracted dimensions.
   With `lora` naming this module's name among its targets, a low-rank adapter is added (see models/lora.py).
+  `use_bias` adds a bias over the output dimensions (Qwen2's query, key and value projections).
   """
   shape: tuple[int, ...]
   axes: tuple[str, ...]
@@ -82,6 +91,7 @@ class Dense(nn.Module):
   out_dtype: Dtype | None = None  # e.g. fp32 logits from bf16 inputs (accumulated in fp32)
   lora: LoraConfig | None = None
   deterministic: bool = True  # no LoRA dropout
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -90,6 +100,11 @@ class Dense(nn.Module):
     init = nn.initializers.normal(self.init_scale * fan_in ** -0.5)
     kernel = param_with_axes(self, "kernel", init, self.shape, self.axes, self.param_dtype)
     y = _matmul(self.einsum_str, x.astype(self.dtype), kernel.astype(self.dtype), self.out_dtype)
+    if self.use_bias:
+      out = [i for i, letter in enumerate(k_spec) if letter not in x_spec]
+      bias = param_with_axes(self, "bias", nn.initializers.zeros, tuple(self.shape[i] for i in out),
+                             tuple(self.axes[i] for i in out), self.param_dtype)
+      y = y + bias.astype(y.dtype)
     if self.lora is not None and self.name in self.lora.targets:
       y = y + self._adapter(x, x_spec, k_spec).astype(y.dtype)
     return y
@@ -189,17 +204,26 @@ class GatedMLP(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  """Llama-3 style frequency scaling of RoPE (rope_scaling.rope_type == "llama3")."""
+  """RoPE frequency scaling: Llama-3's ("llama3": long wavelengths divided by `factor`, short ones kept, a
+  smooth blend between) or linear ("linear": every frequency divided by `factor`; Gemma 3's global layers)."""
   factor: float = 8.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position: int = 8192
+  kind: str = "llama3"
+
+  def __post_init__(self):
+    if self.kind not in ("llama3", "linear"):
+      raise ValueError(f"rope scaling kind {self.kind!r}: choose 'llama3' or 'linear'")
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> jax.Array:
+def rope_frequencies(head_dim: int, theta, scaling: RopeScaling | None) -> jax.Array:
+  """Inverse frequencies [K/2] (`theta` may be traced: a scanned stack's per-layer base)."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   if scaling is None:
     return inv_freq
+  if scaling.kind == "linear":
+    return inv_freq / scaling.factor
   wavelen = 2 * jnp.pi / inv_freq
   low_wavelen = scaling.original_max_position / scaling.low_freq_factor
   high_wavelen = scaling.original_max_position / scaling.high_freq_factor
@@ -224,8 +248,13 @@ class Attention(nn.Module):
 
   T5 passes its relative position bias and `scale_logits=False` (T5 folds 1/sqrt(K) into the init);
   LLaMA passes RoPE settings. With `decode=True` keys and values are kept in a "cache" collection.
-  `mask` is an `attention.Mask` (segment ids) or, for decode steps, a dense [B, 1, L, S] boolean array;
-  `implementation` picks the attention core (config.model.attention; see `instruct_jax.models.attention`).
+  `mask` is an `attention.Mask` (segment ids) or a dense [B, 1, L, S] boolean array (decode steps, and the
+  per-layer windows of a scanned stack); `implementation` picks the attention core (config.model.attention;
+  see `instruct_jax.models.attention`). Family switches: `qkv_bias` (Qwen2), `qk_norm` (an RMSNorm over each
+  query and key head before RoPE: Qwen3, Gemma 3; `norm_plus_one` for Gemma's (1 + w) scale), `query_scale`
+  (queries times query_scale ** -0.5 instead of head_dim ** -0.5: Gemma), `softcap` (logits -> cap *
+  tanh(logits / cap): Gemma 2). `inv_freq_K2` (a call argument) overrides the RoPE frequencies (per-layer
+  RoPE bases).
   """
   num_heads: int
   num_kv_heads: int
@@ -241,31 +270,47 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   lora: LoraConfig | None = None
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  norm_eps: float = 1e-6
+  norm_plus_one: bool = False
+  query_scale: float | None = None
+  softcap: float | None = None
 
   @nn.compact
-  def __call__(self, x_BLD, kv_BSD, mask, bias_1HLS=None, q_positions_BL=None, kv_positions_BS=None):
+  def __call__(self, x_BLD, kv_BSD, mask, bias_1HLS=None, q_positions_BL=None, kv_positions_BS=None,
+               inv_freq_K2=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora, deterministic=self.deterministic)
     H, N, K, D = self.num_heads, self.num_kv_heads, self.head_dim, self.d_model
     q_scale = 1.0 if self.scale_logits else K ** -0.5  # unscaled logits: fold 1/sqrt(K) into the init
     q_BLHK = Dense((D, H, K), ("embed", "heads", "head_dim"), "BLD,DHK->BLHK", name="query", init_scale=q_scale,
-                   **kw)(x_BLD)
-    k_BSNK = Dense((D, N, K), ("embed", "kv_heads", "head_dim"), "BSD,DNK->BSNK", name="key", **kw)(kv_BSD)
-    v_BSNK = Dense((D, N, K), ("embed", "kv_heads", "head_dim"), "BSD,DNK->BSNK", name="value", **kw)(kv_BSD)
-    if self.rope_theta is not None:
-      inv_freq = rope_frequencies(K, self.rope_theta, self.rope_scaling)
-      q_BLHK = apply_rope(q_BLHK, q_positions_BL, inv_freq)
-      k_BSNK = apply_rope(k_BSNK, kv_positions_BS, inv_freq)
+                   use_bias=self.qkv_bias, **kw)(x_BLD)
+    k_BSNK = Dense((D, N, K), ("embed", "kv_heads", "head_dim"), "BSD,DNK->BSNK", name="key",
+                   use_bias=self.qkv_bias, **kw)(kv_BSD)
+    v_BSNK = Dense((D, N, K), ("embed", "kv_heads", "head_dim"), "BSD,DNK->BSNK", name="value",
+                   use_bias=self.qkv_bias, **kw)(kv_BSD)
+    if self.qk_norm:
+      norm = dict(eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, plus_one=self.norm_plus_one,
+                  axis="head_dim")
+      q_BLHK = RMSNorm(name="query_norm", **norm)(q_BLHK)
+      k_BSNK = RMSNorm(name="key_norm", **norm)(k_BSNK)
+    if inv_freq_K2 is None and self.rope_theta is not None:
+      inv_freq_K2 = rope_frequencies(K, self.rope_theta, self.rope_scaling)
+    if inv_freq_K2 is not None:
+      q_BLHK = apply_rope(q_BLHK, q_positions_BL, inv_freq_K2)
+      k_BSNK = apply_rope(k_BSNK, kv_positions_BS, inv_freq_K2)
     if self.decode:
       k_BSNK, v_BSNK, mask = self._update_cache(k_BSNK, v_BSNK, mask)
     q_BLHK = constrain(q_BLHK, ("act_batch", "act_length", "act_heads", None))
     if self.scale_logits:
-      q_BLHK = q_BLHK * (K ** -0.5)
+      q_BLHK = q_BLHK * ((self.query_scale or K) ** -0.5)
     dropout_active = self.dropout_rate > 0 and not self.deterministic
     dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=self.deterministic)
     # Decode steps (a few queries against the key/value cache) keep the einsum path.
     implementation = "xla" if self.decode else self.implementation
     out_BLHK = attention.attend(q_BLHK, k_BSNK, v_BSNK, mask, bias_1HLS, implementation=implementation,
-                                dtype=self.dtype, dropout=dropout, dropout_active=dropout_active)
+                                dtype=self.dtype, dropout=dropout, dropout_active=dropout_active,
+                                softcap=self.softcap)
     out_BLHK = constrain(out_BLHK, ("act_batch", "act_length", "act_heads", None))
     return Dense((H, K, D), ("heads", "head_dim", "embed"), "BLHK,HKD->BLD", name="out", **kw)(out_BLHK)
 

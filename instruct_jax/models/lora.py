@@ -40,12 +40,6 @@ import jax.numpy as jnp
 from instruct_jax import errors
 
 TARGETS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
-HF_NAMES = {
-    "decoder": {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "o_proj", "wi_0": "gate_proj",
-                "wi_1": "up_proj", "wo": "down_proj"},
-    "encoder_decoder": {"query": "q", "key": "k", "value": "v", "out": "o", "wi_0": "wi_0", "wi_1": "wi_1",
-                        "wo": "wo"},
-}
 ADAPTER_LEAVES = ("lora_a", "lora_b")
 
 
@@ -81,7 +75,8 @@ def check(rank, alpha, dropout, targets, key) -> None:
     raise LoraError(f"{key('targets')}={targets!r}: expected a non-empty tuple of projection names from {TARGETS}")
   for t in targets:
     if t not in TARGETS:
-      hf = [ours for names in HF_NAMES.values() for ours, theirs in names.items() if theirs == t]
+      from instruct_jax.models import families  # pylint: disable=g-import-not-at-top (families import the models)
+      hf = [ours for module in families.MODULES for ours, theirs in module.LORA_NAMES.items() if theirs == t]
       close = hf or difflib.get_close_matches(str(t), TARGETS, n=1)
       raise LoraError(f"{key('targets')}: unknown projection {t!r}; choose from {TARGETS}"
                       + (f" (did you mean {close[0]!r}?)" if close else ""))

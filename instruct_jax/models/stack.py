@@ -50,11 +50,16 @@ class StackConfig:
 
 
 class LayerStack(nn.Module):
-  """Applies `num_layers` copies of `layer_cls(config, **layer_kwargs)` to x; other args are shared."""
+  """Applies `num_layers` copies of `layer_cls(config, **layer_kwargs)` to x; other args are shared.
+
+  `with_index`: each layer is also given its index, after x: a Python int when unrolled, a traced int32 when
+  scanned (layers whose settings differ by index, such as Gemma's sliding and global layers).
+  """
   layer_cls: Any
   config: StackConfig
   num_layers: int
   layer_kwargs: dict
+  with_index: bool = False
 
   @nn.compact
   def __call__(self, x, *shared):
@@ -62,19 +67,23 @@ class LayerStack(nn.Module):
     cls = self.layer_cls
     policy = REMAT_POLICIES[cfg.remat_policy]
     if cfg.remat_policy != "none":
-      cls = nn.remat(cls, policy=policy, prevent_cse=not cfg.scan_layers)
+      static = (2,) if self.with_index and not cfg.scan_layers else ()  # (self, x, index): the index stays an int
+      cls = nn.remat(cls, policy=policy, prevent_cse=not cfg.scan_layers, static_argnums=static)
     if not cfg.scan_layers:
       for i in range(self.num_layers):
-        x = cls(cfg, name=f"layer_{i}", **self.layer_kwargs)(x, *shared)
+        index = (i,) if self.with_index else ()
+        x = cls(cfg, name=f"layer_{i}", **self.layer_kwargs)(x, *index, *shared)
       return x
 
     def body(layer, carry, *args):
       return layer(carry, *args), None
 
+    index = (jnp.arange(self.num_layers, dtype=jnp.int32),) if self.with_index else ()
     scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(shared),
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0,) * len(index) + (nn.broadcast,) * len(shared),
                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = scanned(cls(cfg, name="layers", **self.layer_kwargs), x, *shared)
+    x, _ = scanned(cls(cfg, name="layers", **self.layer_kwargs), x, *index, *shared)
     return x
 
 

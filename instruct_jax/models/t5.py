@@ -39,6 +39,7 @@ class T5Config(StackConfig):
   norm_eps: float = 1e-6
   dropout_rate: float = 0.0
   tie_embeddings: bool = False  # T5 v1.1 and Flan-T5 untie; original T5 ties and rescales by d_model**-0.5
+  family: str = "t5"  # the checkpoint family (models/families) that reads and writes it: t5 or mt5
 
   kind = "encoder_decoder"
 

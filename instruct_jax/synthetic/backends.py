@@ -130,8 +130,10 @@ class ModelBackend:
     self.batch_size = batch_size
 
   @classmethod
-  def from_workdir(cls, path: str, *, step: int | None = None, batch_size: int = 16) -> "ModelBackend":
-    """A trained workdir (its newest checkpoint, or `step`) served by the KV-cache decoder in batches.
+  def from_workdir(cls, path: str | None, *, step: int | None = None, batch_size: int = 16,
+                   init_from: str | None = None) -> "ModelBackend":
+    """A trained workdir (its newest checkpoint, or `step`) served by the KV-cache decoder in batches; with
+    `init_from`, that checkpoint before fine-tuning (a baseline, step 0) with the workdir's settings or the defaults.
 
     The model name is "PATH@STEP", so the request cache tells checkpoints apart. Completion prompts go
     to the model as they are; a chat [system,] user is rendered as the run rendered its instruction
@@ -140,7 +142,7 @@ class ModelBackend:
     """
     from instruct_jax import predict  # pylint: disable=import-outside-toplevel  (jax: only when used)
     from instruct_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-    loaded = workdir_lib.load(path, step=step)
+    loaded = workdir_lib.load_model(path, init_from, step)
     generate_fn = predict.make_sampling_generate_fn(
         loaded.model, loaded.params, loaded.tokenizer, batch_size=batch_size,
         max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules,
@@ -154,7 +156,7 @@ class ModelBackend:
       return predict.instruction_prompts([{"instruction": instruction, "system": system}],
                                          loaded.config)[0]
 
-    return cls(generate_fn, model=f"{os.path.abspath(path)}@{loaded.step}", chat_format=chat_format,
+    return cls(generate_fn, model=f"{os.path.abspath(init_from or path)}@{loaded.step}", chat_format=chat_format,
                batch_size=batch_size)
 
   def complete(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:

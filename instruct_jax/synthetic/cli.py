@@ -41,6 +41,8 @@ WORKDIR = flags.DEFINE_string("workdir", None, "With --backend model: the workdi
                               "instruct_jax.train whose model answers.")
 STEP = flags.DEFINE_integer("step", None, "With --backend model: checkpoint step of --workdir "
                             "(default: the newest).")
+INIT_FROM = flags.DEFINE_string("init_from", None, "With --backend model: a checkpoint before fine-tuning (an imported "
+                                "or Hugging Face directory) answers instead, as a baseline (--workdir: its settings).")
 MODEL_BATCH_SIZE = flags.DEFINE_integer("model_batch_size", 16, "With --backend model: prompts "
                                         "decoded together.")
 CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.")
@@ -55,7 +57,7 @@ PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 # The flags that choose and configure a backend (for commands that declare them key flags one by one).
 BACKEND_FLAGS = ("backend", "base_url", "model", "api_key_env", "concurrency", "timeout",
-                 "max_retries", "backoff", "workdir", "step", "model_batch_size")
+                 "max_retries", "backoff", "workdir", "step", "init_from", "model_batch_size")
 
 
 def normalize_argv(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -105,10 +107,12 @@ def build_backend(model: str | None = None, base_url: str | None = None,
     except ValueError as e:
       raise errors.UserError(str(e)) from None
   if BACKEND.value == "model":
-    path = require(workdir or WORKDIR.value, "workdir")
-    if not os.path.isdir(path):  # before jax is imported: a typo fails at once
-      raise errors.UserError(f"--workdir {path}: no such directory")
-    return ModelBackend.from_workdir(path, step=STEP.value, batch_size=require_positive(
+    init_from = INIT_FROM.value
+    path = workdir or WORKDIR.value if init_from else require(workdir or WORKDIR.value, "workdir")
+    for flag, value in (("workdir", path), ("init_from", init_from)):
+      if value and not os.path.isdir(value):  # before jax is imported: a typo fails at once
+        raise errors.UserError(f"--{flag} {value}: no such directory")
+    return ModelBackend.from_workdir(path, step=STEP.value, init_from=init_from, batch_size=require_positive(
         MODEL_BATCH_SIZE.value, "model_batch_size"))
   raise errors.UserError(f"unknown --backend {BACKEND.value!r}")
 

@@ -28,8 +28,29 @@ _MISTRAL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidd
                 num_key_value_heads=2, head_dim=8, sliding_window=SLIDING_WINDOW, tie_word_embeddings=False,
                 pad_token_id=0)
 
+# Today's families, each with what sets it apart made to matter at 12 tokens: Qwen2's q/k/v biases; Qwen3's q/k
+# norms and a head width apart from hidden_size / heads; Gemma's sliding and global layers (a window of 5), its
+# query scale apart from the head width, Gemma 2's soft-capping at values the logits reach, Gemma 3's two RoPE
+# bases with the global one linearly scaled.
+_QWEN2 = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, rope_theta=1000.0, tie_word_embeddings=True, rms_norm_eps=1e-6)
+_QWEN3 = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=1, head_dim=16, rope_theta=1000.0, tie_word_embeddings=False, rms_norm_eps=1e-6)
+_GEMMA = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=12, sliding_window=SLIDING_WINDOW,
+              rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+_GEMMA2 = dict(_GEMMA, attn_logit_softcapping=2.0, final_logit_softcapping=5.0,
+               rope_parameters={"rope_type": "default", "rope_theta": 100.0})
+_GEMMA3 = dict(_GEMMA, layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+               rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+                                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0}})
+FAMILY_CONFIGS = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _QWEN2),
+                  "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _QWEN3),
+                  "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", _GEMMA2),
+                  "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", _GEMMA3)}
+
 KINDS = {"t5_flan": "encoder_decoder", "t5_scaled": "encoder_decoder", "t5_v5_tied": "encoder_decoder",
-         "llama3": "decoder", "mistral": "decoder"}
+         "llama3": "decoder", "mistral": "decoder", **{name: "decoder" for name in FAMILY_CONFIGS}}
 
 
 def _redraw(model, seed: int) -> None:
@@ -59,6 +80,9 @@ def build(name: str, seed: int = 0):
       model.lm_head.weight = torch.nn.Parameter(torch.empty(VOCAB, _T5["d_model"]))
   elif name == "llama3":
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**_LLAMA3))
+  elif name in FAMILY_CONFIGS:
+    config_cls, model_cls, fields = FAMILY_CONFIGS[name]
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**fields))
   else:
     model = transformers.MistralForCausalLM(transformers.MistralConfig(**_MISTRAL))
   _redraw(model, seed)

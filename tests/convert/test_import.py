@@ -104,7 +104,7 @@ def test_pickled_weights_refused_unless_allowed(saved, imported, mesh_rules, tmp
     ({"architectures": ["LlamaForSequenceClassification"]}, r"architecture 'LlamaForSequenceClassification'"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0}}, r"rope type 'yarn'"),
     ({"attention_bias": True}, r"attention_bias=true"),
-    ({"hidden_act": "gelu"}, r"hidden_act='gelu'"),
+    ({"hidden_act": "gelu"}, r'hidden_act="gelu"'),
     ({"my_new_knob": 3}, r"unknown config field\(s\) \['my_new_knob'\]"),
     ({"hidden_size": None}, r"missing config field 'hidden_size'"),
     ({"intermediate_size": 64},

@@ -266,12 +266,13 @@ def test_chat_prompts_and_the_exported_template(hf_dir, tmp_path):
   assert prompts == [chat.render(fmt, CONVERSATION)["inputs"]]
   with pytest.raises(chat.ChatError, match="ends with a user"):
     predict.chat_prompts([CONVERSATION], fmt)
-  # An export (convert --to hf) writes the named format into tokenizer_config.json, led by begin-of-text for decoders:
-  # transformers then gives the ids a decoder's prompt row holds.
+  # An export (convert --to hf) writes the named format into tokenizer_config.json, led by begin-of-text for decoders
+  # whose tokenizer adds one (this one's post-processor adds none): transformers then gives the ids a decoder's
+  # prompt row holds.
   model = build.Model(build.config_for("decoder", "tiny", vocab_size=tok.vocab_size))
   params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nn.meta.unbox(model.param_shapes()))
   convert.export_hf(model.config, params, tmp_path, tokenizer=tok,
-                    chat_template=chat.export_template("chatml", begin_of_text=True))
+                    chat_template=chat.export_template("chatml", begin_of_text=tok.adds_bos))
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   want = hf.apply_chat_template(CONVERSATION[:4], tokenize=True, add_generation_prompt=True)
   want = want["input_ids"] if hasattr(want, "keys") else want

@@ -12,6 +12,7 @@ import sentencepiece as spm
 from instruct_jax.data import mixtures
 from instruct_jax.data import render
 from instruct_jax.data import tokenizer as tokenizer_lib
+from instruct_jax.data import transforms
 
 BOT, EOT = "<|begin_of_text|>", "<|end_of_text|>"
 
@@ -164,9 +165,12 @@ def test_sentencepiece_models_without_eos_or_with_eos_equal_to_pad_are_refused(t
     tokenizer_lib.load(tmp_path / "noeos.model")
   spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "same"), vocab_size=20,
                                  unk_id=1, bos_id=-1, eos_id=0, pad_id=-1, hard_vocab_limit=False, minloglevel=2)
-  # Without a pad piece id 0 still fills padding (and starts T5's decoder), so it may not be the end-of-text id.
-  with pytest.raises(ValueError, match="same.model: end-of-text id equals the pad id"):
-    tokenizer_lib.load(tmp_path / "same.model")
+  # Without a pad piece id 0 still fills padding; a decoder masks padding by weights, so end-of-text 0 loads, but
+  # T5's decoder starts from id 0, so its rows refuse it.
+  same = tokenizer_lib.load(tmp_path / "same.model")
+  assert same.eos_id == same.pad_id == 0
+  with pytest.raises(ValueError, match="decoder start/pad id 0"):
+    transforms.seq2seq_features([5], [6], eos_id=same.eos_id, max_input_len=4, max_target_len=4)
 
 
 def test_hf_ids_come_from_tokenizer_config(bpe):
@@ -201,12 +205,16 @@ def test_hf_special_tokens_are_resolved_in_order(bpe, tmp_path):
   assert _ids(load(d)) == (402, 0, 401, -1, -1, False)
 
 
+def test_hf_pad_equal_to_eos_is_accepted(bpe, tmp_path):
+  tok = tokenizer_lib.load(_bpe_dir(bpe, tmp_path, "same", tokenizer_config={"eos_token": EOT, "pad_token": EOT}))
+  assert tok.pad_id == tok.eos_id == 401 and tok.has_pad
+
+
 @pytest.mark.parametrize("files, message", [
     ({"tokenizer_config": {"eos_token": "<|eot_id|>"}}, r"tokenizer_config.json: eos_token '<\|eot_id\|>' is not in"),
     ({"special_tokens_map": {"eos_token": EOT, "pad_token": "<pad>"}}, "special_tokens_map.json: pad_token '<pad>'"),
     ({"config": {"eos_token_id": 5000}}, "config.json: eos_token_id 5000 is not an id of"),
     ({"config": {"bos_token_id": 400}}, "tokenizer.json: the tokenizer defines no end-of-text token"),
-    ({"tokenizer_config": {"eos_token": EOT, "pad_token": EOT}}, "end-of-text id equals the pad id"),
 ])
 def test_hf_special_token_errors_name_the_file_and_field(bpe, tmp_path, files, message):
   with pytest.raises(ValueError, match=message):
@@ -276,13 +284,12 @@ def _auto_tokenizer(out_dir):
 
 @pytest.mark.parametrize("name, family, hf_class", [
     ("trained", "t5", "T5Tokenizer"),
-    ("trained", "llama", "TokenizersBackend"),
-    ("trained", "mistral", "TokenizersBackend"),
-    ("llama_unigram", "llama", "TokenizersBackend"),
-    ("llama_bpe", "llama", "TokenizersBackend"),
+    ("trained", "decoder", "TokenizersBackend"),
+    ("llama_unigram", "decoder", "TokenizersBackend"),
+    ("llama_bpe", "decoder", "TokenizersBackend"),
     ("llama_bpe", "t5", "TokenizersBackend"),  # not T5-like: written like the decoder-only export
-    ("bpe", "llama", "TokenizersBackend"),
-    ("bpe_bare", "llama", "TokenizersBackend"),
+    ("bpe", "decoder", "TokenizersBackend"),
+    ("bpe_bare", "decoder", "TokenizersBackend"),
     ("bpe_bare", "t5", "TokenizersBackend"),
 ])
 def test_transformers_tokenizes_like_the_pipeline(tokenizers_by_name, texts, tmp_path, name, family, hf_class):
@@ -295,17 +302,17 @@ def test_transformers_tokenizes_like_the_pipeline(tokenizers_by_name, texts, tmp
   assert hf.pad_token_id == (tok.pad_id if tok.has_pad else None)
   for text in TEXTS + texts[:40]:
     ids = [int(i) for i in tok.encode(text)]
-    want = ids + [tok.eos_id] if family == "t5" else [tok.bos_id] + ids
+    want = ids + [tok.eos_id] if family == "t5" else [tok.bos_id] * tok.adds_bos + ids
     assert hf(text)["input_ids"] == want, text
     assert hf.decode(ids, skip_special_tokens=True) == tok.decode(ids), text
   if isinstance(tok, tokenizer_lib.HFTokenizer):  # tokenizer.json alone adds the family's token too
     import tokenizers  # pylint: disable=g-import-not-at-top
     ids = tok.encode(TEXTS[0]).tolist()
-    want = ids + [tok.eos_id] if family == "t5" else [tok.bos_id] + ids
+    want = ids + [tok.eos_id] if family == "t5" else [tok.bos_id] * tok.adds_bos + ids
     assert tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(TEXTS[0]).ids == want
 
 
-@pytest.mark.parametrize("family, model_type", [("t5", "t5"), ("llama", "llama"), ("mistral", "mistral")])
+@pytest.mark.parametrize("family, model_type", [("t5", "t5"), ("decoder", "llama"), ("decoder", "mistral")])
 def test_transformers_export_next_to_a_model_config(trained, tmp_path, family, model_type):
   # A converted checkpoint has config.json beside the tokenizer; its model type must not change the tokenizer.
   trained.save_for_hf(tmp_path, family)
@@ -316,7 +323,7 @@ def test_transformers_export_next_to_a_model_config(trained, tmp_path, family, m
 
 
 def test_transformers_known_differences(trained, bpe, tmp_path):
-  trained.save_for_hf(tmp_path / "sp", "llama")
+  trained.save_for_hf(tmp_path / "sp", "decoder")
   hf = _auto_tokenizer(tmp_path / "sp")
   # Unknown characters encode alike, and decode alike: the unk id is dropped (SentencePiece itself shows " ⁇ ").
   ids = trained.encode("ab\u4e2d\u6587cd").tolist()
@@ -327,13 +334,15 @@ def test_transformers_known_differences(trained, bpe, tmp_path):
   assert bpe.eos_id in bpe.encode(f"a {EOT} b")  # HFTokenizer keeps the tokenizers default, as transformers
 
 
-def test_save_for_hf_refuses_unknown_families_and_decoders_without_bos(trained, tmp_path):
-  with pytest.raises(ValueError, match="unknown model family 'gpt'"):
+def test_save_for_hf_refuses_unknown_row_formats_and_writes_decoders_without_bos(trained, tmp_path):
+  with pytest.raises(ValueError, match="unknown row format 'gpt'"):
     trained.save_for_hf(tmp_path, "gpt")
   spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c the cat sat on a mat"] * 50),
                                  model_prefix=str(tmp_path / "t5"), vocab_size=30, pad_id=0, eos_id=1, unk_id=2,
                                  bos_id=-1, hard_vocab_limit=False, minloglevel=2)
   t5 = tokenizer_lib.load(tmp_path / "t5.model")
-  with pytest.raises(ValueError, match="t5.model: the tokenizer defines no begin-of-text piece"):
-    t5.save_for_hf(tmp_path / "out", "llama")
+  assert not t5.adds_bos  # a decoder on T5's vocabulary: rows start with the text, and so does the export
+  t5.save_for_hf(tmp_path / "dec", "decoder")
+  ids = t5.encode("the cat sat").tolist()
+  assert _auto_tokenizer(tmp_path / "dec")("the cat sat")["input_ids"] == ids
   assert t5.save_for_hf(tmp_path / "out", "t5")[0] == "spiece.model"

@@ -36,24 +36,28 @@ def test_loads_a_llama_style_model_without_pad(tmp_path):
   assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 0)
 
 
-def test_loads_a_t5_style_model_and_refuses_it_for_decoders(tmp_path, catalogues):
-  # T5's spiece.model ids: pad 0, end 1, unk 2, no begin-of-text.
+def test_a_t5_style_model_trains_decoder_rows_that_start_with_the_text(tmp_path, catalogues):
+  # T5's spiece.model ids: pad 0, end 1, unk 2, no begin-of-text: a decoder's rows start with the instruction, as
+  # Qwen's do (the tokenizer adds no begin-of-text).
   spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c d e f g the cat sat on a mat"] * 50),
                                  model_prefix=str(tmp_path / "t5"), vocab_size=30, pad_id=0, eos_id=1, unk_id=2,
                                  bos_id=-1, hard_vocab_limit=False, minloglevel=2)
   tok = tokenizer_lib.load(tmp_path / "t5.model")
-  assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.bos_id) == (0, 1, 2, -1)
-  cfg = pipeline.PipelineConfig(mixture="builtin_check", model_kind="decoder")
-  with pytest.raises(ValueError, match="no begin-of-text piece"):
-    pipeline.make_pipeline(cfg, tok, tasks=catalogues[0], mixtures=catalogues[1])
+  assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.bos_id, tok.adds_bos) == (0, 1, 2, -1, False)
+  cfg = pipeline.PipelineConfig(mixture="builtin_check", model_kind="decoder", pack=False, batch_size=2)
+  pipe = pipeline.make_pipeline(cfg, tok, tasks=catalogues[0], mixtures=catalogues[1])
+  batch = next(iter(pipe.dataset))
+  # Each row's first token is the instruction's first (not padding, not end-of-text), and it carries no loss.
+  assert all(row[0] not in (tok.pad_id, tok.eos_id) for row in batch["decoder_input_tokens"])
+  assert (batch["decoder_loss_weights"][:, 0] == 0).all()
 
 
-def test_rejects_pad_equal_to_eos_and_missing_file(tmp_path):
+def test_accepts_pad_equal_to_eos_and_refuses_a_missing_file(tmp_path):
+  # SmolLM2 and many Llama-3 / Mistral fine-tunes set pad = eos; padding is masked by weights, never by its id.
   spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c the cat sat"] * 50), model_prefix=str(tmp_path / "m"),
                                  vocab_size=20, unk_id=1, bos_id=-1, eos_id=0, pad_id=-1, hard_vocab_limit=False,
                                  minloglevel=2)
-  with pytest.raises(ValueError, match="end-of-text id equals the pad id"):
-    tokenizer_lib.load(tmp_path / "m.model")
+  assert tokenizer_lib.load(tmp_path / "m.model").eos_id == 0
   with pytest.raises(FileNotFoundError, match="nope.model"):
     tokenizer_lib.load(tmp_path / "nope.model")
 

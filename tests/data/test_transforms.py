@@ -54,8 +54,19 @@ def test_vanishing_targets_return_none():
   assert transforms.decoder_features([], [7], bos_id=2, eos_id=1, max_len=8) is None
 
 
-def test_pad_id_must_differ_from_end_of_text():
+def test_t5_end_of_text_must_differ_from_the_decoder_start_but_a_decoder_takes_any():
   with pytest.raises(ValueError, match="stop token"):
     transforms.seq2seq_features([5], [6], eos_id=0, max_input_len=8, max_target_len=8)
-  with pytest.raises(ValueError, match="stop token"):
-    transforms.decoder_features([5], [6], bos_id=2, eos_id=0, max_len=8)
+  # A decoder masks padding by loss weights, not by id: end-of-text may be the filler 0 (or the pad token).
+  row = transforms.decoder_features([5], [6], bos_id=2, eos_id=0, max_len=8)
+  assert row["decoder_target_tokens"].tolist() == [5, 6, 0] and row["decoder_loss_weights"].tolist() == [0, 1, 1]
+
+
+def test_decoder_rows_without_begin_of_text_start_with_the_instruction():
+  row = transforms.decoder_features([5, 7], [6], bos_id=None, eos_id=1, max_len=8)
+  assert row["decoder_input_tokens"].tolist() == [5, 7, 6]
+  assert row["decoder_target_tokens"].tolist() == [7, 6, 1]
+  assert row["decoder_loss_weights"].tolist() == [0, 1, 1]
+  # The budget is the same: max_len predicted tokens (no begin-of-text to spend a slot on).
+  row = transforms.decoder_features(list(range(3, 9)), [9, 9], bos_id=None, eos_id=1, max_len=6)
+  assert row["decoder_target_tokens"].size == 6 and row["decoder_target_tokens"][-1] == 1

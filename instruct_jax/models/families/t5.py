@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from instruct_jax.convert import tensors
-from instruct_jax.convert.tensors import ConversionError, TensorMap
+from instruct_jax.models.families import base as tensors
+from instruct_jax.models.families.base import ConversionError, TensorMap
 from instruct_jax.models.t5 import T5Config
 
 MODEL_TYPES = ("t5", "mt5")
 ARCHITECTURES = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
+KIND = "encoder_decoder"
+ROW_FORMAT = "t5"  # Tokenizer.save_for_hf: the encoder reads the text + end-of-text
+PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+LORA_NAMES = {"query": "q", "key": "k", "value": "v", "out": "o", "wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
 _FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
            "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon",
            "feed_forward_proj", "dense_act_fn", "is_gated_act", "tie_word_embeddings", "scale_decoder_outputs",
@@ -77,7 +81,7 @@ def config_from_hf(hf: Mapping, names: set[str], where: str, *, allow_unknown_fi
                 relpos_buckets=hf.get("relative_attention_num_buckets", 32),
                 relpos_max_distance=hf.get("relative_attention_max_distance", 128),
                 norm_eps=hf.get("layer_norm_epsilon", 1e-6), dropout_rate=hf.get("dropout_rate", 0.1),
-                tie_embeddings=tied)
+                tie_embeddings=tied, family="mt5" if hf.get("model_type") == "mt5" else "t5")
   return T5Config(**{**fields, **overrides})
 
 
@@ -109,7 +113,7 @@ def hf_config(cfg: T5Config, base: Mapping | None, dtype_name: str, token_ids: M
   """A config.json that transformers 4 and 5 read as this model (`token_ids`, from the tokenizer, win)."""
   base = base or {}
   kept = {k: v for k, v in base.items() if k in tensors.GENERIC_FIELDS}
-  model_type = base.get("model_type") if base.get("model_type") in MODEL_TYPES else "t5"
+  model_type = "mt5" if cfg.family == "mt5" or base.get("model_type") == "mt5" else "t5"
   return {
       **{"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}, **kept, **(token_ids or {}),
       "architectures": ["MT5ForConditionalGeneration" if model_type == "mt5" else "T5ForConditionalGeneration"],
@@ -128,9 +132,3 @@ def token_ids(tokenizer) -> dict[str, int]:
   """config.json's special ids from the tokenizer; the decoder starts from id 0 (transforms.DECODER_START_ID)."""
   return {"pad_token_id": tokenizer.pad_id if tokenizer.has_pad else 0, "eos_token_id": tokenizer.eos_id,
           "decoder_start_token_id": 0}
-
-
-def tokenizer_family(hf: Mapping) -> str:
-  """How the tokenizer is written for transformers (`Tokenizer.save_for_hf`): T5's convention (inputs + EOS)."""
-  del hf
-  return "t5"
