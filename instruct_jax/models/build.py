@@ -120,8 +120,11 @@ class Model:
     """
     cfg = self.config
     backend = backend or jax.default_backend()
+    softcap = getattr(cfg, "attn_softcap", None) is not None
+    per_layer = getattr(cfg, "layered", False) and cfg.scan_layers  # masks chosen per layer at run time: dense
     pick = lambda dropout: attention.resolve(cfg.attention, dtype=cfg.dtype, head_dim=cfg.head_dim,
-                                             dropout_active=dropout, dense_mask=False, backend=backend)
+                                             dropout_active=dropout, dense_mask=per_layer, backend=backend,
+                                             softcap=softcap)
     try:
       scoring = pick(False)
       training = pick(cfg.dropout_rate > 0)
@@ -132,6 +135,11 @@ class Model:
     if training != scoring:
       text += (f" (model.dropout_rate={cfg.dropout_rate} drops attention probabilities, which only the einsum "
                f"does; --config.model.dropout_rate=0 trains on {scoring} too)")
+    if softcap and cfg.attention == "auto" and backend != "cpu":
+      text += " (the checkpoint soft-caps attention logits, which only the einsum does)"
+    if per_layer and cfg.attention != "xla" and backend != "cpu":
+      text += (" (a scanned stack of sliding and global layers picks each layer's mask at run time, which only the "
+               "einsum takes; --config.model.scan_layers=False lets the fused kernels run)")
     return text, None
 
   def trainable(self, tree) -> Any:

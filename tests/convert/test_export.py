@@ -24,14 +24,20 @@ def _reload(path, kind):
   return AUTO[kind].from_pretrained(path, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("name", ["t5_flan", "t5_scaled", "llama3", "mistral"])
+@pytest.mark.parametrize("name", ["t5_flan", "t5_scaled", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"])
 def test_import_export_reload_gives_the_original_logits(name, imported, tmp_path):
   pretrained, _, model = imported(name)
   files = convert.export_hf(pretrained.config, pretrained.params, tmp_path, hf_base=pretrained.hf_config)
   assert files == ["config.json", "model.safetensors"]
   kind = hf_models.KINDS[name]
   reloaded = _reload(tmp_path, kind)
-  assert type(reloaded) is type(model)  # Mistral stays Mistral, T5 stays T5
+  assert type(reloaded) is type(model)  # Mistral stays Mistral, T5 stays T5, Gemma 3 stays Gemma 3
+  with safe_open(tmp_path / "model.safetensors", "np") as exported:  # the tensors themselves, bit for bit
+    state = model.state_dict()
+    for k in exported.keys():
+      np.testing.assert_array_equal(exported.get_tensor(k), state[k].numpy())
+    written = {state[k].data_ptr() for k in exported.keys()}
+    assert all(state[k].data_ptr() in written for k in state)  # the rest are tied copies (T5's embed_tokens)
   b = hf_models.batch(kind, [12, 7, 3], [9, 4, 12], seed=5)
   mask = hf_models.target_mask(b)
   np.testing.assert_allclose(hf_models.hf_logits(reloaded, b)[mask], hf_models.hf_logits(model, b)[mask],

@@ -66,7 +66,8 @@ def _greedy(fwd, params, b: dict, start: int, n: int) -> np.ndarray:
   return tokens[:, start:start + n]
 
 
-@pytest.mark.parametrize("name", ["t5_flan", "llama3", "mistral"])
+@pytest.mark.parametrize("name", ["t5_flan", "llama3", "mistral", "qwen3",
+                                  *(pytest.param(n, marks=pytest.mark.slow) for n in ("qwen2", "gemma2", "gemma3"))])
 def test_greedy_tokens_match_generate(name, imported):
   pretrained, fwd, model = imported(name)
   n = 6

@@ -33,7 +33,8 @@ def _adapted(pretrained, targets, mesh_rules, seed=0):
 
 
 @pytest.mark.slow  # ~10 s each (tests/test_lora.py checks the adapter config without torch by default)
-@pytest.mark.parametrize("name,scan", [("llama3", False), ("llama3", True), ("t5_flan", False)])
+@pytest.mark.parametrize("name,scan", [("llama3", False), ("llama3", True), ("t5_flan", False), ("qwen2", False),
+                                       ("qwen3", True), ("gemma2", False), ("gemma3", True)])
 def test_peft_loads_our_adapters_with_our_logits_and_import_round_trips(name, scan, saved, mesh_rules, tmp_path):
   path, hf_model = saved(name)
   pretrained = convert.import_hf(path, *mesh_rules, scan_layers=scan)

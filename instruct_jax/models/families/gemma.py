@@ -60,7 +60,7 @@ def config_from_hf(hf: Mapping, names: set[str], where: str, *, allow_unknown_fi
   fields.update(llama.window_fields(hf, fields["num_layers"], where,
                                     lambda i: "sliding" if (i + 1) % pattern else "full"))
   fields.update(family=hf["model_type"], norm_plus_one=True, sandwich_norms=True, embed_scale=True,
-                mlp_activation="gelu", qk_norm=gemma3, query_scale=float(base.require(hf, "query_pre_attn_scalar", where)),
+                mlp_activation="gelu", qk_norm=gemma3, query_scale=base.require(hf, "query_pre_attn_scalar", where),
                 attn_softcap=hf.get("attn_logit_softcapping"), final_softcap=hf.get("final_logit_softcapping"),
                 local_rope_theta=_local_theta(hf, where))
   if fields["layer_types"] is None and fields["sliding_window"] is not None and fields["local_rope_theta"]:
