@@ -8,9 +8,11 @@ from config.init_from, so you name no model size.
     python -m instruct_jax.convert --to hf --src /tmp/finetune --dst /tmp/finetune-hf
 
 init_from may be a converted directory, a Hugging Face directory (T5 v1.1 / Flan-T5, LLaMA, Mistral,
-Llama-3), a T5X checkpoint (then also set --config.tokenizer.path) or another run's workdir. Setting
+Llama-3, SmolLM2, Qwen2 / Qwen2.5 / Qwen3, Gemma 2 / Gemma 3), a T5X checkpoint (then also set --config.tokenizer.path) or another run's workdir. Setting
 config.model.size or a config.model.overrides field that contradicts the checkpoint is an error; runtime
-settings (model.dtype, param_dtype, remat_policy, scan_layers, dropout_rate) are yours to choose.
+settings (model.dtype, param_dtype, remat_policy, scan_layers, dropout_rate) are yours to choose (this config
+scans the layers and rematerialises all but the weight matmuls' outputs: --config.model.scan_layers=False
+--config.model.remat_policy=none keeps every activation instead).
 Files: JSONL records {instruction, input, output} (Alpaca / Self-Instruct format); NAME=FILE is the train
 split, NAME=train=A.jsonl,test=B.jsonl adds a test split that `python -m instruct_jax.evaluate --workdir
 /tmp/finetune --tasks NAME --num_examples 100` scores (exact match, ROUGE-L).
@@ -32,6 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 20
   c.checkpoint_every = 200
   c.model.kind, c.model.size = "", ""  # from config.init_from
+  # One scanned layer, rematerialised but for its weight matmuls' outputs: a real model's step holds a fraction of
+  # the activations and on CPU runs no slower (SmolLM2-135M: BENCHMARKS.md, "Fine-tuning a real checkpoint on CPU").
+  c.model.scan_layers = True
+  c.model.remat_policy = "dots_no_batch"
   c.data.mixture = "instructions"  # every instruction file named under data_paths.instruction_files
   c.data.inputs_length = 512
   c.data.targets_length = 256

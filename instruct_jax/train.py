@@ -331,9 +331,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() and let JAX find the other "
                     "processes (TPU VM pods, SLURM, GKE); the launchers in launch/ set this.")
-  flags.DEFINE_bool("keep_freed_memory", None, "Let glibc malloc keep freed memory for the next step instead "
-                    "of returning it to the OS (instruct_jax/host.py; ~12% faster CPU steps; the process "
-                    "holds its peak memory). Default: on when JAX can only use the CPU.")
+  flags.DEFINE_bool("keep_freed_memory", False, "Let glibc malloc keep freed memory for the next step instead "
+                    "of returning it to the OS (instruct_jax/host.py): faster steps on a CPU, but the kept heap "
+                    "fragments, so a real model's run holds several times its working memory (BENCHMARKS.md, "
+                    "'Fine-tuning a real checkpoint on CPU').")
 
 
 def maybe_initialize_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
@@ -369,7 +370,7 @@ def main(argv):
     raise errors.UserError("--compile goes with --dry_run (a run compiles its step anyway)")
   if f.workdir is None:
     raise errors.UserError("--workdir is required")
-  if f.keep_freed_memory or (f.keep_freed_memory is None and host.cpu_only()):
+  if f.keep_freed_memory:
     host.keep_freed_memory()
   maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
   result = train_and_evaluate(config, f.workdir, flag_keys=keys)

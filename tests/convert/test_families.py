@@ -52,8 +52,8 @@ def test_packed_rows_equal_each_example_alone(name, imported):
 @pytest.mark.parametrize("name", ["gemma3", pytest.param("qwen2", marks=pytest.mark.slow),
                                   pytest.param("gemma2", marks=pytest.mark.slow)])
 def test_cached_greedy_and_beam_decoding(name, imported):
-  """KV-cache decoding runs past the 5-token window: greedy ids equal transformers.generate's, and cached greedy and
-  beam search equal their recomputing references."""
+  """KV-cache decoding runs past the 5-token window: greedy and beam-search ids equal transformers.generate's, and
+  equal the recomputing references."""
   pretrained, _, model = imported(name)
   ours = build.Model(pretrained.config)
   prompts = [[5, 17, 33, 2, 60, 41, 9, 12, 70], [8, 44, 3, 21]]
@@ -66,8 +66,13 @@ def test_cached_greedy_and_beam_decoding(name, imported):
                            eos_token_id=None, pad_token_id=0).numpy()[0, len(prompt):]
     assert got == ref.tolist()
   beam = dataclasses.replace(cfg, num_beams=3)
-  assert (sampling.generate(ours, pretrained.params, prompts, beam)
-          == sampling.generate(ours, pretrained.params, prompts, beam, use_cache=False))
+  beams = sampling.generate(ours, pretrained.params, prompts, beam)
+  assert beams == sampling.generate(ours, pretrained.params, prompts, beam, use_cache=False)
+  for prompt, got in zip(prompts, beams):  # no end-of-text: every beam runs the budget, scored by its log-prob sum
+    with torch.no_grad():
+      ref = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, num_beams=3,
+                           length_penalty=0.0, eos_token_id=None, pad_token_id=0).numpy()[0, len(prompt):]
+    assert got == ref.tolist()
 
 
 @pytest.mark.parametrize("name, change", [

