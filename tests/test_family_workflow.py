@@ -158,7 +158,8 @@ def chat_path(src: pathlib.Path, tmp_path: pathlib.Path, *, steps: int, lengths=
   chat.write_text("".join(json.dumps(r) + "\n" for r in rows))
   workdir = tmp_path / "run"
   _cli("instruct_jax.train", "--config=configs/finetune.py", f"--workdir={workdir}", f"--config.init_from={imported}",
-       f"--config.data_paths.chat_files.talk={chat}", "--config.data.mixture=chat", "--config.model.lora.rank=4",
+       f"--config.data_paths.chat_files.talk=train={chat},test={chat}", "--config.data.mixture=chat",
+       "--config.model.lora.rank=4",
        f"--config.total_steps={steps}", f"--config.checkpoint_every={steps}", "--config.log_every=1",
        "--config.data.batch_size=8", f"--config.data.inputs_length={lengths[0]}",
        f"--config.data.targets_length={lengths[1]}", "--config.optim.learning_rate=1e-3", "--config.optim.warmup_steps=0",
@@ -166,6 +167,10 @@ def chat_path(src: pathlib.Path, tmp_path: pathlib.Path, *, steps: int, lengths=
   losses = _losses(workdir)
   assert losses[steps] < losses[1]  # the adapters learn the replies
   ours = _generate([f"--workdir={workdir}"], tmp_path, "tuned")
+  # The baseline's scores join the run's own eval_results.csv as step 0.
+  _cli("instruct_jax.evaluate", f"--workdir={workdir}", f"--init_from={src}", "--tasks=talk", "--num_examples=2")
+  rows = (workdir / "eval_results.csv").read_text().splitlines()
+  assert any(r.startswith("0,eval,") and r.endswith(",n,2") for r in rows), rows[-5:]
   export = tmp_path / "export"
   _cli("instruct_jax.convert", "--to=hf", f"--src={workdir}", f"--dst={export}")
 
