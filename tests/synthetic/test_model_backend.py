@@ -163,3 +163,13 @@ def test_command_lines_generate_judge_and_self_instruct_with_the_model(tmp_path,
        "--no-progress", timeout=600)
   report = json.loads((tmp_path / "si" / "report.json").read_text())
   assert report["cache_misses"] > 0
+
+
+def test_the_model_backend_serves_a_checkpoint_before_fine_tuning(workdir, backend):
+  # --init_from: another checkpoint (here the workdir itself, as init_from takes any) with the defaults' settings
+  # when no --workdir is given; it answers as the same weights do through the workdir.
+  baseline = ModelBackend.from_workdir(None, init_from=str(workdir), batch_size=8)
+  assert baseline.model == f"{workdir}@2"
+  prompts = ["Sort: 3 1 2", "Reverse: x y"]
+  params = GenParams(max_new_tokens=4)
+  assert [c.text for c in baseline.complete(prompts, params)] == [c.text for c in backend.complete(prompts, params)]
