@@ -116,3 +116,24 @@ def test_auto_attention_keeps_soft_capping_and_per_layer_windows_on_the_einsum(i
     resolve("cudnn", dense_mask=False, backend="gpu", softcap=True)
   text, problem = build.Model(dataclasses.replace(cfg, attention="auto", dtype=np.dtype("bfloat16"))).attention_plan("gpu")
   assert problem is None and "soft-caps" in text and "xla in training" in text
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_of_sliding_and_global_layers_keeps_the_gradients(scan, saved, mesh_rules):
+  """Rematerialised layers that differ by type (Gemma 3: the index picks the mask and RoPE base; unrolled it stays a
+  Python int through remat, scanned it is traced) give the gradients of the plain stack."""
+  path, _ = saved("gemma3")
+  b = hf_models.batch("decoder", [12, 7, 3], seed=6)
+  b["decoder_target_tokens"] = np.roll(b["decoder_input_tokens"], -1, axis=1)
+  grads = {}
+  for policy in ("none", "full"):
+    pretrained = convert.import_hf(path, *mesh_rules, scan_layers=scan, remat_policy=policy)
+    model = build.Model(pretrained.config)
+
+    def loss(params):
+      logits = step.forward(model, params, b)
+      return -jax.numpy.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    grads[policy] = jax.jit(jax.grad(loss))(pretrained.params)
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5, rtol=1e-5),
+               grads["none"], grads["full"])
