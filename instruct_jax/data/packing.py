@@ -20,22 +20,15 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
+from instruct_jax.data import rows
+
 # Features whose segment ids and positions become the row's encoder_/decoder_ segment ids and positions.
 _ANCHORS = {"encoder_input_tokens": "encoder", "decoder_target_tokens": "decoder"}
-_DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 
 
 def feature_lengths(kind: str, inputs_length: int, targets_length: int) -> dict[str, int]:
-  """Row lengths per feature: `kind` is "encoder_decoder" or "decoder" (which uses inputs+targets)."""
-  if kind == "encoder_decoder":
-    lengths = {"encoder_input_tokens": inputs_length}
-    dec = targets_length
-  elif kind == "decoder":
-    lengths, dec = {}, inputs_length + targets_length
-  else:
-    raise ValueError(f"model kind must be 'encoder_decoder' or 'decoder', got {kind!r}")
-  lengths.update({k: dec for k in _DECODER_FEATURES})
-  return lengths
+  """Row lengths per feature of a model kind's rows (`rows.for_kind(kind).lengths`)."""
+  return rows.for_kind(kind).lengths(inputs_length, targets_length)
 
 
 def batch_spec(kind: str, inputs_length: int, targets_length: int, batch_size: int,

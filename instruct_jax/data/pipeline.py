@@ -34,14 +34,14 @@ from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import packing
 from instruct_jax.data import render as render_lib
+from instruct_jax.data import rows as rows_lib
 from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import templates as templates_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
-from instruct_jax.data import transforms
 
 META_FEATURES = ("task_index", "template_id", "shots")
-MODEL_KINDS = ("encoder_decoder", "decoder")
+MODEL_KINDS = rows_lib.KINDS
 HOST_INPUTS = ("own_share", "slice_of_global")
 # Data keys the catalogue and the trainer read.
 NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format", "add_chat_tokens")
@@ -203,15 +203,10 @@ def check_lengths(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, ta
   """Raises LengthError if the row lengths cannot hold the words of a template the run uses (plus end-of-text
   for T5's encoder, plus begin-of-text and one output token for a decoder row), or T5 targets cannot hold one
   output token and end-of-text."""
-  if config.model_kind == "encoder_decoder":
-    room, what = config.inputs_length - 1, f"config.data.inputs_length={config.inputs_length}"
-    if config.targets_length < 2:
-      raise LengthError(f"config.data.targets_length={config.targets_length} leaves no room for an output token and "
-                        "end-of-text; use at least 2")
-  else:
-    room = config.inputs_length + config.targets_length - 2
-    what = (f"config.data.inputs_length + config.data.targets_length = "
-            f"{config.inputs_length + config.targets_length}")
+  try:
+    room, what = rows_lib.for_kind(config.model_kind).template_room(config)
+  except ValueError as e:
+    raise LengthError(str(e)) from None
   used = {"standard", *(["inverted"] if config.render.inversion_rate > 0 else []),
           *(["cot"] if config.render.cot_rate > 0 else [])}
   for name in task_names:
@@ -244,6 +239,7 @@ class Featurizer:
                give_up: list[int] | None = None):
     self.config, self.tokenizer, self.stats = config, tokenizer, stats
     self.give_up = give_up
+    self.rows = rows_lib.for_kind(config.model_kind)
 
   def __call__(self, ex: dict[str, Any] | None) -> dict[str, Any] | None:
     if ex is None:
@@ -255,34 +251,11 @@ class Featurizer:
 
   def _chat(self, ex: dict[str, Any]) -> dict[str, Any] | None:
     """A chat-rendered example: a decoder row of the whole conversation, or a T5 example of one turn."""
-    cfg = self.config
-    if cfg.model_kind == "encoder_decoder":  # the conversation so far (special strings as their ids) -> the turn
-      return self._finish(ex, chat_lib.encode(self.tokenizer, ex["inputs"]), self.tokenizer.encode(ex["targets"]))
-    ids, weights, turn_ends = chat_lib.scored_tokens(self.tokenizer, ex["chat"])
-    max_len = cfg.inputs_length + cfg.targets_length
-    # The tokenizer's own template writes the begin-of-text itself; other formats' rows get it as plain rows do.
-    bos = None if ex["chat"].get("writes_bos") else row_bos(self.tokenizer)
-    features = transforms.chat_decoder_features(ids, weights, turn_ends, bos_id=bos, max_len=max_len,
-                                                train_on_inputs=cfg.train_on_inputs)
-    n_out = int(weights.sum())
-    truncated = False
-    if features is not None:  # the whole row would predict every token up to the last turn's end
-      whole = turn_ends[-1] - (0 if bos is not None and ids[0] != bos else 1)
-      truncated = features["decoder_target_tokens"].size < whole
-    return self._record(ex, features, ids.size - n_out, n_out, truncated)
+    features, n_in, n_out, truncated = self.rows.chat(self.tokenizer, ex, self.config)
+    return self._record(ex, features, n_in, n_out, truncated)
 
   def _finish(self, ex: dict[str, Any], inputs: np.ndarray, targets: np.ndarray) -> dict[str, Any] | None:
-    cfg = self.config
-    if cfg.model_kind == "encoder_decoder":
-      features = transforms.seq2seq_features(inputs, targets, eos_id=self.tokenizer.eos_id,
-                                             max_input_len=cfg.inputs_length, max_target_len=cfg.targets_length)
-      truncated = inputs.size > cfg.inputs_length or targets.size + 1 > cfg.targets_length
-    else:
-      max_len = cfg.inputs_length + cfg.targets_length
-      features = transforms.decoder_features(inputs, targets, bos_id=row_bos(self.tokenizer),
-                                             eos_id=self.tokenizer.eos_id, max_len=max_len,
-                                             train_on_inputs=cfg.train_on_inputs)
-      truncated = inputs.size + targets.size + 1 > max_len
+    features, truncated = self.rows.features(self.tokenizer, inputs, targets, self.config)
     return self._record(ex, features, inputs.size, targets.size, truncated)
 
   def _record(self, ex, features, n_in: int, n_out: int, truncated: bool) -> dict[str, Any] | None:
@@ -412,7 +385,7 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
                       process_index: int = 0, process_count: int = 1
                       ) -> tuple[grain.MapDataset, list[str], dict[str, float]]:
   """The infinite, mixed, rendered example stream (before tokenization) and its task list and rates."""
-  if config.model_kind == "encoder_decoder":  # each assistant turn of a conversation is one example
+  if rows_lib.for_kind(config.model_kind).chat_per_turn:  # each assistant turn of a conversation is one example
     tasks = {name: tasks_lib.per_turn(task) for name, task in tasks.items()}
   rates = mixtures_lib.task_rates(config.mixture, tasks, mixtures, cap=config.mixing_cap,
                                   temperature=config.mixing_temperature, split=config.split)
@@ -441,11 +414,6 @@ def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task
   return examples, task_names, rates
 
 
-def row_bos(tokenizer) -> int | None:
-  """The id a decoder-only row of plain text begins with: begin-of-text where the tokenizer adds it, else none."""
-  return tokenizer.bos_id if tokenizer.adds_bos else None
-
-
 def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
                   tasks: Mapping[str, tasks_lib.Task] | None = None,
                   mixtures: Mapping[str, mixtures_lib.Mixture] | None = None,
@@ -470,7 +438,7 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
   if process_index == 0:
     mixtures_lib.log_rates(config.mixture, rates)
   check_lengths(config, tokenizer, tasks, task_names)
-  if config.model_kind == "decoder":
+  if rows_lib.for_kind(config.model_kind).needs_end_of_turn:
     check_end_of_turn(tokenizer, tasks, task_names)
   stats = Stats(task_names)
   give_up = [min(max(pool_size(config, tasks[name]) // process_count, 1), 1000) for name in task_names]
