@@ -5,7 +5,7 @@
 
 The argument picks the model: T5 (default) or "decoder" (LLaMA-style; each row is instruction, output,
 end-of-text, and only the output and end-of-text are scored).
-Hardware: 2 CPU cores are enough. Runtime: about 4.5 minutes on a 2-core machine (T5, measured; the decoder alike)
+Hardware: 2 CPU cores are enough. Runtime: about 4.5 minutes on a 2-core machine (measured for T5)
 (tokenizer training, compilation, 700 steps of 64 packed rows, and the evaluation before and after).
 Expected result: a table of exact match and ROUGE-L per task cluster for templates seen in training,
 templates never seen, and the held-out "check" cluster, before -> after training. Measured (BENCHMARKS.md):
