@@ -131,7 +131,8 @@ def main() -> None:
         f"{os.cpu_count()} CPUs")
   print("| mode | implementation | peak RSS (GB) | tokens/s |\n|---|---|---|---|")
   for mode in args.modes.split(","):
-    for child, layout, name in (("ours", "finetune", "instruct_jax (configs/finetune.py: scanned, remat dots_no_batch)"),
+    for child, layout, name in (("ours", "finetune",
+                                 "instruct_jax (configs/finetune.py: scanned, remat dots_no_batch)"),
                                 ("ours", "plain", "instruct_jax (unrolled, no remat)"),
                                 ("torch", "", "transformers" + (" + peft" if mode == "lora" else "") + " (eager)")):
       cmd = [sys.executable, __file__, f"--child={child}", f"--mode={mode}", f"--layout={layout}",

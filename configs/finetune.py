@@ -8,7 +8,8 @@ from config.init_from, so you name no model size.
     python -m instruct_jax.convert --to hf --src /tmp/finetune --dst /tmp/finetune-hf
 
 init_from may be a converted directory, a Hugging Face directory (T5 v1.1 / Flan-T5, LLaMA, Mistral,
-Llama-3, SmolLM2, Qwen2 / Qwen2.5 / Qwen3, Gemma 2 / Gemma 3), a T5X checkpoint (then also set --config.tokenizer.path) or another run's workdir. Setting
+Llama-3, SmolLM2, Qwen2 / Qwen2.5 / Qwen3, Gemma 2 / Gemma 3), a T5X checkpoint (then also set
+--config.tokenizer.path) or another run's workdir. Setting
 config.model.size or a config.model.overrides field that contradicts the checkpoint is an error; runtime
 settings (model.dtype, param_dtype, remat_policy, scan_layers, dropout_rate) are yours to choose (this config
 scans the layers and rematerialises all but the weight matmuls' outputs: --config.model.scan_layers=False

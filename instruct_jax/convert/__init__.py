@@ -6,9 +6,8 @@ readers and writers, imported directories, and the `python -m instruct_jax.conve
     convert.export_hf(pretrained.config, pretrained.params, "out/", tokenizer=convert.load_tokenizer(path))
 
 Modules: `pretrained` (import, export, imported dirs), `peft` (LoRA adapters as PEFT directories), `t5x` (T5X
-checkpoints), `tensors`
-(tensor sources and sharded placement; what each family maps is `models/families/`), `added_tokens` (a chat format's special strings added to a checkpoint's
-tokenizer, its embedding tables grown).
+checkpoints), `tensors` (tensor sources and sharded placement; what each family maps is `models/families/`),
+`added_tokens` (a chat format's special strings added to a checkpoint's tokenizer, its embedding tables grown).
 """
 from instruct_jax.convert.pretrained import (  # noqa: F401
     FAMILIES, MODEL_CONFIG, PARAMS_DIR, Pretrained, export_hf, import_hf, import_t5x, load_imported,

@@ -68,8 +68,9 @@ def export_peft(config: build.ModelConfig, params, dst: str | os.PathLike, *, ba
   out = {name: produce() for name, produce, _ in pretrained._export_tensors(  # pylint: disable=protected-access
       adapters, maps, np_dtype)}
   save_file(out, dst / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-  names = families.of_config(config).LORA_NAMES
-  blob = {"peft_type": "LORA", "task_type": families.of_config(config).PEFT_TASK_TYPE, "base_model_name_or_path": base_model,
+  family = families.of_config(config)
+  names = family.LORA_NAMES
+  blob = {"peft_type": "LORA", "task_type": family.PEFT_TASK_TYPE, "base_model_name_or_path": base_model,
           "r": config.lora.rank, "lora_alpha": config.lora.alpha, "lora_dropout": config.lora.dropout,
           "target_modules": sorted(names[t] for t in config.lora.targets), "init_lora_weights": True,
           "inference_mode": True, "revision": None,

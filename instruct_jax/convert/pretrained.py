@@ -8,8 +8,8 @@
 
 Supported: the families of `instruct_jax.models.families`: T5 v1.1 / Flan-T5 / mT5 (model_type t5, mt5),
 LLaMA / Llama-2 / Llama-3 / Mistral / SmolLM2 (llama, mistral), Qwen2 / Qwen2.5 / Qwen3 (qwen2, qwen3) and
-Gemma 2 / Gemma 3 text (gemma2, gemma3_text). Imports place each parameter on the mesh as they read it, in the unrolled
-or the scanned layout (`scan_layers=True`). The command line is `python -m instruct_jax.convert`.
+Gemma 2 / Gemma 3 text (gemma2, gemma3_text). Imports place each parameter on the mesh as they read it, in
+the unrolled or the scanned layout (`scan_layers=True`). The command line is `python -m instruct_jax.convert`.
 
 An imported directory holds `model_config.json` (the instruct_jax config, plus the source config.json
 for a later export), `params/` (an orbax checkpoint of the parameters) and the tokenizer files. A

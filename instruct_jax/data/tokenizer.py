@@ -197,7 +197,8 @@ class Tokenizer:
 
   def save_for_hf(self, out_dir: str | os.PathLike, family: str) -> list[str]:
     """Writes the tokenizer for `transformers.AutoTokenizer.from_pretrained(out_dir)`, set up to tokenize like
-    the pipeline does for `family` ("t5": ids + [eos]; "decoder": [bos] + ids, or ids without `adds_bos`). Returns the names of
+    the pipeline does for `family` ("t5": ids + [eos]; "decoder": [bos] + ids, or ids without `adds_bos`).
+    Returns the names of
     the files written (tokenizer files, `tokenizer_config.json`, `special_tokens_map.json`)."""
     raise NotImplementedError
 

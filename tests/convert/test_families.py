@@ -30,7 +30,8 @@ def _max_err(fwd, params, model, b):
 @pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_padded_logits_match_transformers(name, scan, imported):
   pretrained, fwd, model = imported(name, scan)
-  for b in (hf_models.batch("decoder", [12, 7, 3], seed=1), hf_models.batch("decoder", [12, 7, 3], left_pad=True, seed=2)):
+  for b in (hf_models.batch("decoder", [12, 7, 3], seed=1),
+            hf_models.batch("decoder", [12, 7, 3], left_pad=True, seed=2)):
     assert _max_err(fwd, pretrained.params, model, b) < ATOL
 
 
@@ -40,7 +41,8 @@ def test_packed_rows_equal_each_example_alone(name, imported):
   segment mask holds for sliding and global layers alike."""
   pretrained, fwd, model = imported(name)
   a, b = hf_models.batch("decoder", [7], seed=3), hf_models.batch("decoder", [5], seed=4)
-  packed = {"decoder_input_tokens": np.concatenate([a["decoder_input_tokens"][:, :7], b["decoder_input_tokens"][:, :5]], 1),
+  tokens = np.concatenate([a["decoder_input_tokens"][:, :7], b["decoder_input_tokens"][:, :5]], 1)
+  packed = {"decoder_input_tokens": tokens,
             "decoder_segment_ids": np.array([[1] * 7 + [2] * 5], np.int32),
             "decoder_positions": np.array([list(range(7)) + list(range(5))], np.int32)}
   packed = {k: np.repeat(v, 3, axis=0) for k, v in packed.items()}  # the batch shape the fixture compiled
