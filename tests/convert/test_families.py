@@ -51,11 +51,11 @@ def test_packed_rows_equal_each_example_alone(name, imported):
   np.testing.assert_allclose(ours[7:], hf_models.hf_logits(model, b)[0, :5], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gemma3", pytest.param("qwen2", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["mistral", "gemma3", pytest.param("qwen2", marks=pytest.mark.slow),
                                   pytest.param("gemma2", marks=pytest.mark.slow)])
 def test_cached_greedy_and_beam_decoding(name, imported):
-  """KV-cache decoding runs past the 5-token window: greedy and beam-search ids equal transformers.generate's, and
-  equal the recomputing references."""
+  """KV-cache decoding runs past the 5-token window (Mistral's, Gemma's sliding layers): greedy and beam-search ids
+  equal transformers.generate's, and equal the recomputing references."""
   pretrained, _, model = imported(name)
   ours = build.Model(pretrained.config)
   prompts = [[5, 17, 33, 2, 60, 41, 9, 12, 70], [8, 44, 3, 21]]
