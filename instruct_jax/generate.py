@@ -5,8 +5,8 @@
 
 The model, its tokenizer and the newest checkpoint (or --step) come from the workdir, whatever checkpoint
 the run started from. Prompts are tokenized as training rows began: T5 encodes the prompt followed by
-end-of-text; a decoder-only model reads begin-of-text followed by the prompt (no end-of-text) and
-continues it; decoding stops at end-of-text. A prompts file holds one prompt per line, or JSONL records
+end-of-text; a decoder-only model reads begin-of-text (where its tokenizer adds one) followed by the prompt (no
+end-of-text) and continues it; decoding stops at end-of-text. A prompts file holds one prompt per line, or JSONL records
 with a "prompt" field, or Alpaca-style JSONL records {"instruction", "input" (optional), "system" (optional),
 ...}, rendered the way the run rendered its instruction files (`predict.instruction_prompts`: the same
 preprocessing and template file; --template_id picks the template, default the first standard one the run

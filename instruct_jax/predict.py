@@ -57,7 +57,7 @@ def make_generate_fn(model, params, tokenizer, decode_cfg: sampling.DecodeConfig
   """Prompts -> generated texts; with_ids and/or with_finish: tuples (text[, new token ids][, finish reason]).
 
   Prompts are tokenized as training rows begin (`Model.prompt_ids`: T5 inputs end with EOS, decoder prompts
-  start with BOS) and over-long ones are cut as in training, or with `keep_end` lose their beginning instead;
+  start with BOS where the tokenizer adds one) and over-long ones are cut as in training, or with `keep_end` lose their beginning instead;
   the new ids stop before end-of-text. The finish reason is `finish_reason(ids, max_new_tokens)`.
   """
   cfg = dataclasses.replace(decode_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)

@@ -390,8 +390,9 @@ class ChatFields:
 class SpecialAware:
   """A tokenizer whose `encode` reads special strings in the text as their ids (`encode` above), for prompts a chat
   format rendered (e.g. "</s>" ending an earlier turn); everything else is the wrapped tokenizer's. The tokenizer's
-  own template (`fmt.writes_bos`) is read as it is and gets no begin-of-text added; other formats' prompts lose a
-  begin-of-text the template wrote and get one where the tokenizer adds it, as every decoder row does."""
+  own template (`fmt.writes_bos`), and any format of a tokenizer that adds no begin-of-text, is read as it is;
+  otherwise a begin-of-text the template wrote is dropped here and added once by `Model.prompt_ids`, as the
+  pipeline's chat rows do."""
 
   def __init__(self, tokenizer, fmt: ChatFormat | None = None):
     self.tokenizer = tokenizer
@@ -408,10 +409,10 @@ class SpecialAware:
 
   def encode(self, text: str) -> np.ndarray:
     ids = encode(self.tokenizer, text)
-    if self.writes_bos:
+    if self.writes_bos or not self.tokenizer.adds_bos:  # the rendering is the row (as the pipeline makes it)
       return ids
     bos = self.tokenizer.bos_id
-    return ids[1:] if bos >= 0 and ids.size and ids[0] == bos else ids  # a template's own begin-of-text: rows add it
+    return ids[1:] if ids.size and ids[0] == bos else ids  # a template's own begin-of-text: prompt_ids adds it
 
 
 def export_template(spec: str, *, begin_of_text: bool) -> str | None:

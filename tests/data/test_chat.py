@@ -286,8 +286,9 @@ def test_a_template_that_writes_begin_of_text_gets_it_once(hf_dir, tmp_path):
   assert ids[0] == tok.bos_id and ids[1] != tok.bos_id
   row = transforms.chat_decoder_features(ids, weights, ends, bos_id=tok.bos_id, max_len=256)
   assert row["decoder_input_tokens"].tolist() == ids[:-2].tolist()  # not [bos, bos, ...]; the trailing "\n" is cut
-  prompt = chat.SpecialAware(tok).encode(chat.prompt(fmt, CONVERSATION[:4]))
-  assert [tok.bos_id, *prompt.tolist()] == ids[:len(prompt) + 1].tolist()  # inference reads the same prefix
+  model = build.Model(build.config_for("decoder", "tiny", vocab_size=tok.vocab_size))
+  prompt = model.prompt_ids(chat.SpecialAware(tok, fmt), chat.prompt(fmt, CONVERSATION[:4]), 512)
+  assert prompt[0] == tok.bos_id and prompt == ids[:len(prompt)].tolist()  # inference reads the same prefix
   tok.save(tmp_path / "copy")  # a workdir's copy keeps the template
   assert tokenizer_lib.load(tmp_path / "copy").chat_template() == CHATML
 
