@@ -48,7 +48,7 @@ def _timed(run, steps: int) -> float:
 def child_ours(args) -> dict:
   import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from instruct_jax import convert, optim, sharding, step  # pylint: disable=g-import-not-at-top
+  from instruct_jax import convert, objectives, optim, sharding, step  # pylint: disable=g-import-not-at-top
   from instruct_jax.models import build, lora  # pylint: disable=g-import-not-at-top
   mesh, rules = sharding.make_mesh({"data": -1}), sharding.get_rules("data_parallel")
   runtime = dict(scan_layers=True, remat_policy="dots_no_batch") if args.layout == "finetune" else {}
@@ -66,7 +66,7 @@ def child_ours(args) -> dict:
     params = lora.combine(params, jax.tree.map(lambda a: jax.numpy.full(a.shape, 0.01, a.dtype), adapters))
   state = step.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                           opt_state=tx.init(model.trainable(params)))
-  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, shardings,
+  train = step.jit_train_step(model, tx, objectives.SFT(), optim.make_schedule(ocfg), mesh, rules, shardings,
                               packed=False)
   batch = jax.device_put(_batch(config.vocab_size, args), sharding.batch_sharding(mesh, rules))
   holder = {"state": state}

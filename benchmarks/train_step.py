@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instruct_jax import flops, host, optim, sharding, step
+from instruct_jax import flops, host, objectives, optim, sharding, step
 from instruct_jax.models import attention, build, decoder, lora, t5
 
 
@@ -71,7 +71,7 @@ def bench_jax(args) -> tuple[float, float, build.Model]:
   jax.block_until_ready(state)
   t_init = time.perf_counter() - t0
   # One full-length example per row, as the PyTorch side gets: the cuDNN kernel takes row lengths, no mask.
-  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh,
+  train = step.jit_train_step(model, tx, objectives.SFT(), optim.make_schedule(ocfg), mesh, rules, state_sh,
                               packed=False)
   batch = jax.device_put(_batch(args.model, args.batch, args.inputs, args.targets, model.config.vocab_size),
                          sharding.batch_sharding(mesh, rules))

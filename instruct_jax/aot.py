@@ -8,8 +8,8 @@ to hold per device. It catches what only the compiler sees (a sharding that does
 plan exceeds the memory of a device that reports its size, as GPUs and TPUs do and a CPU does not) without a
 run, and it is how this project times compilation (benchmarks/compile_time.py).
 
-The programs are the trainer's own: `step.jit_init_state` and `step.jit_train_step`, given the shapes
-`packing.batch_spec` describes, so a config that compiles here compiles in `train`. Compile times and memory
+The programs are the trainer's own: `step.jit_init_state` and `step.jit_train_step`, given the shapes the
+objective's `batch_spec` describes, so a config that compiles here compiles in `train`. Compile times and memory
 are those of this machine's backend: on a CPU stand-in for an accelerator mesh
 (XLA_FLAGS=--xla_force_host_platform_device_count=N) they indicate, and do not equal, the accelerator's.
 """
@@ -24,8 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from instruct_jax import sharding, step
-from instruct_jax.data import packing
+from instruct_jax import objectives, sharding, step
 from instruct_jax.models import build
 
 GIB = 1024 ** 3
@@ -68,26 +67,24 @@ class Program:
             f"GiB; at most {self.peak / GIB:.2f} GiB at once")
 
 
-def abstract_batch(model_kind: str, batch_size: int, inputs_length: int, targets_length: int,
-                   features: Sequence[str], batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch the train step receives (`packing.batch_spec`, with the meta `features` it reads), sharded."""
-  spec = packing.batch_spec(model_kind, inputs_length, targets_length, batch_size, meta_features=features)
+def abstract_batch(objective: objectives.Objective, model_kind: str, batch_size: int, inputs_length: int,
+                   targets_length: int, batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch the train step receives (the objective's `batch_spec`), sharded."""
+  spec = objective.batch_spec(model_kind, batch_size, inputs_length, targets_length)
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in spec.items()}
 
 
-def compile_run(model: build.Model, tx: optax.GradientTransformation, loss_cfg: step.LossConfig,
+def compile_run(model: build.Model, tx: optax.GradientTransformation, objective: objectives.Objective,
                 schedule: Callable, mesh: Mesh, rules, *, batch_size: int, inputs_length: int, targets_length: int,
-                num_microbatches: int = 1, metric_groups: tuple[tuple[str, str, int], ...] = (),
-                packed: bool = True, seed: int = 0) -> list[Program]:
+                num_microbatches: int = 1, packed: bool = True, seed: int = 0) -> list[Program]:
   """Lowers and compiles the state init and the train step on `mesh` (concrete devices); nothing is allocated."""
   rng = jax.random.key(seed)
   abstract, state_sh = step.abstract_train_state(model, tx, mesh, rules, rng)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-  features = tuple(feature for _, feature, _ in metric_groups)
-  batch = abstract_batch(model.kind, batch_size, inputs_length, targets_length, features,
+  batch = abstract_batch(objective, model.kind, batch_size, inputs_length, targets_length,
                          sharding.batch_sharding(mesh, rules))
-  train_step = step.jit_train_step(model, tx, loss_cfg, schedule, mesh, rules, state_sh,
-                                   num_microbatches=num_microbatches, metric_groups=metric_groups, packed=packed)
+  train_step = step.jit_train_step(model, tx, objective, schedule, mesh, rules, state_sh,
+                                   num_microbatches=num_microbatches, packed=packed)
   with jax.set_mesh(mesh):
     init = Program.timed("state init", step.jit_init_state(model, tx, state_sh), rng)
     train = Program.timed("train step", train_step, state, batch, rng)
@@ -114,14 +111,3 @@ def too_big(programs: Sequence[Program], mesh: Mesh) -> list[str]:
   return [f"compile: the {p.name} plans {p.peak / GIB:.2f} GiB per device and a device has {limit / GIB:.2f} GiB; "
           "raise config.num_microbatches, set config.model.remat_policy, or shard over more devices"
           for p in programs if p.peak > limit]
-
-
-# The meta features of a batch the train step reads: per-task and per-template loss sums (the rest stay on the host).
-DEVICE_FEATURES = ("task_index", "template_id")
-
-
-def metric_groups(task_names: Sequence[str], tasks) -> tuple[tuple[str, str, int], ...]:
-  """The per-task and per-template loss sums the trainer's step computes over DEVICE_FEATURES, for the mixture's
-  `task_names` out of the catalogue `tasks`."""
-  num_templates = 1 + max(t.id for name in task_names for t in tasks[name].templates)
-  return (("task", DEVICE_FEATURES[0], len(task_names)), ("template", DEVICE_FEATURES[1], num_templates))

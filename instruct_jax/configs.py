@@ -248,11 +248,6 @@ def load(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.Con
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """get_config of another config file in the same directory as `config_file` (pass __file__)."""
-  return load(pathlib.Path(config_file).with_name(name), arg)
-
-
 def from_json(blob: dict) -> ml_collections.ConfigDict:
   """A config saved as config.json (tuples came back as lists), laid over `base()` for keys it lacks."""
   c = base()

@@ -1,6 +1,7 @@
-"""`python -m instruct_jax.train --config C --dry_run [--compile]`: everything a run resolves, checked and
-printed without writing anything (seconds, 7B and XXL included); with --compile the run's state init and train
-step are compiled too (instruct_jax/aot.py), which reports compile times and XLA's per-device memory plan.
+"""`python -m instruct_jax.train --config C --dry_run [--compile]`: the run's plan (instruct_jax/plan.py, the code
+training resolves its setup with) checked and printed without writing anything (seconds, 7B and XXL included);
+with --compile the run's state init and train step are compiled too (instruct_jax/aot.py), which reports compile
+times and XLA's per-device memory plan.
 """
 from __future__ import annotations
 
@@ -12,79 +13,74 @@ import jax
 import ml_collections
 import numpy as np
 
-from instruct_jax import aot, configs, convert, errors, flops, optim, predict, resolve, sharding, step
+from instruct_jax import aot, convert, errors, flops, step
+from instruct_jax import plan as plan_lib
 from instruct_jax import workdir as workdir_lib
-from instruct_jax.data import mixtures as mixtures_lib
-from instruct_jax.data import pipeline as pipeline_lib
-from instruct_jax.data import report as report_lib
-from instruct_jax.data import tasks as tasks_lib
-from instruct_jax.evals import evaluators
-from instruct_jax.models import build
 
 
 def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (), num_devices: int | None = None,
-            num_examples: int = 3, rate_examples: int = 1000, compile_step: bool = False) -> list[str]:
-  """Resolves the config, mesh, init_from, tokenizer, data and the model's sharded shapes; writes nothing.
-  Prints a report and returns the problems found (empty: the run can start).
+            num_examples: int = 3, rate_examples: int = 1000, compile_step: bool = False,
+            workdir: str | None = None) -> list[str]:
+  """The run's plan (`plan.resolve`, as training resolves it, with `workdir`'s restart checks when given), printed
+  with its memory, data and first batch; writes nothing. Returns the problems found (empty: the run can start).
 
   The mesh is the config's on this machine's devices, or (if this machine has too few) an abstract mesh of
   `num_devices` (default: the config's fixed axes), so a pod's config is checked on a laptop. With `compile_step`,
   the state init and the train step are also compiled on this machine's devices (instruct_jax/aot.py), which
   needs the mesh's devices here.
   """
-  configs.validate(config, flag_keys=flag_keys)
-  problems: list[str] = []
+  plan = plan_lib.resolve(config, workdir, flag_keys=flag_keys, dry=True, num_devices=num_devices)
+  problems = list(plan.problems)
   out = lambda line="": print(line, flush=True)
-  rules = sharding.get_rules(config.sharding)
-  mesh_error = None
-  try:
-    mesh = sharding.make_mesh(dict(config.mesh))
-    where = f"{mesh.devices.size} devices of this machine"
-  except sharding.MeshError as e:
-    mesh_error = errors.one_line(str(e))
-    n = num_devices or int(np.prod([max(v, 1) for v in dict(config.mesh).values()]))
-    mesh = sharding.abstract_mesh(dict(config.mesh), n)
-    where = f"{n} devices (abstract: this machine has {jax.device_count()})"
-  out(f"mesh      {dict(mesh.shape)} over {where}; sharding rules {config.sharding!r}")
-
-  pretrained = resolve.pretrained_source(config, mesh, rules)  # the model config only: the mesh is not used
+  out(f"mesh      {dict(plan.mesh.shape)} over {plan.mesh_note}; sharding rules {config.sharding!r}")
   out(f"init_from {config.init_from or '(none: weights start from random init)'}"
-      + (f" ({convert.source_kind(config.init_from)} checkpoint)" if pretrained is not None else ""))
-  source = resolve.tokenizer_source(config, pretrained)
-  tokenizer = None
-  if source:
-    tokenizer = resolve.load_or_fail(source) if config.tokenizer.path else convert.load_tokenizer(source)
+      + (f" ({convert.source_kind(config.init_from)} checkpoint)" if plan.pretrained is not None else ""))
+  tokenizer, model = plan.tokenizer, plan.model
+  if tokenizer is not None:
     out(f"tokenizer {tokenizer.model_path}: {tokenizer.vocab_size} ids (pad {tokenizer.pad_id}, eos "
         f"{tokenizer.eos_id}, bos {tokenizer.bos_id})")
-    try:
-      chat = predict.chat_format(config, tokenizer)
-    except errors.UserError:  # reported with the data below
-      chat = None
-    added = resolve.chat_tokens(config, pretrained, chat)
-    tokenizer, pretrained = resolve.add_chat_tokens(  # to a temporary copy: the workdir is not written
-        tokenizer, added, pretrained, message="tokens    config.data.add_chat_tokens adds")
-    model = resolve.resolve_model(config, tokenizer, pretrained, flag_keys)
+    if plan.added_note:
+      out(f"tokens    config.data.add_chat_tokens adds {plan.added_note}")
   else:
     out(f"tokenizer trained on the first run into WORKDIR/{workdir_lib.TOKENIZER} (at most "
         f"{config.tokenizer.vocab_size} pieces, from {config.tokenizer.train_examples} examples)")
-    model = build.from_section(config.model, vocab_size=resolve.padded_vocab(config.tokenizer.vocab_size),
-                               flag_keys=flag_keys, adapter=resolve.lora_adapter(config, None))
-  resolve.check_lora_optimizer(config, model)
   fields = ", ".join(f"{f.name}={getattr(model.config, f.name)}" for f in dataclasses.fields(model.config)
                      if f.name not in ("dtype", "param_dtype"))
   out(f"model     {model.kind} {model.num_params() / 1e6:,.1f}M parameters; {fields}; compute "
       f"{config.model.dtype}, parameters {config.model.param_dtype}")
-  plan, problem = model.attention_plan()
-  out(f"attention {plan}")
-  if problem:
-    problems.append(f"attention: {problem}")
+  out(f"attention {plan.attention}")
   if model.config.lora is not None:
     n_train = sum(x.size for x in jax.tree.leaves(model.trainable(nn.meta.unbox(model.param_shapes()))))
     out(f"lora      {n_train / 1e6:,.2f}M adapter parameters train (the base is frozen): {model.config.lora}")
+  _memory(plan, out)
+  if plan.examples is not None:
+    try:
+      _data(plan, out, num_examples, rate_examples)
+    except plan_lib.DATA_ERRORS as e:  # the first batch: lengths and end-of-turn markers checked with the tokenizer
+      problems.append(f"data: {e}")
+  if plan.evaluators is not None:
+    out("evals     " + "; ".join(f"{e.name}: {len(e.rows)} examples, "
+                                 + (f"every {e.every} steps" if e.every else "at the end") for e in plan.evaluators))
+  tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
+  out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
+      f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
+  step_flops = flops.train_step_flops(model, batch_size=config.data.batch_size, inputs_length=config.data.inputs_length,
+                                      targets_length=config.data.targets_length)
+  out(f"flops     {step_flops:.3g} model FLOPs per step, {step_flops * config.total_steps:.3g} for the run "
+      "(instruct_jax/flops.py; the trainer logs train/mfu against the device's peak)")
+  if compile_step:
+    problems += _compile(plan, out)
+  for p in problems:
+    out(f"PROBLEM   {p}")
+  done = "the state init and the train step compiled, nothing was written" if compile_step else \
+      "nothing was compiled or written"
+  out("dry run: " + (f"OK, {done}" if not problems else f"{len(problems)} problem(s)"))
+  return problems
 
-  optim_cfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
-  tx = optim.make_optimizer(optim_cfg)
-  abstract, state_sh = step.abstract_train_state(model, tx, mesh, rules, jax.random.key(0))
+
+def _memory(plan: plan_lib.RunPlan, out) -> None:
+  """Parameters and optimizer state per device of the plan's mesh, and where the largest parameters go."""
+  abstract, state_sh = step.abstract_train_state(plan.model, plan.tx, plan.mesh, plan.rules, jax.random.key(0))
   per_device = lambda tree, sh: sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
                                     for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sh)))
   gib = 1024 ** 3
@@ -96,83 +92,52 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
     out(f"  {jax.tree_util.keystr(path):56s} {str(a.shape):22s} {str(sh.spec):28s} per device "
         f"{sh.shard_shape(a.shape)}")
 
-  data_cfg = resolve.pipeline_config(config, model)
-  groups = (("task", "task_index", 1), ("template", "template_id", 1))  # the data's, once it resolves
-  try:
-    chat = predict.chat_format(config, tokenizer)
-    tasks, mixes = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths,
-                                                                            strict=config.data.strict,
-                                                                            chat_format=chat))
-    examples, task_names, rates = pipeline_lib.rendered_examples(data_cfg, tasks, mixes)
-    groups = aot.metric_groups(task_names, tasks)
-    report_lib.check_files(config, tasks, rates)
-    resolve.check_held_out(config, rates)
-    counts = np.zeros(len(task_names))
-    shown = 0
-    for i in range(rate_examples):
-      ex = examples[i]
-      if ex is None:
-        continue
-      counts[ex["task_index"]] += 1
-      if shown < num_examples:
-        shown += 1
-        tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
-                  f"{len(tokenizer.encode(ex['targets']))} tokens)")
-        out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
-            f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}")
-    out(f"data      mixture {data_cfg.mixture!r}: {len(task_names)} tasks; rate (realised over "
-        f"{int(counts.sum())} examples):")
-    order = sorted(range(len(task_names)), key=lambda i: -rates[task_names[i]])
-    for i in order[:20]:
-      out(f"  {task_names[i]:40s} {rates[task_names[i]]:7.4f} ({counts[i] / max(counts.sum(), 1):.4f})")
-    if len(order) > 20:
-      out(f"  ... and {len(order) - 20} more tasks")
-    if tokenizer is not None:  # the real pipeline: tokenized, packed, one host's first batch
-      pipe = pipeline_lib.make_pipeline(data_cfg, tokenizer, tasks=tasks, mixtures=mixes)
-      batch = next(iter(pipe.dataset))
-      seg = batch["decoder_segment_ids"]
-      out(f"batch     {', '.join(f'{k} {tuple(v.shape)}' for k, v in batch.items() if k.endswith('tokens'))}; "
-          f"{np.mean([len(np.unique(r[r > 0])) for r in seg]):.1f} examples per row, "
-          f"{100 * np.mean(seg > 0):.0f}% of decoder slots used")
-  except (errors.UserError, ValueError, FileNotFoundError) as e:  # unprepared TFDS data, unknown mixtures, ...
-    problems.append(f"data: {e}")
-  else:
-    try:  # the evaluators: their tasks, splits and examples
-      built = evaluators.from_config(config, tasks, mixes)
-      out("evals     " + "; ".join(f"{e.name}: {len(e.rows)} examples, "
-                                   + (f"every {e.every} steps" if e.every else "at the end") for e in built))
-    except (errors.UserError, ValueError, FileNotFoundError) as e:
-      problems.append(f"evaluation: {e}")
-  tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
-  out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
-      f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
-  step_flops = flops.train_step_flops(model, batch_size=config.data.batch_size,
-                                      inputs_length=config.data.inputs_length, targets_length=config.data.targets_length)
-  out(f"flops     {step_flops:.3g} model FLOPs per step, {step_flops * config.total_steps:.3g} for the run "
-      "(instruct_jax/flops.py; the trainer logs train/mfu against the device's peak)")
-  if compile_step:
-    problems += _compile(config, model, tx, optim_cfg, mesh, mesh_error, rules, groups, out)
-  for p in problems:
-    out(f"PROBLEM   {p}")
-  done = "the state init and the train step compiled, nothing was written" if compile_step else \
-      "nothing was compiled or written"
-  out("dry run: " + (f"OK, {done}" if not problems else f"{len(problems)} problem(s)"))
-  return problems
+
+def _data(plan: plan_lib.RunPlan, out, num_examples: int, rate_examples: int) -> None:
+  """Rendered examples, the mixture's rates (set and realised), and one host's first batch when the tokenizer
+  exists (the pipeline the run builds)."""
+  tokenizer, task_names, rates = plan.tokenizer, plan.task_names, plan.rates
+  counts = np.zeros(len(task_names))
+  shown = 0
+  for i in range(rate_examples):
+    ex = plan.examples[i]
+    if ex is None:
+      continue
+    counts[ex["task_index"]] += 1
+    if shown < num_examples:
+      shown += 1
+      tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
+                f"{len(tokenizer.encode(ex['targets']))} tokens)")
+      out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
+          f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}")
+  out(f"data      mixture {plan.data.mixture!r}: {len(task_names)} tasks; rate (realised over "
+      f"{int(counts.sum())} examples):")
+  order = sorted(range(len(task_names)), key=lambda i: -rates[task_names[i]])
+  for i in order[:20]:
+    out(f"  {task_names[i]:40s} {rates[task_names[i]]:7.4f} ({counts[i] / max(counts.sum(), 1):.4f})")
+  if len(order) > 20:
+    out(f"  ... and {len(order) - 20} more tasks")
+  if tokenizer is not None:
+    batch = next(iter(plan_lib.pipeline(plan).dataset))
+    seg = batch["decoder_segment_ids"]
+    out(f"batch     {', '.join(f'{k} {tuple(v.shape)}' for k, v in batch.items() if k.endswith('tokens'))}; "
+        f"{np.mean([len(np.unique(r[r > 0])) for r in seg]):.1f} examples per row, "
+        f"{100 * np.mean(seg > 0):.0f}% of decoder slots used")
 
 
-def _compile(config, model, tx, optim_cfg, mesh, mesh_error, rules, groups, out) -> list[str]:
+def _compile(plan: plan_lib.RunPlan, out) -> list[str]:
   """The dry run's --compile: the run's state init and train step compiled on this machine (aot.py). A plan
   larger than a device's memory (where the backend reports its size) is a problem."""
-  if mesh_error is not None:
+  config, mesh = plan.config, plan.mesh
+  if plan.mesh_error is not None:
     need = int(np.prod([max(v, 1) for v in dict(config.mesh).values()]))
-    return [f"compile: needs the config's mesh on this machine's devices: {mesh_error}; compile where the mesh fits, "
-            f"or on a CPU stand-in with XLA_FLAGS=--xla_force_host_platform_device_count={need} (its times are the "
-            "CPU's)"]
+    return [f"compile: needs the config's mesh on this machine's devices: {plan.mesh_error}; compile where the mesh "
+            f"fits, or on a CPU stand-in with XLA_FLAGS=--xla_force_host_platform_device_count={need} (its times are "
+            "the CPU's)"]
   try:
-    programs = aot.compile_run(model, tx, step.LossConfig(**config.loss.to_dict()), optim.make_schedule(optim_cfg),
-                               mesh, rules, batch_size=config.data.batch_size,
-                               inputs_length=config.data.inputs_length, targets_length=config.data.targets_length,
-                               num_microbatches=config.num_microbatches, metric_groups=groups,
+    programs = aot.compile_run(plan.model, plan.tx, plan.objective, plan.schedule, mesh, plan.rules,
+                               batch_size=config.data.batch_size, inputs_length=config.data.inputs_length,
+                               targets_length=config.data.targets_length, num_microbatches=config.num_microbatches,
                                packed=bool(config.data.pack), seed=config.seed)
   except (jax.errors.JaxRuntimeError, ValueError) as e:  # the compiler's refusal (memory, a sharding), or shapes
     return [f"compile: {errors.one_line(str(e))}"]

@@ -28,9 +28,7 @@ from absl import flags, logging
 
 from instruct_jax import errors, predict
 from instruct_jax import metrics as metrics_lib
-from instruct_jax import workdir as workdir_lib
-from instruct_jax.data import mixtures as mixtures_lib
-from instruct_jax.data import tasks as tasks_lib
+from instruct_jax import plan as plan_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import score as score_lib
 
@@ -54,33 +52,25 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  loaded = None
-  if _INIT_FROM.value:  # a baseline: its own tokenizer, the workdir's settings or the defaults
-    loaded = workdir_lib.load_model(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
-    config, tokenizer = loaded.config, loaded.tokenizer
-    if not (_WORKDIR.value or _OUT.value):
-      raise errors.UserError("--init_from: give --workdir (its settings; results go to WORKDIR/eval as step 0) or "
-                             "--output_dir")
-  else:
-    if not _WORKDIR.value:
-      raise errors.UserError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
-    config = workdir_lib.read_config(_WORKDIR.value)
-    workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
-    tokenizer = workdir_lib.tokenizer(_WORKDIR.value)
+  if _INIT_FROM.value and not (_WORKDIR.value or _OUT.value):
+    raise errors.UserError("--init_from: give --workdir (its settings; results go to WORKDIR/eval as step 0) or "
+                           "--output_dir")
+  # A baseline (--init_from: its own tokenizer, the workdir's settings or the defaults), or the workdir's checkpoint;
+  # its parameters are read once the tasks are known.
+  loaded = plan_lib.load(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
+  config = loaded.config
   if _NUM.value is not None:
     config.eval.num_examples = _NUM.value
   if _TASKS.value:
     config.eval.tasks = tuple(_TASKS.value)
   if _SUPERNI.value:
     config.data_paths.superni_dir = _SUPERNI.value
-  chat = predict.chat_format(config, tokenizer)  # what chat tasks are rendered with
-  catalogues = mixtures_lib.catalogues(tasks_lib.DataPaths.from_config(config.data_paths, chat_format=chat))
+  catalogues = plan_lib.catalogues(config, loaded.chat)  # chat tasks rendered with the run's chat format
   if _SPLIT.value:
     config.eval.tasks = tuple(evaluators.superni_split_tasks(config.data_paths.superni_dir, _SPLIT.value,
                                                              catalogues[0], what=f"--superni_split {_SPLIT.value}"))
   if _OUTPUT.value and not (_TASKS.value or _SPLIT.value):
     raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
-  loaded = loaded or workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   # One evaluator, as the trainer runs them; tasks also get SuperNI's table (per category and task).
   ev = evaluators.Evaluator("eval", evaluators.config_rows(config.eval, *catalogues),
                             superni=bool(_TASKS.value or _SPLIT.value))
@@ -90,7 +80,7 @@ def main(argv):
   t0 = time.time()
   dict(ev.run(predict.predict_fns(loaded.model, loaded.params, loaded.tokenizer, config.eval,
                                   max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules,
-                                  chat_format=chat)))
+                                  chat_format=loaded.chat)))
   seconds = time.time() - t0
   scored = ev.scored
   summary = {k: v for k, v in ev.summary.items() if k != "superni"}

@@ -40,7 +40,7 @@ import sys
 from absl import flags, logging
 
 from instruct_jax import errors, predict, sampling
-from instruct_jax import workdir as workdir_lib
+from instruct_jax import plan as plan_lib
 from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import sources
 
@@ -139,16 +139,10 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  if _INIT_FROM.value:  # a baseline: its own tokenizer, the workdir's settings or the defaults
-    loaded = workdir_lib.load_model(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
-    config, tokenizer = loaded.config, loaded.tokenizer
-  else:
-    loaded = None
-    if not _WORKDIR.value:
-      raise errors.UserError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
-    config = workdir_lib.read_config(_WORKDIR.value)
-    workdir_lib.resolve_step(_WORKDIR.value, _STEP.value)  # no checkpoint (or a bad one): say so before all else
-    tokenizer = None
+  # A baseline (--init_from: its own tokenizer, the workdir's settings or the defaults), or the workdir's checkpoint;
+  # its parameters are read once the prompts are.
+  loaded = plan_lib.load(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
+  config = loaded.config
   if _CHAT.value:
     system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
     records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]
@@ -156,7 +150,7 @@ def main(argv):
     if not records:
       raise errors.UserError("give --prompt or --prompts_file")
     try:
-      prompts, fmt = chat_prompt_texts(records, config, tokenizer or workdir_lib.tokenizer(_WORKDIR.value))
+      prompts, fmt = chat_prompt_texts(records, config, loaded.tokenizer)
     except chat_lib.ChatError as e:
       raise errors.UserError(str(e)) from None
   else:
@@ -167,7 +161,6 @@ def main(argv):
     if not records:
       raise errors.UserError("give --prompt or --prompts_file")
     prompts = prompt_texts(records, config)
-  loaded = loaded or workdir_lib.load(_WORKDIR.value, step=_STEP.value)
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                               top_p=_TOP_P.value, num_beams=_BEAMS.value)
   options = dict(batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh,

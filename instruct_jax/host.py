@@ -3,12 +3,11 @@
 `keep_freed_memory()` stops glibc's malloc from handing freed memory back to the operating system.
 XLA's CPU runtime allocates each step's activations and gradients afresh and frees them at the end of the
 step; with glibc's defaults every large buffer is a new mapping (or a heap that is trimmed when freed), so
-the kernel faults in and zeroes every page again on the next step. On the T5-small train step of
-BENCHMARKS.md that is ~420k page faults and ~0.75 s of kernel time per 2.9 s step; with the setting,
-no faults and 2.5 s. The cost is that the process keeps its peak memory until it exits, and that the kept heap
-fragments: buffers of one step rarely fit the holes the last one left, so the heap grows for a few steps. A LoRA
-fine-tune of SmolLM2-135M peaked at 15.9 GB with it and 6.5 GB without, for 20% more speed; so the trainer
-applies it only when asked (--keep_freed_memory), and benchmarks/train_step.py by default.
+the kernel faults in and zeroes every page again on the next step (the page faults and kernel time it saves:
+BENCHMARKS.md, "Train step"). The cost is that the process keeps its peak memory until it exits, and that the kept
+heap fragments: buffers of one step rarely fit the holes the last one left, so the heap grows for a few steps, and
+a real model's run holds several times its working memory (BENCHMARKS.md, "Fine-tuning a real checkpoint on
+CPU"); so the trainer applies it only when asked (--keep_freed_memory), and benchmarks/train_step.py by default.
 
 It must run before the first JAX computation: malloc gives each new thread its own arena, and the arena
 limit below only reaches threads that have not allocated yet (XLA's thread pools start with the backend).

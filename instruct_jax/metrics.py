@@ -157,7 +157,7 @@ def summarize_step(sums: Mapping[str, np.ndarray], *, seconds: float, tokens: fl
                    group_labels: Mapping[str, list[str]] | None = None) -> dict[str, float]:
   """Host-side metrics of one or more steps from their summed device metrics.
 
-  group_labels {name: labels}: for the step's per-group sums (`step.train_step`'s metric_groups), the NLL per
+  group_labels {name: labels}: for the step's per-group sums (`objectives.SFT`'s groups), the NLL per
   scored token of each group that had any, as "nll_by_<name>/<label>" (e.g. nll_by_task/builtin/reverse).
   """
   w = max(float(sums["weight_sum"]), 1e-9)

@@ -32,10 +32,16 @@ from instruct_jax.data import render as render_lib
 from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import templates as templates_lib
-from instruct_jax.evals import evaluators
 
 GenerateFn = Callable[[Sequence[str]], list[str]]
 LoglikFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictFns:
+  """What an evaluator is given: functions of text, built from a model by `predict_fns`."""
+  generate: Callable[[Sequence[str]], list[str]]
+  loglik: Callable | None = None  # for rank classification of answer options
 
 
 def _chunks(items: Sequence, size: int):
@@ -129,7 +135,7 @@ def _pad_stack(rows: list[np.ndarray], multiple: int = 16) -> jnp.ndarray:
 def make_sampling_generate_fn(model, params, tokenizer, *, batch_size: int = 16, max_prompt_tokens: int = 512,
                               mesh=None, rules=None, with_finish: bool = False):
   """`generate_fn(prompts, *, max_new_tokens, temperature, top_p, seed)`, the shape the synthetic-data
-  ModelBackend takes (`instruct_jax.synthetic.backends.ModelBackend`); with_finish: (text, finish reason)
+  ModelBackend takes (`instruct_jax.lm.model.ModelBackend`); with_finish: (text, finish reason)
   pairs, which the backend reports as each completion's finish_reason."""
   cache: dict[tuple, GenerateFn] = {}
 
@@ -208,7 +214,7 @@ def make_chat_generate_fn(model, params, tokenizer, fmt: chat_lib.ChatFormat, de
 
 
 def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, mesh=None,
-                rules=None, chat_format: chat_lib.ChatFormat | None = None) -> evaluators.PredictFns:
+                rules=None, chat_format: chat_lib.ChatFormat | None = None) -> PredictFns:
   """The functions evaluators are run with (config section `eval_cfg`: decoding, batch size, rank
   classification), for these parameters. With the run's `chat_format`, prompts are read as chat renderings
   (special strings as their ids); a decoder then also stops at the format's end of turn, rank classification
@@ -227,4 +233,4 @@ def predict_fns(model, params, tokenizer, eval_cfg, *, max_prompt_tokens: int, m
     loglik = make_loglik_fn(model, params, tokenizer, batch_size=eval_cfg.batch_size,
                             max_prompt_tokens=max_prompt_tokens, mesh=mesh, rules=rules,
                             end_id=stop if stop >= 0 else None, keep_end=keep_end)
-  return evaluators.PredictFns(gen, loglik)
+  return PredictFns(gen, loglik)

@@ -1,7 +1,7 @@
-"""Train state born sharded, and the pure train step (jitted once, with shardings and donation).
+"""Train state born sharded, and the pure train step of an objective (jitted once, with shardings and donation).
 
-The train step normalises the loss over the whole optimizer step before the forward pass (see losses.py),
-so k microbatches of gradient accumulation give the same update as one batch k times the size.
+The objective (objectives.py: SFT, ...) computes its step-wide normalisation before the forward pass (see
+losses.py), so k microbatches of gradient accumulation give the same update as one batch k times the size.
 
 With LoRA (config.lora of the model) only the adapters train: the optimizer state is built over
 `model.trainable(params)` alone, gradients are taken with respect to that subtree, and the base parameters
@@ -9,7 +9,6 @@ pass through the step untouched (bitwise).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from instruct_jax import losses, sharding
+from instruct_jax import objectives, sharding
 from instruct_jax.models import build
 
 Batch = dict[str, jax.Array]
@@ -30,13 +29,6 @@ class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  normalization: str = "tokens"  # tokens | examples | sum (see losses.Normalization)
-  z_loss: float = 0.0
-  label_smoothing: float = 0.0
 
 
 def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None, packed: bool = True) -> jax.Array:
@@ -84,43 +76,36 @@ def _split_microbatches(x, k: int):
 
 
 def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: optax.GradientTransformation,
-               loss_cfg: LossConfig, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1,
-               metric_groups: tuple[tuple[str, str, int], ...] = (), packed: bool = True):
-  """One optimizer step; pure. Returns the new state and step metrics (host-side sums and means).
+               objective: objectives.Objective, schedule: Callable, mesh: Mesh, rules, num_microbatches: int = 1,
+               packed: bool = True):
+  """One optimizer step of `objective` (objectives.py); pure. Returns the new state and step metrics (the
+  objective's sums, the loss, norms and the learning rate).
 
   packed=False: the batch rows hold one example each, padded at their end (data.pack=False), which lets the
   cuDNN attention take per-row lengths (`build.Model.apply`).
-
-  metric_groups: (name, batch feature, n) triples, e.g. ("task", "task_index", 15): the batch carries that
-  per-token feature and the metrics get its per-group NLL and weight sums (`losses.loss_and_metrics`).
   """
   with sharding.activation_sharding(mesh, rules):
-    scale_BL, denominator = losses.token_scale_and_denominator(
-        batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), loss_cfg.normalization)
+    per_row, shared = objective.prepare(batch)
     step_rng = jax.random.fold_in(rng, state.step)
 
-    def loss_fn(trainable, mb, mb_scale, mb_rng):
-      mb = dict(mb)
-      groups = {name: (mb.pop(feature), n) for name, feature, n in metric_groups}
+    def loss_fn(trainable, mb, mb_per_row, mb_rng):
       params = model.with_trainable(state.params, trainable)
-      logits = forward(model, params, mb, dropout_rng=mb_rng if _has_dropout(model) else None, packed=packed)
-      return losses.loss_and_metrics(logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"],
-                                     scale_BL=mb_scale, denominator=denominator, z_loss=loss_cfg.z_loss,
-                                     label_smoothing=loss_cfg.label_smoothing, groups=groups)
+      return objective.loss(model, params, mb, mb_per_row, shared,
+                            dropout_rng=mb_rng if _has_dropout(model) else None, packed=packed)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     trainable = model.trainable(state.params)
     if num_microbatches == 1:
-      (loss, sums), grads = grad_fn(trainable, batch, scale_BL, step_rng)
+      (loss, sums), grads = grad_fn(trainable, batch, per_row, step_rng)
     else:
-      micro = jax.tree.map(functools.partial(_split_microbatches, k=num_microbatches), (batch, scale_BL))
+      micro = jax.tree.map(functools.partial(_split_microbatches, k=num_microbatches), (batch, per_row))
 
       def accumulate(carry, xs):
-        j, (mb, mb_scale) = xs
-        (mb_loss, mb_sums), mb_grads = grad_fn(trainable, mb, mb_scale, jax.random.fold_in(step_rng, j))
+        j, (mb, mb_per_row) = xs
+        (mb_loss, mb_sums), mb_grads = grad_fn(trainable, mb, mb_per_row, jax.random.fold_in(step_rng, j))
         return jax.tree.map(jnp.add, carry, (mb_loss, mb_sums, mb_grads)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), _zero_sums(metric_groups), trainable))
+      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), objective.zero_metrics(), trainable))
       (loss, sums, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro))
 
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
@@ -130,25 +115,16 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def _zero_sums(metric_groups=()):
-  sums = {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(())}
-  for name, _, n in metric_groups:
-    sums[f"{name}_nll"] = sums[f"{name}_weight"] = jnp.zeros((n,))
-  return sums
-
-
 def _has_dropout(model: build.Model) -> bool:
   lora = model.config.lora
   return model.config.dropout_rate > 0 or (lora is not None and lora.dropout > 0)
 
 
-def jit_train_step(model, tx, loss_cfg: LossConfig, schedule, mesh: Mesh, rules, state_shardings,
-                   num_microbatches: int = 1, metric_groups: tuple[tuple[str, str, int], ...] = (),
-                   packed: bool = True):
-  """The train step jitted once with explicit in/out shardings and the state donated."""
+def jit_train_step(model, tx, objective: objectives.Objective, schedule, mesh: Mesh, rules, state_shardings,
+                   num_microbatches: int = 1, packed: bool = True):
+  """The train step of `objective` jitted once with explicit in/out shardings and the state donated."""
   replicated = NamedSharding(mesh, P())
-  step = functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg, schedule=schedule, mesh=mesh,
-                           rules=rules, num_microbatches=num_microbatches, metric_groups=tuple(metric_groups),
-                           packed=packed)
+  step = functools.partial(train_step, model=model, tx=tx, objective=objective, schedule=schedule, mesh=mesh,
+                           rules=rules, num_microbatches=num_microbatches, packed=packed)
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))

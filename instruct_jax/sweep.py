@@ -18,7 +18,7 @@ order; a ConfigDict sorts its keys and refuses dotted ones):
                       file="rougeL_vs_templates.png", title="ROUGE-L by training templates", xscale="log")])
 
 `tokenizer=dict(mixture="builtin", vocab_size=1000, num_examples=20000)` (optional; also `seed`) trains one
-SentencePiece model into DIR/tokenizer first (`python -m instruct_jax.data.tokenizer`, every template style) and
+SentencePiece model into DIR/tokenizer first (`python -m instruct_jax.data.vocab`, every template style) and
 gives it to every point as `--config.tokenizer.path`, so a knob such as the number of templates does not also
 change each point's vocabulary.
 
@@ -71,7 +71,7 @@ class Sweep:
   replicate: str | None = None
   plots: tuple = ()  # dicts with every key of PLOT_KEYS; y is a list
   config: str = ""  # FILE[:ARG] of the sweep config file
-  tokenizer: dict | None = None  # flags of instruct_jax.data.tokenizer for one tokenizer shared by every point
+  tokenizer: dict | None = None  # flags of instruct_jax.data.vocab for one tokenizer shared by every point
 
 
 # ---------------------------------------------------------------- the sweep config file
@@ -182,7 +182,7 @@ def command(sweep: Sweep, workdir: str, name: str, overrides: dict, extra=()) ->
 
 def tokenizer_command(sweep: Sweep, out: str) -> list[str]:
   """The command that trains the shared tokenizer into `out`."""
-  return [sys.executable, "-m", "instruct_jax.data.tokenizer", *[f"--{k}={v}" for k, v in sweep.tokenizer.items()],
+  return [sys.executable, "-m", "instruct_jax.data.vocab", *[f"--{k}={v}" for k, v in sweep.tokenizer.items()],
           f"--out={out}"]
 
 

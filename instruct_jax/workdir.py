@@ -10,8 +10,8 @@
 
 A workdir describes itself: the model (whatever checkpoint it started from) and the tokenizer come from
 it, so programs that load one need nothing but its path. A LoRA run's model_config.json holds its `lora`
-settings and its checkpoints the adapters, so generate and evaluate load the adapted model. This module is
-that loader; it never imports the trainer.
+settings and its checkpoints the adapters, so generate and evaluate load the adapted model. This module reads
+and writes those files; `plan.load` builds a usable model from them (or from an init_from checkpoint).
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import pathlib
 import time
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 from absl import logging
 
@@ -204,11 +203,11 @@ def resolve_step(path: str | os.PathLike, step: int | None) -> int:
 def restore_params(path: str | os.PathLike, model: build.Model, mesh, rules, step: int | None = None):
   """(params of `step`, or of the newest good checkpoint, laid out on `mesh`; the step)."""
   step = resolve_step(path, step)
-  return _restore(path, model, mesh, rules, step), step
+  return restore_step(path, model, mesh, rules, step), step
 
 
-def _restore(path, model: build.Model, mesh, rules, step: int):
-  """The params of a step `resolve_step` returned (verified already)."""
+def restore_step(path, model: build.Model, mesh, rules, step: int):
+  """The params of a step `resolve_step` returned (verified already), laid out on `mesh`."""
   return ckpt_lib.restore_params(pathlib.Path(path) / CHECKPOINTS, model.abstract_params(mesh, rules), step)
 
 
@@ -218,54 +217,3 @@ def inference_mesh(config: ml_collections.ConfigDict):
     return sharding.make_mesh(dict(config.mesh)), sharding.get_rules(config.sharding)
   except sharding.MeshError:
     return sharding.make_mesh({"fsdp": -1}), sharding.get_rules("fsdp")
-
-
-@dataclasses.dataclass
-class Loaded:
-  config: ml_collections.ConfigDict
-  model: build.Model
-  params: object
-  tokenizer: tokenizer_lib.Tokenizer
-  mesh: jax.sharding.Mesh
-  rules: dict
-  step: int
-
-
-def load(path: str | os.PathLike, *, step: int | None = None) -> Loaded:
-  """A workdir's model, tokenizer and the parameters of `step` (default: its newest checkpoint)."""
-  config = read_config(path)
-  step = resolve_step(path, step)  # fail on a missing or bad checkpoint before building anything
-  model = runnable_here(read_model(path))
-  tok = tokenizer(path)
-  mesh, rules = inference_mesh(config)
-  params = _restore(path, model, mesh, rules, step)
-  return Loaded(config, model, params, tok, mesh, rules, step)
-
-
-def load_baseline(init_from: str | os.PathLike, config: ml_collections.ConfigDict | None = None) -> Loaded:
-  """A checkpoint before fine-tuning, as step 0: an imported directory, a Hugging Face directory, or a workdir
-  (its newest checkpoint), with its own tokenizer. `config` gives the settings a run would (prompt lengths, chat
-  format, evaluation); by default `configs.base()`'s, whose chat format "" is the tokenizer's own template."""
-  from instruct_jax import convert  # pylint: disable=g-import-not-at-top (convert imports this module)
-  config = configs.base() if config is None else config
-  mesh, rules = inference_mesh(config)
-  try:
-    pretrained = convert.load_pretrained(init_from, mesh, rules)
-    tok = convert.load_tokenizer(init_from)
-    convert.check_tokenizer(pretrained, tok, str(init_from))
-  except convert.ConversionError as e:
-    raise WorkdirError(f"--init_from {e}") from None
-  return Loaded(config, runnable_here(build.Model(pretrained.config)), pretrained.params, tok, mesh, rules,
-                step=pretrained.step or 0)
-
-
-def load_model(workdir: str | None, init_from: str | None, step: int | None) -> Loaded:
-  """What generate, evaluate and the model backend decode with: `init_from`'s checkpoint (a baseline, step 0) with
-  `workdir`'s settings when both are given, else the workdir's checkpoint (`step`, default the newest)."""
-  if init_from:
-    if step is not None:
-      raise WorkdirError("--step picks a checkpoint of --workdir; --init_from is read as it is (step 0)")
-    return load_baseline(init_from, read_config(workdir) if workdir else None)
-  if not workdir:
-    raise WorkdirError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
-  return load(workdir, step=step)

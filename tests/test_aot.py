@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from instruct_jax import aot, configs, optim, sharding, step, train
+from instruct_jax import aot, configs, objectives, optim, sharding, step, train
 from tests import helpers
 
 
@@ -26,8 +26,8 @@ def test_compiled_programs_are_the_trainers(kind):
   ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-2, schedule="constant")
   tx, schedule = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
   batch, groups = _groups_batch(kind)
-  programs = aot.compile_run(model, tx, step.LossConfig(), schedule, mesh, rules, batch_size=8,
-                             inputs_length=16, targets_length=12, metric_groups=groups, seed=0)
+  programs = aot.compile_run(model, tx, objectives.SFT(groups=groups), schedule, mesh, rules, batch_size=8,
+                             inputs_length=16, targets_length=12, seed=0)
   init, compiled_step = programs
   assert [p.name for p in programs] == ["state init", "train step"]
   assert compiled_step.arguments > 0 and compiled_step.peak >= compiled_step.arguments
@@ -37,7 +37,7 @@ def test_compiled_programs_are_the_trainers(kind):
     born = init.executable(jax.random.key(0))
   assert helpers.max_tree_rel_err(jax.device_get(born.params), jax.device_get(state.params)) == 0
   batch = jax.device_put(batch, sharding.batch_sharding(mesh, rules))
-  trainer = step.jit_train_step(model, tx, step.LossConfig(), schedule, mesh, rules, state_sh, metric_groups=groups)
+  trainer = step.jit_train_step(model, tx, objectives.SFT(groups=groups), schedule, mesh, rules, state_sh)
   want_state, want = trainer(state, batch, jax.random.key(1))
   got_state, got = compiled_step.executable(born, batch, jax.random.key(1))
   assert float(got["loss"]) == float(want["loss"]) and np.isfinite(float(got["loss"]))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from instruct_jax import configs, predict, sampling, train
+from instruct_jax import plan as plan_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat
 
@@ -87,7 +88,7 @@ def test_chatml_tokens_are_added_trained_resumed_and_exported(tmp_path, capsys, 
   assert tok.vocab_size == vocab + 2
   assert chat.encode(tok, "<|im_start|>user\nHi<|im_end|>").tolist().count(vocab + 1) == 1
   assert json.loads((work / "model_config.json").read_text())["config"]["vocab_size"] == vocab + 2
-  loaded = workdir_lib.load(work, step=0)
+  loaded = plan_lib.load(work, step=0)
   params = jax.device_get(loaded.params)
   table = params["token_embedder"]["embedding"]
   assert table.shape[0] == vocab + 2 and np.array_equal(table[:vocab], embed_in)
@@ -104,7 +105,7 @@ def test_chatml_tokens_are_added_trained_resumed_and_exported(tmp_path, capsys, 
   assert workdir_lib.tokenizer(work).vocab_size == vocab + 2
 
   # Ours: the run's chat format, stopping at <|im_end|>.
-  loaded = workdir_lib.load(work)
+  loaded = plan_lib.load(work)
   fmt = predict.chat_format(loaded.config, loaded.tokenizer)
   assert predict.chat_stop_id(loaded.model, loaded.tokenizer, fmt) == vocab + 1
   prompt = predict.chat_prompts([QUESTION], fmt)[0]
@@ -150,7 +151,7 @@ def test_t5_checkpoint_takes_chatml_tokens_trains_and_exports_what_transformers_
   assert (f"Added chat tokens to the tokenizer: <|im_start|> (id {pieces}), <|im_end|> (id {pieces + 1}); in unused "
           f"rows of the {rows}-row embedding (no growth)") in out
 
-  loaded = workdir_lib.load(work)
+  loaded = plan_lib.load(work)
   fmt = predict.chat_format(loaded.config, loaded.tokenizer)
   assert predict.chat_stop_id(loaded.model, loaded.tokenizer, fmt) == -1  # T5's replies end with end-of-text
   prompt = predict.chat_prompts([QUESTION], fmt)[0]

@@ -1,6 +1,6 @@
-"""Configs that cannot lie: `configs.base()` holds every key the code reads; every shipped config validates and
-passes `--dry_run` at its real size (7B and XXL included); unknown and missing keys, and model settings that
-contradict a checkpoint, are errors that name the key."""
+"""Configs that cannot lie: `configs.base()` holds every key the code reads; every shipped config validates, passes
+`--dry_run` at its real size (7B and XXL included), and the run's own setup resolves it to the same plan; unknown and
+missing keys, and model settings that contradict a checkpoint, are errors that name the key."""
 import ast
 import contextlib
 import json
@@ -70,10 +70,34 @@ def _shipped(name: str, arg: str | None, imported_dir, flan_tfds_dir=None) -> li
   return []
 
 
+def plan_summary(p) -> dict:
+  """What a run's plan resolved, comparable between two resolutions (a temporary tokenizer copy's path aside)."""
+  tok = p.tokenizer
+  return dict(
+      mesh=dict(p.mesh.shape), rules=p.rules, pretrained=p.pretrained and p.pretrained.config, model=p.model.config,
+      tokenizer=tok and (tok.vocab_size, tok.eos_id, tok.pad_id, tok.bos_id),
+      chat=p.chat and (p.chat.name, p.chat.template),
+      added=p.added and p.added.tokens, attention=p.attention, data=p.data, task_names=p.task_names, rates=p.rates,
+      evaluators=p.evaluators and [(e.name, e.every, e.before_training, e.superni, [r["id"] for r in e.rows])
+                                   for e in p.evaluators],
+      objective=p.objective, optim=p.optim)
+
+
+def assert_the_run_resolves_as_the_dry_run(config, workdir) -> None:
+  """The run's setup (`plan.resolve` as the trainer calls it: every error raised) passes and resolves what the dry
+  run printed. A mesh this machine lacks is the dry run's abstract one (the run's own needs the pod)."""
+  from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  dry = plan_lib.resolve(config, dry=True)
+  assert dry.problems == []
+  run = plan_lib.resolve(config, str(workdir), mesh=dry.mesh if dry.mesh_error else None)
+  assert plan_summary(run) == plan_summary(dry)
+  assert not pathlib.Path(workdir).exists()  # resolving writes nothing
+
+
 @pytest.mark.parametrize("name,arg", [
     pytest.param(n, a, marks=pytest.mark.slow) if (n, a) in SLOW_DRY_RUNS else (n, a) for n, a in SHIPPED],
     ids=[f"{n}:{a}" for n, a in SHIPPED])
-def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir, capsys, request):
+def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir, capsys, request, tmp_path):
   if name == "recipes/flan_t5.py" and not SHARED_SUPERNI.is_dir():
     pytest.skip(f"SuperNI data not found at {SHARED_SUPERNI}")
   doc = (CONFIG_DIR / name).read_text().split(chr(34) * 3)[1]
@@ -88,10 +112,11 @@ def test_shipped_config_validates_and_passes_the_dry_run(name, arg, imported_dir
   config = configs.from_command_line([f"--config={path}", *_shipped(name, arg, imported_dir, flan_dir)])
   with data:
     problems = train.dry_run(config, num_devices=None)
-  out = capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert problems == [], out
+    assert_the_run_resolves_as_the_dry_run(config, tmp_path / "workdir")
   if name == "flan2021.py":  # trains on every cluster but the held-out one, evaluates that one
     assert "mixture 'flan2021_no_nli': 58 tasks" in out and "glue/rte" not in out.split("evals")[0], out
-  assert problems == [], out
   assert "dry run: OK" in out and "memory    per device" in out and out.count("example   ") == 3
   assert re.search(r"^attention '\w+' on cpu: xla in training, xla in scoring", out, re.M), out
   assert re.search(r"^flops     [\d.e+]+ model FLOPs per step", out, re.M), out
@@ -194,8 +219,8 @@ def test_the_code_reads_only_keys_that_the_base_has():
   known = set(configs.leaves(configs.base()))
   prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
   methods = {"to_dict", "to_json_best_effort", "unlocked", "items", "keys", "lock"}
-  files = [ROOT / "instruct_jax" / f for f in ("train.py", "resolve.py", "dry_run.py", "evaluate.py", "generate.py",
-                                             "workdir.py", "predict.py")]
+  files = [ROOT / "instruct_jax" / f for f in ("train.py", "plan.py", "loop.py", "dry_run.py", "evaluate.py",
+                                             "generate.py", "workdir.py", "predict.py")]
   chains = 0
   for file in files:
     for node in ast.walk(ast.parse(file.read_text())):

@@ -2,7 +2,7 @@
 import jax
 import pytest
 
-from instruct_jax import flops, metrics, optim, sharding, step
+from instruct_jax import flops, metrics, objectives, optim, sharding, step
 from instruct_jax.models import build, decoder, t5
 from tests import helpers
 
@@ -15,7 +15,7 @@ def _xla_flops(model, batch):
   ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-4, schedule="constant", grad_clip_norm=0.0)
   tx = optim.make_optimizer(ocfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
-  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh)
+  train = step.jit_train_step(model, tx, objectives.SFT(), optim.make_schedule(ocfg), mesh, rules, state_sh)
   cost = train.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 

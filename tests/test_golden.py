@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from instruct_jax import configs, optim, sharding, step
+from instruct_jax import configs, objectives, optim, sharding, step
 from instruct_jax.models import build
 from tests import helpers
 
@@ -35,7 +35,7 @@ def one_step_metrics(arg: str | None) -> dict[str, float]:
   ocfg = optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps})
   tx = optim.make_optimizer(ocfg)
   state, sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(config.seed))
-  train_step = step.jit_train_step(model, tx, step.LossConfig(**config.loss.to_dict()), optim.make_schedule(ocfg),
+  train_step = step.jit_train_step(model, tx, objectives.from_config(config), optim.make_schedule(ocfg),
                                    mesh, rules, sh)
   state, m = train_step(state, batch, jax.random.key(0))
   state, m = train_step(state, batch, jax.random.key(0))  # the second step sees a non-zero learning rate

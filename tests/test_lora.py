@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from instruct_jax import configs, convert, optim, sharding, step
+from instruct_jax import configs, convert, objectives, optim, sharding, step
 from instruct_jax.models import build, lora
 from tests import helpers
 
@@ -48,7 +48,7 @@ def test_only_adapters_change_and_the_optimizer_holds_no_base_state():
         x.size for x in jax.tree.leaves(scanned.trainable(abstract.params))) + 8
 
   before = jax.device_get(state.params)  # the step donates the state
-  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, state_sh)
+  train = step.jit_train_step(model, tx, objectives.SFT(), optim.make_schedule(ocfg), mesh, rules, state_sh)
   batch = helpers.concat_batches(helpers.make_batches(kind, helpers.random_examples(kind, 8, seed=3), pack=False,
                                                       batch_size=8, inputs_len=12, targets_len=10))
   for i in range(2):  # B moves in step 1 (A's gradient is zero while B is), A in step 2
@@ -114,15 +114,15 @@ def test_config_section_builds_lora_and_names_bad_keys():
 
 
 def test_adafactor_parameter_scaling_with_lora_is_refused_naming_the_key():
-  from instruct_jax import resolve  # pylint: disable=g-import-not-at-top
+  from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
   config = configs.base()
   config.model.kind, config.model.size, config.model.lora.rank = "decoder", "tiny", 4
   config.optim.optimizer = "adafactor"
   model = build.from_section(config.model)
   with pytest.raises(configs.ConfigError, match=r"^config.optim.adafactor_param_scale=True with LoRA"):
-    resolve.check_lora_optimizer(config, model)
+    plan_lib.check_lora_optimizer(config, model)
   config.optim.adafactor_param_scale = False
-  resolve.check_lora_optimizer(config, model)
+  plan_lib.check_lora_optimizer(config, model)
 
 
 def test_peft_adapter_config_is_read_in_our_names_and_what_we_cannot_compute_is_refused(tmp_path):

@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from instruct_jax import configs, convert, resolve, sharding, step, train
-from instruct_jax import workdir as workdir_lib
+from instruct_jax import configs, convert, sharding, step, train
+from instruct_jax import plan as plan_lib
 from instruct_jax.models import lora
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
   result = train.train_and_evaluate(_config(total_steps=3, **lora_keys), run)  # resumes from step 2
   assert result["final_step"] == 3
 
-  loaded = workdir_lib.load(run)  # what generate and evaluate load: the model with its adapters
+  loaded = plan_lib.load(run)  # what generate and evaluate load: the model with its adapters
   assert loaded.model.config.lora == lora.LoraConfig(4, 16.0, 0.0, ("query", "value", "wo"))
   hf_base = convert.import_hf(tmp_path / "base_hf", loaded.mesh, loaded.rules)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(lora.base(loaded.params)),
@@ -87,7 +87,7 @@ def test_lora_run_on_a_hf_base_resumes_exports_to_peft_and_imports_back(tmp_path
       str(tmp_path / "base_hf")).vocab_size
 
   # A new run starting from the exported adapter holds the same adapters before its first step.
-  start = resolve.initial_params(_config(**lora_keys, **{"model.lora.init_from": str(tmp_path / "adapter")}),
+  start = plan_lib.initial_params(_config(**lora_keys, **{"model.lora.init_from": str(tmp_path / "adapter")}),
                                loaded.model, loaded.params, jax.tree.map(lambda x: x.sharding, loaded.params),
                                loaded.mesh, loaded.rules, hf_base)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(start), jax.device_get(loaded.params))

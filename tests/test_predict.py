@@ -4,7 +4,8 @@ import pytest
 
 from instruct_jax import predict, sampling
 from instruct_jax.data import tokenizer as tokenizer_lib
-from instruct_jax.synthetic import backends
+from instruct_jax.lm import backends
+from instruct_jax.lm import model as model_backend
 from tests import helpers
 
 
@@ -36,7 +37,7 @@ def test_generate_fn_and_the_synthetic_model_backend(kind, tokenizer):
   texts = predict.make_generate_fn(model, params, tokenizer, cfg, batch_size=2)(["sort these", "the list", "no"])
   assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
   gen = predict.make_sampling_generate_fn(model, params, tokenizer, batch_size=2)
-  backend = backends.ModelBackend(gen)
+  backend = model_backend.ModelBackend(gen)
   out = backend.complete(["sort these", "the list", "no"], backends.GenParams(max_new_tokens=5, temperature=0.0))
   assert [c.text for c in out] == texts  # greedy through the backend equals greedy directly
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from instruct_jax import configs, optim, sharding, step
+from instruct_jax import configs, objectives, optim, sharding
 from instruct_jax.data import chat
 from instruct_jax.data import pipeline
 from instruct_jax.data import tasks as tasks_lib
@@ -62,7 +62,7 @@ def _as_seen_by_the_code(config, key: str):
     return tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict).strict
   if key == "data.chat_format":  # resolved as the trainer does (a named format here: no tokenizer needed)
     return chat.resolve_format(config.data.chat_format, None).name
-  if key == "data.add_chat_tokens":  # read by the trainer (resolve.chat_tokens), not the pipeline
+  if key == "data.add_chat_tokens":  # read by the trainer (plan.chat_tokens), not the pipeline
     return config.data.add_chat_tokens
   if head == "data":
     return getattr(pipeline.PipelineConfig.from_config(config.data), last)
@@ -75,7 +75,7 @@ def _as_seen_by_the_code(config, key: str):
   if head == "optim":
     return getattr(optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps}), last)
   if head == "loss":
-    return getattr(step.LossConfig(**config.loss.to_dict()), last)
+    return getattr(objectives.from_config(config), last)
   if rest.startswith("lora."):  # the adapters' settings as the model factory reads them (the others act with a rank)
     if last != "rank" and not config.model.lora.rank:
       config.model.lora.rank = 8

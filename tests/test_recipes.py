@@ -11,6 +11,7 @@ import pytest
 
 from instruct_jax import configs, train
 from instruct_jax.synthetic import evol_instruct, orca, self_instruct
+from tests import test_configs
 from tests.synthetic.fakes import TOPICS, scripted_backend
 from tests.synthetic.test_methods import SEED_TASKS
 from tests.test_train import _env, _losses
@@ -73,7 +74,7 @@ def test_every_recipe_is_covered():
 
 
 @pytest.mark.parametrize("recipe", sorted(CASES))
-def test_recipe_passes_the_dry_run_at_its_real_size(recipe, synthetic, capsys):
+def test_recipe_passes_the_dry_run_at_its_real_size(recipe, synthetic, capsys, tmp_path):
   doc = (RECIPES / f"{recipe}.py").read_text().split(chr(34) * 3)[1]
   for part in ("python -m instruct_jax.train", "python -m instruct_jax.synthetic", "Published", "Hardware",
                "Runtime", "Expected result"):
@@ -83,6 +84,7 @@ def test_recipe_passes_the_dry_run_at_its_real_size(recipe, synthetic, capsys):
   out = capsys.readouterr().out
   assert problems == [], out
   assert f"{CASES[recipe][2]:,.1f}M parameters" in out and "dry run: OK" in out
+  test_configs.assert_the_run_resolves_as_the_dry_run(config, tmp_path / "workdir")
   # The rendered examples it prints are the synthetic method's records in the recipe's prompt format.
   prompts = [line for line in out.splitlines() if line.startswith("  inputs:  ")]
   assert len(prompts) == 3 and all(CASES[recipe][3] in p for p in prompts), prompts

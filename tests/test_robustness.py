@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from instruct_jax import configs, errors, train
+from instruct_jax import configs, errors, loop
 from instruct_jax import workdir as workdir_lib
-from instruct_jax.synthetic import backends, openai_backend
+from instruct_jax.lm import backends, openai as openai_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_a_restart_may_add_change_or_remove_evaluators(tmp_path):
 
 def test_sigterm_while_waiting_for_data_stops_the_wait():
   """A batch that never comes (a stalled reader) must not make the trainer ignore SIGTERM."""
-  preemption = train._Preemption()  # pylint: disable=protected-access
+  preemption = loop.Preemption()
 
   def stalled():
     while True:
@@ -82,7 +82,7 @@ def test_sigterm_while_waiting_for_data_stops_the_wait():
   threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
   start = time.time()
   try:
-    with pytest.raises(train._PreemptedWaitingForData):  # pylint: disable=protected-access
+    with pytest.raises(loop.PreemptedWaitingForData):
       preemption.next_batch(it)
   finally:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -5,7 +5,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from instruct_jax import optim, sharding, step
+from instruct_jax import objectives, optim, sharding, step
 from tests import helpers
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
@@ -82,7 +82,7 @@ def _loss_and_grads_on(mesh_shape, kind, params_host, batch_host, preset):
   p_sh = sharding.param_shardings(boxed, mesh, rules)
   params = jax.device_put(params_host, p_sh)
   batch = jax.device_put(batch_host, sharding.batch_sharding(mesh, rules))
-  loss_cfg = step.LossConfig()
+  loss_cfg = objectives.SFT()
 
   def fn(p, b):
     with sharding.activation_sharding(mesh, rules):

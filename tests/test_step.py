@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from instruct_jax import optim, sharding, step
+from instruct_jax import objectives, optim, sharding, step
 from tests import helpers
 
 
@@ -15,8 +15,8 @@ def _run_step(kind, batch, num_microbatches, optimizer="adamw", normalization="t
   ocfg = optim.OptimConfig(optimizer=optimizer, learning_rate=1e-2, schedule="constant", eps=1e-3)
   tx = optim.make_optimizer(ocfg)
   state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
-  train = step.jit_train_step(model, tx, step.LossConfig(normalization=normalization), optim.make_schedule(ocfg),
-                              mesh, rules, state_sh, num_microbatches=num_microbatches, metric_groups=metric_groups)
+  train = step.jit_train_step(model, tx, objectives.SFT(normalization=normalization, groups=tuple(metric_groups)),
+                              optim.make_schedule(ocfg), mesh, rules, state_sh, num_microbatches=num_microbatches)
   state, metrics = train(state, batch, jax.random.key(1))
   return jax.device_get(state.params), jax.device_get(metrics)
 
@@ -68,7 +68,7 @@ def test_adafactor_step_lowers_the_loss():
   ocfg = optim.OptimConfig(optimizer="adafactor", learning_rate=1e-2, schedule="constant")
   tx = optim.make_optimizer(ocfg)
   state, sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
-  train = step.jit_train_step(model, tx, step.LossConfig(), optim.make_schedule(ocfg), mesh, rules, sh)
+  train = step.jit_train_step(model, tx, objectives.SFT(), optim.make_schedule(ocfg), mesh, rules, sh)
   losses = []
   for _ in range(5):
     state, metrics = train(state, batch, jax.random.key(0))

@@ -82,7 +82,7 @@ def test_print_commands_train_the_shared_tokenizer_first(tmp_path):
                         text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   first, *points = [shlex.split(line) for line in proc.stdout.strip().splitlines()]
-  assert first[1:3] == ["-m", "instruct_jax.data.tokenizer"] and f"--out={workdir / 'tokenizer'}" in first
+  assert first[1:3] == ["-m", "instruct_jax.data.vocab"] and f"--out={workdir / 'tokenizer'}" in first
   assert "--mixture=builtin" in first and "--vocab_size=300" in first and len(points) == 2
   assert all(f"--config.tokenizer.path={workdir / 'tokenizer'}" in cmd for cmd in points)
   with pytest.raises(errors.UserError, match="sweep tokenizer: keys"):

@@ -61,7 +61,7 @@ _ALLOW_UNKNOWN = flags.DEFINE_bool("allow_unknown_config_fields", False,
 
 
 def _read(mesh, rules) -> convert.Pretrained:
-  src, kind = _SRC.value, flags.FLAGS["from"].value
+  src, kind = _SRC.value, _FROM.value
   if kind == "hf":
     return convert.import_hf(src, mesh, rules, allow_pickle=_ALLOW_PICKLE.value,
                              allow_unknown_fields=_ALLOW_UNKNOWN.value, scan_layers=_SCAN.value,
@@ -110,7 +110,7 @@ def _add_stop_id(file: pathlib.Path, stop: int) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  kind, to = flags.FLAGS["from"].value, _TO.value
+  kind, to = _FROM.value, _TO.value
   if kind == to:
     raise app.UsageError(f"--from and --to are both {kind!r}; pass --from hf|t5x to import or --to hf to export")
   if to in ("hf", "peft"):  # the exporter fetches parameters to the host one by one: keep them on the CPU

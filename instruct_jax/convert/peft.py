@@ -58,14 +58,13 @@ def adapter_maps(config: build.ModelConfig) -> dict[tensors.Path, TensorMap]:
 def export_peft(config: build.ModelConfig, params, dst: str | os.PathLike, *, base_model: str | None = None,
                 dtype=None) -> list[str]:
   """Writes the adapters of `params` as a PEFT adapter directory; returns the files written."""
-  from instruct_jax.convert import pretrained  # pylint: disable=g-import-not-at-top  # its tensor writer
   maps = adapter_maps(config)
   adapters = lora_lib.trainable(params, config.lora)
-  pretrained._check_paths(maps, tensors.param_paths(adapters), str(dst))  # pylint: disable=protected-access
+  tensors.check_paths(maps, tensors.param_paths(adapters), str(dst))
   dst = pathlib.Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   np_dtype = np.dtype(dtype if dtype is not None else jax.tree.leaves(adapters)[0].dtype)
-  out = {name: produce() for name, produce, _ in pretrained._export_tensors(  # pylint: disable=protected-access
+  out = {name: produce() for name, produce, _ in tensors.export_tensors(
       adapters, maps, np_dtype)}
   save_file(out, dst / ADAPTER_WEIGHTS, metadata={"format": "pt"})
   family = families.of_config(config)

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,17 +62,10 @@ def _normalise(overrides: dict) -> dict:
   return {k: (jnp.dtype(v) if k in ("dtype", "param_dtype") else v) for k, v in overrides.items()}
 
 
-def _check_paths(maps, shapes, what: str) -> None:
-  if set(maps) != set(shapes):
-    extra, missing = sorted(set(maps) - set(shapes)), sorted(set(shapes) - set(maps))
-    raise ConversionError(f"{what}: tensor maps and model parameters differ (maps only: {extra[:3]}, "
-                          f"params only: {missing[:3]})")
-
-
 def _place(source, config: ModelConfig, maps, mesh: Mesh, rules, ignorable) -> Any:
   abstract = build.Model(config).abstract_params(mesh, rules)
   shapes = tensors.param_paths(abstract)
-  _check_paths(maps, shapes, str(source.directory))
+  tensors.check_paths(maps, shapes, str(source.directory))
   tensors.check_tensors(source, maps, shapes)
   tensors.check_unused(source, maps, ignorable)
   return tensors.place_params(source, maps, abstract, jax.tree.map(lambda a: a.sharding, abstract))
@@ -250,43 +242,6 @@ def load_pretrained(path: str | os.PathLike, mesh: Mesh, rules, *, allow_pickle:
 
 # ---------------------------------------------------------------- export
 
-def _to_tensor(layer: np.ndarray, tmap: tensors.TensorMap) -> np.ndarray:
-  """One layer of a parameter -> its checkpoint tensor (the inverse of the import mapping)."""
-  if tmap.split is None:
-    flat = layer.reshape(-1)
-  else:
-    flat = layer.reshape(math.prod(layer.shape[:tmap.split]), -1)
-  if tmap.transpose:
-    flat = flat.T
-  return np.ascontiguousarray(flat / tmap.scale if tmap.scale != 1.0 else flat)
-
-
-def _export_tensors(params, maps, dtype) -> Iterator[tuple[str, Callable[[], np.ndarray], int]]:
-  """(tensor name, producer, bytes) for every checkpoint tensor, grouped by parameter.
-
-  A producer fetches its parameter to the host once and keeps it while that parameter's layers are written.
-  """
-  flat = dict(zip(tensors.param_paths(params), jax.tree.leaves(params)))
-  fetched: dict[str, Any] = {}
-
-  def host(path) -> np.ndarray:
-    if fetched.get("path") != path:
-      x = flat[path]
-      if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        raise ConversionError(f"{'/'.join(path)} spans several processes; export from a single process")
-      fetched.clear()  # drop the previous parameter before fetching the next
-      fetched.update(path=path, value=np.asarray(jax.device_get(x)))
-    return fetched["value"]
-
-  for path, tmap in maps.items():
-    size = math.prod(tmap.source_shape(tuple(flat[path].shape))) * dtype.itemsize
-    for i, name in enumerate(tmap.names):
-      def produce(path=path, tmap=tmap, i=i):
-        value = host(path)
-        return _to_tensor(value[i] if tmap.stacked else value, tmap).astype(dtype)
-      yield name, produce, size
-
-
 def _write_safetensors(out_dir: pathlib.Path, items, max_shard_bytes: int) -> list[str]:
   """model.safetensors, or model-0000k-of-0000n.safetensors + index; one shard in host memory at a time."""
   shards, sizes = [[]], [0]
@@ -330,9 +285,9 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   dst = pathlib.Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   maps = family.tensor_maps(config)
-  _check_paths(maps, tensors.param_paths(params), str(dst))
+  tensors.check_paths(maps, tensors.param_paths(params), str(dst))
   np_dtype = np.dtype(jnp.dtype(dtype if dtype is not None else jax.tree.leaves(params)[0].dtype))
-  files = _write_safetensors(dst, _export_tensors(params, maps, np_dtype), max_shard_bytes)
+  files = _write_safetensors(dst, tensors.export_tensors(params, maps, np_dtype), max_shard_bytes)
   ids = family.token_ids(tokenizer) if tokenizer is not None else {}
   hf = family.hf_config(config, hf_base, np_dtype.name, ids)
   (dst / "config.json").write_text(json.dumps(hf, indent=2) + "\n")

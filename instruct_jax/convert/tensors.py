@@ -19,7 +19,9 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -281,3 +283,50 @@ def check_unused(source, maps: Mapping[Path, TensorMap], ignorable: Callable[[st
 
 # Fields of a Hugging Face config.json that do not change the forward pass of the weights: bookkeeping,
 # token ids, and generation defaults that older configs carried.
+
+
+def check_paths(maps, shapes, what: str) -> None:
+  """Every parameter has a tensor map and every map a parameter (`what` names the checkpoint in the error)."""
+  if set(maps) != set(shapes):
+    extra, missing = sorted(set(maps) - set(shapes)), sorted(set(shapes) - set(maps))
+    raise ConversionError(f"{what}: tensor maps and model parameters differ (maps only: {extra[:3]}, "
+                          f"params only: {missing[:3]})")
+
+
+# ---------------------------------------------------------------- export
+
+def to_tensor(layer: np.ndarray, tmap: TensorMap) -> np.ndarray:
+  """One layer of a parameter -> its checkpoint tensor (the inverse of the import mapping)."""
+  if tmap.split is None:
+    flat = layer.reshape(-1)
+  else:
+    flat = layer.reshape(math.prod(layer.shape[:tmap.split]), -1)
+  if tmap.transpose:
+    flat = flat.T
+  return np.ascontiguousarray(flat / tmap.scale if tmap.scale != 1.0 else flat)
+
+
+def export_tensors(params, maps, dtype) -> Iterator[tuple[str, Callable[[], np.ndarray], int]]:
+  """(tensor name, producer, bytes) for every checkpoint tensor, grouped by parameter.
+
+  A producer fetches its parameter to the host once and keeps it while that parameter's layers are written.
+  """
+  flat = dict(zip(param_paths(params), jax.tree.leaves(params)))
+  fetched: dict[str, Any] = {}
+
+  def host(path) -> np.ndarray:
+    if fetched.get("path") != path:
+      x = flat[path]
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        raise ConversionError(f"{'/'.join(path)} spans several processes; export from a single process")
+      fetched.clear()  # drop the previous parameter before fetching the next
+      fetched.update(path=path, value=np.asarray(jax.device_get(x)))
+    return fetched["value"]
+
+  for path, tmap in maps.items():
+    size = math.prod(tmap.source_shape(tuple(flat[path].shape))) * dtype.itemsize
+    for i, name in enumerate(tmap.names):
+      def produce(path=path, tmap=tmap, i=i):
+        value = host(path)
+        return to_tensor(value[i] if tmap.stacked else value, tmap).astype(dtype)
+      yield name, produce, size

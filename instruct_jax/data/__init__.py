@@ -9,7 +9,8 @@
     flan2021     the Flan 2021 catalogue of TFDS datasets, its clusters and leave-one-cluster-out mixtures
     render       per-example template / options / few-shot / inversion / chain-of-thought choices
     mixtures     mixing rates and the mixture catalogue
-    tokenizer    sentencepiece: load or train (`python -m instruct_jax.data.tokenizer`)
+    tokenizer    SentencePiece and tokenizer.json: load, train, export
+    vocab        `python -m instruct_jax.data.vocab`: a vocabulary trained on a mixture's rendered text
     transforms   tokens -> model features with loss weights
     packing      packing / padding and batching
     pipeline     the grain pipeline and its config

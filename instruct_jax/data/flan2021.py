@@ -452,14 +452,14 @@ def held_out(cluster: str) -> list[str]:
   return [s.name for s in SPECS if s.cluster != cluster and s.cluster in FLAN2021_CLUSTERS]
 
 
-def mixtures(cap: int = MIXING_CAP):
-  """flan2021 (Flan 2021's twelve clusters), flan2021_<cluster> (cot included) and flan2021_no_<cluster> (flan2021
-  without that cluster: the leave-one-cluster-out training mixtures), each capped at `cap` examples per task."""
-  from instruct_jax.data import mixtures as mixtures_lib  # pylint: disable=g-import-not-at-top  (it imports this)
-  out = [mixtures_lib.Mixture("flan2021", tuple(s.name for s in SPECS if s.cluster in FLAN2021_CLUSTERS), cap=cap)]
+def mixtures(cap: int = MIXING_CAP) -> list[tuple[str, tuple[str, ...], int]]:
+  """(name, member tasks, cap) of flan2021 (Flan 2021's twelve clusters), flan2021_<cluster> (cot included) and
+  flan2021_no_<cluster> (flan2021 without that cluster: the leave-one-cluster-out training mixtures), each capped at
+  `cap` examples per task; `mixtures.catalogue` makes them `Mixture`s."""
+  out = [("flan2021", tuple(s.name for s in SPECS if s.cluster in FLAN2021_CLUSTERS), cap)]
   for c in CLUSTERS:
-    out.append(mixtures_lib.Mixture(f"flan2021_{c}", tuple(cluster_tasks(c)), cap=cap))
-    out.append(mixtures_lib.Mixture(f"flan2021_no_{c}", tuple(held_out(c)), cap=cap))
+    out.append((f"flan2021_{c}", tuple(cluster_tasks(c)), cap))
+    out.append((f"flan2021_no_{c}", tuple(held_out(c)), cap))
   return out
 
 

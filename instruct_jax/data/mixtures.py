@@ -9,8 +9,9 @@ A member's rate within its mixture is, by the mixture's `rate`:
 
 The size of a task is its number of training examples; the size of a nested mixture is the sum of its
 members' capped sizes. A nested mixture's share is split among its tasks by its own rates, so
-`task_rates` always returns one probability per task, summing to 1. The catalogue is a plain dict built
-by `catalogue(tasks)`.
+`task_rates` always returns one probability per task, summing to 1. The catalogues are plain dicts:
+`task_catalogue(paths)` every task the paths make available (built-in, Flan 2021 from TFDS, SuperNI, instruction and
+chat files), `catalogue(tasks)` the mixtures over them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from absl import logging
 
 from instruct_jax.data import builtin
 from instruct_jax.data import flan2021
+from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
 
 RATES = ("examples", "temperature", "weights", "equal")
@@ -180,8 +182,8 @@ def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = Non
     add(Mixture(f"builtin_{cluster}", [f"builtin/{n}" for n in names]))
     add(Mixture(f"builtin_no_{cluster}", [f"builtin/{n}" for n in builtin.TASKS if n not in names]))
   add(Mixture("tfds_nlu", tasks_lib.TFDS_NLU, cap=3000))
-  for m in flan2021.mixtures():
-    add(m)
+  for name, members, cap in flan2021.mixtures():
+    add(Mixture(name, members, cap=cap))
   add(Mixture("builtin_and_tfds", ["builtin", "tfds_nlu"], rate="weights", weights=(0.7, 0.3)))
   niv2 = [n for n in tasks if n.startswith("niv2/")]
   if niv2:
@@ -200,8 +202,28 @@ def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = Non
   return out
 
 
+FILE_MIXTURES = ("instructions", "chat")  # the mixtures of every instruction file and of every chat file
+
+
+def task_catalogue(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()) -> dict[str, tasks_lib.Task]:
+  """Every task the given paths make available."""
+  tasks = tasks_lib.builtin_tasks(paths.builtin_seed)
+  tasks.update(flan2021.tasks(paths.tfds_data_dir))
+  if paths.superni_dir:
+    tasks.update(tasks_lib.superni_tasks(paths.superni_dir, train_instances=paths.superni_train_instances,
+                                         eval_instances=paths.superni_eval_instances))
+  for section, files_of, make in (("instruction_files", paths.instruction_files, tasks_lib.instruction_task),
+                                   ("chat_files", paths.chat_files, tasks_lib.chat_task)):
+    for name, files in files_of.items():
+      if name in tasks or name in FILE_MIXTURES:
+        raise sources.DataError(f"config.data_paths.{section}.{name}: the name {name!r} is taken by "
+                                f"{'a catalogue task or file' if name in tasks else 'a mixture'}; choose another")
+      tasks[name] = make(name, files, strict=paths.strict, chat_format=paths.chat_format)
+  return tasks
+
+
 def catalogues(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()
                ) -> tuple[dict[str, tasks_lib.Task], dict[str, Mixture]]:
   """The task catalogue for `paths` and the mixture catalogue over it."""
-  tasks = tasks_lib.catalogue(paths)
+  tasks = task_catalogue(paths)
   return tasks, catalogue(tasks, paths.superni_dir)

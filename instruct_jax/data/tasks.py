@@ -1,6 +1,6 @@
-"""Tasks (a source, its preprocessing, its templates and how it is scored) and the task catalogue.
+"""Tasks (a source, its preprocessing, its templates and how it is scored) and the names of the task catalogue.
 
-The catalogue is a plain dict built by `catalogue(paths)`; nothing registers itself on import. Names:
+The catalogue is a plain dict built by `mixtures.task_catalogue(paths)`; nothing registers itself on import. Names:
 
     builtin/<task>        the generated tasks of `builtin.py` (always available; no files needed)
     glue/rte, snli, xsum, wmt16_translate/de-en, ...
@@ -200,12 +200,6 @@ def builtin_tasks(seed: int = 0) -> dict[str, Task]:
 TFDS_NLU = ("glue/rte", "super_glue/boolq", "anli/r1", "squad/v1.1")  # the first four TFDS tasks (mixture tfds_nlu)
 
 
-def tfds_tasks(data_dir: str | None = None) -> dict[str, Task]:
-  """Every TFDS task: the Flan 2021 catalogue (`flan2021.py`; it includes the four of TFDS_NLU)."""
-  from instruct_jax.data import flan2021  # pylint: disable=g-import-not-at-top  (flan2021 builds on this module)
-  return flan2021.tasks(data_dir)
-
-
 def superni_task(path: str | os.PathLike, *, train_instances: int | None = None,
                  eval_instances: int = superni.NUM_EVAL_INSTANCES) -> Task:
   """A SuperNI task file as a task named niv2/<task name> (instance caps as Tk-Instruct's)."""
@@ -273,24 +267,3 @@ def per_turn(task: Task) -> Task:
   if isinstance(task.source, chat.ChatSource) and not task.source.per_turn:
     return dataclasses.replace(task, source=task.source.turns_view())
   return task
-
-
-FILE_MIXTURES = ("instructions", "chat")  # the mixtures of every instruction file and of every chat file
-
-
-def catalogue(paths: DataPaths = DataPaths()) -> dict[str, Task]:
-  """Every task the given paths make available."""
-  tasks = builtin_tasks(paths.builtin_seed)
-  tasks.update(tfds_tasks(paths.tfds_data_dir))
-  if paths.superni_dir:
-    tasks.update(superni_tasks(paths.superni_dir, train_instances=paths.superni_train_instances,
-                               eval_instances=paths.superni_eval_instances))
-  for section, files_of, make in (("instruction_files", paths.instruction_files, instruction_task),
-                                   ("chat_files", paths.chat_files, chat_task)):
-    for name, files in files_of.items():
-      if name in tasks or name in FILE_MIXTURES:
-        raise sources.DataError(f"config.data_paths.{section}.{name}: the name {name!r} is taken by "
-                                f"{'a catalogue task or file' if name in tasks else 'a mixture'}; choose another")
-      tasks[name] = make(name, files, strict=paths.strict, chat_format=paths.chat_format)
-  return tasks
-

@@ -51,9 +51,9 @@ Known differences between SentencePiece and the transformers export:
 * Text holding a special token's string, such as "</s>" or "<|end_of_text|>": SentencePiece encodes it as
   ordinary text, transformers (and so `HFTokenizer`, which keeps the `tokenizers` default) as the special token.
 
-Train a vocabulary on a mixture's rendered examples:
+Train a vocabulary on a mixture's rendered examples (`vocab.py`):
 
-    python -m instruct_jax.data.tokenizer --mixture builtin --vocab_size 1000 --out /tmp/spm
+    python -m instruct_jax.data.vocab --mixture builtin --vocab_size 1000 --out /tmp/spm
 """
 from __future__ import annotations
 
@@ -333,7 +333,7 @@ class HFTokenizer(Tokenizer):
     # The pipeline pads and truncates itself.
     self._tok.no_padding()
     self._tok.no_truncation()
-    ids, self._sources = self._special_ids()
+    ids, _ = self._special_ids()
     self.vocab_size = max([self._tok.get_vocab_size(with_added_tokens=True), *(i + 1 for i in ids.values())])
     self.bos_id, self.eos_id, self.unk_id = ids.get("bos", -1), ids.get("eos", -1), ids.get("unk", -1)
     self.has_pad = "pad" in ids
@@ -573,43 +573,3 @@ def _write_hf_configs(out_dir: pathlib.Path, config: dict[str, Any], tokens: dic
   special = {key: token for key, token in tokens.items() if token is not None}
   (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2, ensure_ascii=False) + "\n")
   return ["tokenizer_config.json", "special_tokens_map.json"]
-
-
-def main(argv: Sequence[str]) -> None:
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  # Imported here so that loading a tokenizer never pulls in the task catalogue.
-  from instruct_jax.data import mixtures as mixtures_lib  # pylint: disable=g-import-not-at-top
-  from instruct_jax.data import render  # pylint: disable=g-import-not-at-top
-  from instruct_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-
-  f = flags.FLAGS
-  paths = tasks_lib.DataPaths(superni_dir=f.superni_dir, tfds_data_dir=f.tfds_data_dir)
-  task_catalogue, mixture_catalogue = mixtures_lib.catalogues(paths)
-  rates = mixtures_lib.task_rates(f.mixture, task_catalogue, mixture_catalogue)
-  # Render every template style so the vocabulary covers few-shot, options and inverted prompts too.
-  cfg = render.RenderConfig(few_shot_rate=0.3, options_rate=0.5, inversion_rate=0.1, cot_rate=0.1)
-  texts = render.sample_texts(rates, task_catalogue, cfg, n=f.num_examples, seed=f.seed)
-  tok = train(texts, vocab_size=f.vocab_size, out_dir=f.out)
-  print(f"wrote {tok.model_path}: {tok.vocab_size} pieces from {f.num_examples} examples of {f.mixture!r} "
-        f"(pad {tok.pad_id}, eos {tok.eos_id}, unk {tok.unk_id}, bos {tok.bos_id})")
-
-
-def define_flags() -> None:
-  """The command's flags (defined only when run as a command, so importing this module defines none)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("mixture", None, "Mixture (or task) whose rendered text trains the vocabulary.")
-  flags.DEFINE_integer("vocab_size", 1000, "Upper bound on the number of pieces.")
-  flags.DEFINE_string("out", None, "Output directory; the model is written as OUT/spm.model.")
-  errors.local_path_flags("out")
-  flags.DEFINE_integer("num_examples", 20000, "Rendered examples to train on.")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_string("superni_dir", None, "natural-instructions checkout (tasks/ and splits/).")
-  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir holding prepared datasets.")
-  flags.mark_flags_as_required(["mixture", "out"])
-
-
-if __name__ == "__main__":
-  from instruct_jax import errors  # pylint: disable=g-import-not-at-top
-  define_flags()
-  errors.run(main)

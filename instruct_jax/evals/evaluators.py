@@ -23,9 +23,15 @@ steps), and one per entry of the open map `evals`, each with its own kind and sc
     c.evals.mine = dict(kind="tasks", tasks=("mine",), every=0)    # only after training
     --config.evals.ni_test=kind=superni,split=test,every=500       # the same, on a command line
 
-Keys: kind ("tasks" or "superni"), tasks (kind tasks: tasks or mixtures; "a+b" on a command line), split
-(kind tasks: the tasks' split, default "test"; kind superni: the split file's name), num_examples (default:
-eval.num_examples), every (steps between runs; 0: at the end only), before_training (default False). Decoding
+Keys: kind ("tasks" or "superni", or another kind of the run's table), tasks (kind tasks: tasks or mixtures; "a+b"
+on a command line), split (kind tasks: the tasks' split, default "test"; kind superni: the split file's name),
+num_examples (default: eval.num_examples), every (steps between runs; 0: at the end only), before_training (default
+False).
+
+Kinds are an open table (`KINDS`; the run's is `plan.EVALUATOR_KINDS`): an `EvaluatorKind` names its keys and
+builds an `Evaluator` from an `EvalContext` (the eval section, the task and mixture catalogues, the SuperNI
+directory), so a new evaluator is one module defining its kind and one entry in that table. Nothing registers
+itself on import. Decoding
 settings come from the `eval` section. A SuperNI evaluator also reports SuperNI's own table (overall, per
 category, per task) as `evaluate --superni_split` does.
 """
@@ -35,7 +41,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
@@ -48,6 +54,9 @@ from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import metrics as metrics_lib
 from instruct_jax.evals import rank as rank_lib
 from instruct_jax.evals import score as score_lib
+
+if TYPE_CHECKING:  # the type only: evaluators are given text functions and never build a model
+  from instruct_jax.predict import PredictFns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,20 +251,12 @@ def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
 
 # ---------------------------------------------------------------- evaluators and their schedules
 
-EVAL_KINDS = ("tasks", "superni")
-EVAL_KEYS = ("kind", "tasks", "split", "num_examples", "every", "before_training")
+COMMON_KEYS = ("kind", "num_examples", "every", "before_training")  # every evaluator's; a kind adds its own
 RESERVED_NAMES = ("eval", "tasks", "seen_templates", "unseen_templates", "held_out_cluster")
 
 
 class EvalConfigError(errors.UserError, ValueError):
   """An `evals` entry that cannot be built; the message names the key as config.evals.NAME.KEY."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictFns:
-  """What an evaluator is given: functions of text, built by the trainer (or evaluate) from its model."""
-  generate: Callable[[Sequence[str]], list[str]]
-  loglik: Callable | None = None  # for rank classification of answer options
 
 
 class Evaluator:
@@ -298,8 +299,10 @@ class Evaluator:
     return [{"evaluator": self.name, **r} for r in long_rows(summary)]
 
 
-def parse_spec(name: str, spec: Any) -> dict[str, Any]:
-  """An `evals` entry as a dict: a mapping (config files) or "kind=superni,split=test,every=500" (flags)."""
+def parse_spec(name: str, spec: Any, kinds: Mapping[str, "EvaluatorKind"] | None = None) -> dict[str, Any]:
+  """An `evals` entry as a dict: a mapping (config files) or "kind=superni,split=test,every=500" (flags), checked
+  against its kind in `kinds` (default: KINDS)."""
+  kinds = KINDS if kinds is None else kinds
   if hasattr(spec, "to_dict"):
     spec = spec.to_dict()
   if isinstance(spec, str):
@@ -327,15 +330,16 @@ def parse_spec(name: str, spec: Any) -> dict[str, Any]:
   spec = dict(spec)
   if isinstance(spec.get("tasks"), str):  # "mine" or "a+b" in a config file too
     spec["tasks"] = tuple(t for t in spec["tasks"].split("+") if t)
-  unknown = sorted(set(spec) - set(EVAL_KEYS))
+  if spec.get("kind") not in kinds:
+    raise EvalConfigError(f"config.evals.{name}.kind: expected one of {tuple(kinds)}, got {spec.get('kind')!r}")
+  kind = kinds[spec["kind"]]
+  unknown = sorted(set(spec) - set(COMMON_KEYS) - set(kind.keys))
   if unknown:
-    raise EvalConfigError(f"config.evals.{name}.{unknown[0]}: no such key; an evaluator has {EVAL_KEYS}")
-  if spec.get("kind") not in EVAL_KINDS:
-    raise EvalConfigError(f"config.evals.{name}.kind: expected one of {EVAL_KINDS}, got {spec.get('kind')!r}")
-  if spec["kind"] == "tasks" and not spec.get("tasks"):
-    raise EvalConfigError(f"config.evals.{name}.tasks: a tasks evaluator names its tasks (or mixtures)")
-  if spec["kind"] == "superni" and not spec.get("split"):
-    raise EvalConfigError(f"config.evals.{name}.split: a superni evaluator names its split (e.g. test)")
+    raise EvalConfigError(f"config.evals.{name}.{unknown[0]}: no such key; a {kind.name} evaluator has "
+                          f"{COMMON_KEYS + kind.keys}")
+  for key in kind.required:
+    if not spec.get(key):
+      raise EvalConfigError(f"config.evals.{name}.{key}: a {kind.name} evaluator names its {kind.required_help}")
   for key, low in (("every", 0), ("num_examples", 1)):
     value = spec.get(key, low)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -364,32 +368,79 @@ def superni_split_tasks(superni_dir: str, split: str, tasks: Mapping[str, Any], 
   return present
 
 
-def build_evaluator(name: str, spec: Mapping[str, Any], eval_section, tasks: Mapping[str, tasks_lib.Task],
-                    mixtures: Mapping[str, Any], superni_dir: str = "") -> Evaluator:
-  """One `evals` entry (already `parse_spec`ed) as an Evaluator; its rows' condition is its name."""
-  num = spec.get("num_examples", eval_section.num_examples)
-  if spec["kind"] == "superni":
-    names = superni_split_tasks(superni_dir, spec["split"], tasks, what=f"config.evals.{name}")
-    split = "test"
-  else:
-    names = []
-    for t in spec["tasks"]:
-      names += list(mixtures[t].members) if t in mixtures else [t]
-    split = spec.get("split", "test")
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What an evaluator kind is built from: the run's `eval` section (decoding, default num_examples), its task and
+  mixture catalogues (rendered with the run's chat format), and its SuperNI directory."""
+  eval_section: Any
+  tasks: Mapping[str, tasks_lib.Task]
+  mixtures: Mapping[str, Any]
+  superni_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorKind:
+  """One kind of `evals` entry: the keys it takes besides COMMON_KEYS, those it requires (`required_help` says what
+  they name, for the error), and `build(name, spec, context) -> Evaluator` (rows rendered, schedule from the spec)."""
+  name: str
+  keys: tuple[str, ...]
+  required: tuple[str, ...]
+  required_help: str
+  build: Callable[[str, Mapping[str, Any], EvalContext], Evaluator]
+
+
+def _schedule(spec: Mapping[str, Any]) -> dict[str, Any]:
+  return {"every": spec.get("every", 0), "before_training": spec.get("before_training", False)}
+
+
+def _names(name: str, members: Sequence[str], ctx: EvalContext) -> list[str]:
+  """Tasks and mixtures (a mixture stands for its tasks), each checked to exist."""
+  names = []
+  for t in members:
+    names += list(ctx.mixtures[t].members) if t in ctx.mixtures else [t]
   for t in names:
-    if t not in tasks:
+    if t not in ctx.tasks:
       raise EvalConfigError(f"config.evals.{name}.tasks: no task or mixture {t!r}")
-  rows = render_eval_examples([EvalSet(name, tuple(names), None, split, num)], tasks)
-  return Evaluator(name, rows, every=spec.get("every", 0), before_training=spec.get("before_training", False),
-                   superni=spec["kind"] == "superni")
+  return names
 
 
-def from_config(config, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Any]) -> list[Evaluator]:
+def _build_tasks(name: str, spec: Mapping[str, Any], ctx: EvalContext) -> Evaluator:
+  """kind "tasks": the named tasks (or mixtures) on their `split` (default "test")."""
+  num = spec.get("num_examples", ctx.eval_section.num_examples)
+  sets = [EvalSet(name, tuple(_names(name, spec["tasks"], ctx)), None, spec.get("split", "test"), num)]
+  return Evaluator(name, render_eval_examples(sets, ctx.tasks), **_schedule(spec))
+
+
+def _build_superni(name: str, spec: Mapping[str, Any], ctx: EvalContext) -> Evaluator:
+  """kind "superni": the tasks of a SuperNI split file, with SuperNI's own table (per category and task)."""
+  num = spec.get("num_examples", ctx.eval_section.num_examples)
+  names = superni_split_tasks(ctx.superni_dir, spec["split"], ctx.tasks, what=f"config.evals.{name}")
+  rows = render_eval_examples([EvalSet(name, tuple(names), None, "test", num)], ctx.tasks)
+  return Evaluator(name, rows, superni=True, **_schedule(spec))
+
+
+TASKS = EvaluatorKind("tasks", ("tasks", "split"), ("tasks",), "tasks (or mixtures)", _build_tasks)
+SUPERNI = EvaluatorKind("superni", ("split",), ("split",), "split (e.g. test)", _build_superni)
+# The kinds a config may name: a plain table. A kind in a module of its own (which imports this one for the
+# contract) joins it where the run's evaluators are built: `from_config(..., kinds={**KINDS, mine.KIND.name:
+# mine.KIND})` (plan.EVALUATOR_KINDS).
+KINDS: dict[str, EvaluatorKind] = {kind.name: kind for kind in (TASKS, SUPERNI)}
+
+
+def build_evaluator(name: str, spec: Mapping[str, Any], eval_section, tasks: Mapping[str, tasks_lib.Task],
+                    mixtures: Mapping[str, Any], superni_dir: str = "",
+                    kinds: Mapping[str, EvaluatorKind] = KINDS) -> Evaluator:
+  """One `evals` entry (already `parse_spec`ed) as an Evaluator of its kind; its rows' condition is its name."""
+  return kinds[spec["kind"]].build(name, spec, EvalContext(eval_section, tasks, mixtures, superni_dir))
+
+
+def from_config(config, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Any],
+                kinds: Mapping[str, EvaluatorKind] = KINDS) -> list[Evaluator]:
   """A run's evaluators: "eval" (the `eval` section, every `eval_every` steps) first, then each `evals` entry in
-  name order."""
+  name order, each of its kind in `kinds`."""
   out = [Evaluator("eval", config_rows(config.eval, tasks, mixtures), every=config.eval_every,
                    before_training=config.eval.before_training)]
   for name, spec in config.evals.items():
-    out.append(build_evaluator(name, parse_spec(name, spec), config.eval, tasks, mixtures,
-                               config.data_paths.superni_dir))
+    out.append(build_evaluator(name, parse_spec(name, spec, kinds), config.eval, tasks, mixtures,
+                               config.data_paths.superni_dir, kinds))
   return out

@@ -54,7 +54,7 @@ from absl import flags, logging
 
 from instruct_jax import errors
 from instruct_jax.synthetic import cli, prompts as prompt_files
-from instruct_jax.synthetic.backends import Backend, BackendError, GenParams
+from instruct_jax.lm.backends import Backend, BackendError, GenParams
 from instruct_jax.synthetic.records import make_record, read_jsonl, text_field
 from instruct_jax.synthetic.runner import ResumeError, RunDir, Tally, progress_bar
 

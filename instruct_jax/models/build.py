@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from instruct_jax import errors, sharding
 from instruct_jax.data import transforms
-from instruct_jax.models import attention, decoder, layers, lora as lora_lib, t5
+from instruct_jax.models import attention, decoder, families, layers, lora as lora_lib, t5
 
 ModelConfig = t5.T5Config | decoder.DecoderConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -268,7 +268,7 @@ def _lora(section, key, adapter: lora_lib.LoraConfig | None) -> lora_lib.LoraCon
   """config.model.lora as a LoraConfig (None: off); `adapter` (model.lora.init_from's) fixes rank, alpha, targets."""
   lkey = lambda k: key(f"lora.{k}")
   try:
-    ours = lora_lib.from_section(section.lora, lkey)
+    ours = lora_lib.from_section(section.lora, lkey, aliases=families.lora_aliases())
   except lora_lib.LoraError as e:
     raise ModelConfigError(str(e)) from None
   if adapter is None:

@@ -133,8 +133,8 @@ def _matmul(einsum_str: str, x, kernel, out_dtype):
   """einsum of the form (lead + contracted), (contracted + rest) -> (lead + rest) as ONE 2-D matmul.
 
   XLA's CPU backend runs the weight gradient of a 3-D einsum such as "BLD,DF->BLF" (a contraction over
-  both B and L) off its fast matmul path; flattened, forward and backward are plain 2-D matmuls (the
-  T5-small train step is ~1.4x faster on CPU). Other shapes fall back to einsum.
+  both B and L) off its fast matmul path; flattened, forward and backward are plain 2-D matmuls (what that
+  saves: BENCHMARKS.md, "Train step"). Other shapes fall back to einsum.
   """
   x_spec, k_spec = einsum_str.split("->")[0].split(",")
   out_spec = einsum_str.split("->")[1]

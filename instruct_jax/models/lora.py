@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 
 import flax.traverse_util
 import jax
@@ -63,8 +64,9 @@ class LoraConfig:
     return self.alpha / self.rank
 
 
-def check(rank, alpha, dropout, targets, key) -> None:
-  """One-line errors naming `key(field)` (e.g. "config.model.lora.rank") for settings LoRA cannot take."""
+def check(rank, alpha, dropout, targets, key, aliases: Mapping[str, str] | None = None) -> None:
+  """One-line errors naming `key(field)` (e.g. "config.model.lora.rank") for settings LoRA cannot take; `aliases`
+  ({a checkpoint's module name: our projection name}, e.g. "q_proj": "query") turn a foreign name into a hint."""
   if not isinstance(rank, int) or rank < 1:
     raise LoraError(f"{key('rank')}={rank!r}: the adapter rank must be a positive integer (0 turns LoRA off)")
   if not alpha > 0:
@@ -75,21 +77,21 @@ def check(rank, alpha, dropout, targets, key) -> None:
     raise LoraError(f"{key('targets')}={targets!r}: expected a non-empty tuple of projection names from {TARGETS}")
   for t in targets:
     if t not in TARGETS:
-      from instruct_jax.models import families  # pylint: disable=g-import-not-at-top (families import the models)
-      hf = [ours for module in families.MODULES for ours, theirs in module.LORA_NAMES.items() if theirs == t]
-      close = hf or difflib.get_close_matches(str(t), TARGETS, n=1)
+      hint = (aliases or {}).get(t)
+      close = [hint] if hint else difflib.get_close_matches(str(t), TARGETS, n=1)
       raise LoraError(f"{key('targets')}: unknown projection {t!r}; choose from {TARGETS}"
                       + (f" (did you mean {close[0]!r}?)" if close else ""))
 
 
-def from_section(section, key=lambda k: f"config.model.lora.{k}") -> LoraConfig | None:
-  """The LoRA config of a config.model.lora section (None when rank is 0)."""
+def from_section(section, key=lambda k: f"config.model.lora.{k}", aliases: Mapping[str, str] | None = None
+                 ) -> LoraConfig | None:
+  """The LoRA config of a config.model.lora section (None when rank is 0); `aliases` as `check`'s."""
   if section.rank == 0:
     return None
   targets = section.targets
   targets = tuple(t.strip() for t in (targets.split(",") if isinstance(targets, str) else
                                       [part for t in targets for part in str(t).split(",")]) if t.strip())
-  check(section.rank, section.alpha, section.dropout, targets, key)  # "query,value" from a flag is two targets
+  check(section.rank, section.alpha, section.dropout, targets, key, aliases)  # "query,value" from a flag is two targets
   return LoraConfig(int(section.rank), float(section.alpha), float(section.dropout), targets)
 
 

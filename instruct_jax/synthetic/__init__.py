@@ -36,8 +36,8 @@ Output schema: one JSON object per line.
 The four text fields are the ones instruct_jax.data's instruction sources read. API keys never
 appear in records, settings, reports or the request cache.
 
-Modules: backends (interface, instruct_jax-model and scripted backends), openai_backend (HTTP),
-cache (request cache), records (schema, append-only JSONL), prompts (versioned prompt files),
-parsers, filters, rouge_novelty (fast exact ROUGE-L novelty filter), runner (run directory,
-counts, resume), cli (shared flags), and one module per method.
+The backends (the interface, OpenAI-compatible HTTP servers, a model of this project) live in `instruct_jax.lm`,
+shared with the judge. Modules: cache (request cache), records (schema, append-only JSONL), prompts (versioned
+prompt files), parsers, filters, rouge_novelty (fast exact ROUGE-L novelty filter), runner (run directory, counts,
+resume), cli (shared flags), and one module per method.
 """

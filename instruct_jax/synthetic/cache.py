@@ -15,8 +15,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from instruct_jax.synthetic.backends import Backend, Completion, Conversation, GenParams
-from instruct_jax.synthetic.backends import check_conversation
+from instruct_jax.lm.backends import Backend, Completion, Conversation, GenParams
+from instruct_jax.lm.backends import check_conversation
 from instruct_jax.synthetic.records import AppendOnlyJsonl
 
 

@@ -22,8 +22,8 @@ from typing import Any
 from absl import flags
 
 from instruct_jax import errors
-from instruct_jax.synthetic.backends import Backend, ModelBackend
-from instruct_jax.synthetic.openai_backend import OpenAIBackend
+from instruct_jax.lm.backends import Backend
+from instruct_jax.lm.openai import OpenAIBackend
 from instruct_jax.synthetic.runner import Tally
 
 OUT = flags.DEFINE_string("out", None, "Output directory. Re-use it to resume or extend a run.")
@@ -112,7 +112,8 @@ def build_backend(model: str | None = None, base_url: str | None = None,
     for flag, value in (("workdir", path), ("init_from", init_from)):
       if value and not os.path.isdir(value):  # before jax is imported: a typo fails at once
         raise errors.UserError(f"--{flag} {value}: no such directory")
-    return ModelBackend.from_workdir(path, step=STEP.value, init_from=init_from, batch_size=require_positive(
+    from instruct_jax.lm import model  # pylint: disable=g-import-not-at-top  (jax and the model: only when used)
+    return model.ModelBackend.from_workdir(path, step=STEP.value, init_from=init_from, batch_size=require_positive(
         MODEL_BATCH_SIZE.value, "model_batch_size"))
   raise errors.UserError(f"unknown --backend {BACKEND.value!r}")
 

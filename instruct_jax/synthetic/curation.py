@@ -33,7 +33,7 @@ from absl import flags
 
 from instruct_jax.synthetic import cli, prompts as prompt_files
 from instruct_jax.synthetic import filters
-from instruct_jax.synthetic.backends import Backend, GenParams
+from instruct_jax.lm.backends import Backend, GenParams
 from instruct_jax.synthetic.parsers import parse_score
 from instruct_jax.synthetic.records import instruction_triples, make_record, read_jsonl
 from instruct_jax.synthetic.records import text_field

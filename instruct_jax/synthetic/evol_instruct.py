@@ -27,7 +27,7 @@ from typing import Any
 from absl import flags
 
 from instruct_jax.synthetic import cli, prompts as prompt_files
-from instruct_jax.synthetic.backends import Backend, GenParams
+from instruct_jax.lm.backends import Backend, GenParams
 from instruct_jax.synthetic.filters import copies_markers, is_only_stop_words, is_sorry_and_short
 from instruct_jax.synthetic.parsers import clean_text, parse_equal, squash
 from instruct_jax.synthetic.records import make_record, read_jsonl, text_field

@@ -24,7 +24,7 @@ from typing import Any
 from absl import flags
 
 from instruct_jax.synthetic import cli, prompts as prompt_files
-from instruct_jax.synthetic.backends import Backend, GenParams
+from instruct_jax.lm.backends import Backend, GenParams
 from instruct_jax.synthetic.records import make_record, read_jsonl, text_field
 from instruct_jax.synthetic.runner import RunDir, Tally, progress_bar
 

@@ -27,7 +27,7 @@ from typing import Any
 import tqdm
 from absl import logging
 
-from instruct_jax.synthetic.backends import Backend
+from instruct_jax.lm.backends import Backend
 from instruct_jax.synthetic.cache import CachedBackend, RequestCache
 from instruct_jax.synthetic.records import AppendOnlyJsonl, validate_record
 
@@ -89,16 +89,11 @@ class RunDir:
     except BaseException:
       self._lock.close()
       raise
-    self.existing_at_start = len(self.output.entries)
     self.new_records = 0
     self.replayed_records = 0
     if self.output.repaired_bytes:
       logging.warning("%s: cut a torn last line (%d bytes) left by an interrupted run",
                       self.output.path, self.output.repaired_bytes)
-
-  @property
-  def output_path(self) -> str:
-    return self.output.path
 
   def _check_settings(self, settings: dict[str, Any], growable: tuple[str, ...]) -> None:
     path = os.path.join(self.out_dir, "settings.json")

@@ -27,7 +27,7 @@ from typing import Any
 from absl import flags
 
 from instruct_jax.synthetic import cli, prompts as prompt_files
-from instruct_jax.synthetic.backends import Backend, Completion, GenParams
+from instruct_jax.lm.backends import Backend, Completion, GenParams
 from instruct_jax.synthetic.filters import ALPACA_EXTRA_BLACKLIST, instruction_filter
 from instruct_jax.synthetic.filters import select_instances
 from instruct_jax.synthetic.parsers import Instance, parse_input_first, parse_numbered_list

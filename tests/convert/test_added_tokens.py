@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from instruct_jax import configs, convert, resolve, sharding
+from instruct_jax import configs, convert, sharding
+from instruct_jax import plan as plan_lib
 from instruct_jax.convert import added_tokens
 from instruct_jax.data import chat
 from instruct_jax.data import tokenizer as tokenizer_lib
@@ -125,9 +126,9 @@ def test_lora_runs_are_refused_and_the_key_turns_adding_off(tmp_path):
   pretrained = convert.Pretrained(decoder.DecoderConfig(**{**decoder.SIZES["tiny"], "vocab_size": tok.vocab_size}),
                                   None, str(src))
   fmt = chat.resolve_format("chatml", tok)
-  assert resolve.chat_tokens(config, pretrained, fmt).ids == [tok.vocab_size, tok.vocab_size + 1]
+  assert plan_lib.chat_tokens(config, pretrained, fmt).ids == [tok.vocab_size, tok.vocab_size + 1]
   config.model.lora.rank = 4
   with pytest.raises(configs.ConfigError, match="LoRA"):
-    resolve.chat_tokens(config, pretrained, fmt)
+    plan_lib.chat_tokens(config, pretrained, fmt)
   config.data.add_chat_tokens = False
-  assert resolve.chat_tokens(config, pretrained, fmt) is None
+  assert plan_lib.chat_tokens(config, pretrained, fmt) is None

@@ -185,7 +185,7 @@ def _loss_and_grad_norms(targets, weights, vocab):
 def _pipeline(tmp_path, tok, kind, conversations, **kw):
   path = _write(tmp_path / "conv.jsonl", [{"messages": c} for c in conversations])
   fmt = chat.resolve_format("chatml", tok)
-  tasks = tasks_lib.catalogue(tasks_lib.DataPaths(chat_files={"conv": path}, chat_format=fmt))
+  tasks = mixtures.task_catalogue(tasks_lib.DataPaths(chat_files={"conv": path}, chat_format=fmt))
   cfg = pipeline.PipelineConfig(mixture="chat", model_kind=kind, shuffle=False, **kw)
   return pipeline.make_pipeline(cfg, tok, tasks=tasks, mixtures=mixtures.catalogue(tasks))
 
@@ -250,9 +250,9 @@ def test_instruction_files_take_the_chat_format_when_set(tmp_path, spm_chat):
   path = _write(tmp_path / "alpaca.jsonl", [{"instruction": "Add the numbers.", "input": "3 1 2", "output": "6",
                                               "system": "You are a calculator."}])
   fmt = chat.resolve_format("chatml", spm_chat)
-  plain = tasks_lib.catalogue(tasks_lib.DataPaths(instruction_files={"a": path}))["a"]
+  plain = mixtures.task_catalogue(tasks_lib.DataPaths(instruction_files={"a": path}))["a"]
   assert "chat" not in plain.example("train", 0)  # no format: today's templates
-  fields = tasks_lib.catalogue(tasks_lib.DataPaths(instruction_files={"a": path}, chat_format=fmt))["a"].example(
+  fields = mixtures.task_catalogue(tasks_lib.DataPaths(instruction_files={"a": path}, chat_format=fmt))["a"].example(
       "train", 0)
   assert fields["chat"]["text"] == ("<|im_start|>system\nYou are a calculator.<|im_end|>\n<|im_start|>user\nAdd the "
                                     "numbers.\n\n3 1 2<|im_end|>\n<|im_start|>assistant\n6<|im_end|>\n")

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from instruct_jax.data import flan2021
+from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import render
 from instruct_jax.data import sources
 from instruct_jax.data import superni
@@ -185,7 +187,7 @@ def test_tfds_data_source_through_the_rte_task(tiny_rte_dir):
 
 
 def test_tfds_squad_task_references_and_inversion(tiny_rte_dir):
-  catalogue = tasks_lib.tfds_tasks(tiny_rte_dir)
+  catalogue = flan2021.tasks(tiny_rte_dir)
   squad = catalogue["squad/v1.1"]
   # Same task definition as the catalogue's, on the tiny stand-in dataset ("test" reads "validation").
   task = tasks_lib.Task("tiny_squad", sources.TfdsSource("instruct_jax_tiny_squad", data_dir=tiny_rte_dir,
@@ -311,7 +313,7 @@ def test_tfds_preprocessors_on_records_shaped_like_data_source_rows():
   anli = {"uid": "u", "context": "A cat sat.", "hypothesis": "An animal sat.", "label": 0}
   assert [tasks_lib.preprocess_anli({**anli, "label": i})["answer"] for i in range(3)] == [
       "yes", "it is not possible to tell", "no"]
-  task = tasks_lib.tfds_tasks()["anli/r1"]
+  task = flan2021.tasks()["anli/r1"]
   fields = {**tasks_lib.preprocess_anli(anli), "options": list(task.options)}
   inputs, _ = render.Renderer(task, render.RenderConfig())._fill(task.templates[1], fields, with_options=True)
   assert inputs == ("Premise: A cat sat.\nHypothesis: An animal sat.\nIs the hypothesis entailed, contradicted, "
@@ -326,7 +328,7 @@ def test_superni_instance_caps_are_config_keys(shared_data):
                                       "--config.data_paths.superni_train_instances=3",
                                       "--config.data_paths.superni_eval_instances=2"])
   assert isinstance(config.data_paths, ml_collections.ConfigDict)
-  tasks = tasks_lib.catalogue(tasks_lib.DataPaths.from_config(config.data_paths))
+  tasks = mixtures_lib.task_catalogue(tasks_lib.DataPaths.from_config(config.data_paths))
   copa = tasks["niv2/task1393_superglue_copa_text_completion"]
   assert copa.num_examples("train") == 3 and copa.num_examples("test") == 2
   assert [r["id"] for r in copa.source.load("test")] == [r["id"] for r in copa.source.load("train")[:2]]
@@ -337,7 +339,7 @@ def test_superni_instance_caps_are_config_keys(shared_data):
 def test_a_split_without_labels_is_an_error_naming_it():
   unlabeled = [{"question": f"q{i}", "passage": "p", "idx": i, "label": -1} for i in range(4)]
   task = tasks_lib.Task(name="super_glue/boolq", source=sources.MemorySource({"test": unlabeled}),
-                        templates=tasks_lib.tfds_tasks()["super_glue/boolq"].templates,
+                        templates=flan2021.tasks()["super_glue/boolq"].templates,
                         preprocess=tasks_lib.preprocess_boolq, options=("yes", "no"))
   with pytest.raises(sources.DataError, match="'super_glue/boolq' split 'test': its preprocessing dropped all"):
     render.render_split(task, "test", render.RenderConfig(), n=4)

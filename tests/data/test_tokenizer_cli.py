@@ -63,7 +63,7 @@ def test_accepts_pad_equal_to_eos_and_refuses_a_missing_file(tmp_path):
 
 
 def test_tokenizer_command_trains_on_a_mixture(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "instruct_jax.data.tokenizer", "--mixture", "builtin_check",
+  out = subprocess.run([sys.executable, "-m", "instruct_jax.data.vocab", "--mixture", "builtin_check",
                         "--vocab_size", "300", "--num_examples", "2000", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120, check=True)
   assert "spm.model" in out.stdout
@@ -73,7 +73,7 @@ def test_tokenizer_command_trains_on_a_mixture(tmp_path):
 
 
 def test_tokenizer_command_suggests_names(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "instruct_jax.data.tokenizer", "--mixture", "builtin_chek",
+  out = subprocess.run([sys.executable, "-m", "instruct_jax.data.vocab", "--mixture", "builtin_chek",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "did you mean 'builtin_check'" in out.stderr
 

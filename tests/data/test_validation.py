@@ -60,7 +60,7 @@ def test_strict_is_a_config_key_reachable_from_the_command_line():
   assert config.data.strict is False
   config.data_paths.instruction_files = ml_collections.ConfigDict({"mine": "x.jsonl"})
   paths = tasks_lib.DataPaths.from_config(config.data_paths, strict=config.data.strict)
-  assert tasks_lib.catalogue(paths)["mine"].source.strict is False
+  assert mixtures.task_catalogue(paths)["mine"].source.strict is False
 
 
 def _config(**data):

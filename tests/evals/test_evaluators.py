@@ -2,6 +2,7 @@
 shot count; one row schema and one grouping serve built-in tasks and SuperNI alike."""
 import pytest
 
+from instruct_jax import predict
 from instruct_jax.data import mixtures
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.evals import evaluators
@@ -114,7 +115,7 @@ def test_an_evaluator_yields_scalars_and_superni_tables_from_predict_fns(shared_
   from instruct_jax import configs
   ev = evaluators.build_evaluator("ni", spec, configs.base().eval, tasks, mixes,
                                   str(shared_data / "natural-instructions"))
-  echo = evaluators.PredictFns(generate=lambda prompts: [p.split()[-1] for p in prompts])
+  echo = predict.PredictFns(generate=lambda prompts: [p.split()[-1] for p in prompts])
   scalars = dict(ev.run(echo))
   table = ev.summary["superni"]
   assert scalars["eval/ni/superni_overall/rougeL"] == table["overall"]["rougeL"]
@@ -123,3 +124,28 @@ def test_an_evaluator_yields_scalars_and_superni_tables_from_predict_fns(shared_
   rows = ev.result_rows()
   assert {r["evaluator"] for r in rows} == {"ni"}
   assert {r["grouping"] for r in rows} >= {"by_cluster", "superni_overall", "superni_by_category", "superni_by_task"}
+
+
+def test_a_new_evaluator_kind_is_one_table_entry():
+  """The table of kinds is open: a kind names its keys and builds an Evaluator from the run's context."""
+  from instruct_jax import configs  # pylint: disable=g-import-not-at-top
+
+  def build(name, spec, ctx):
+    task = ctx.tasks[spec["task"]]
+    rows = evaluators.render_eval_examples([evaluators.EvalSet(name, (task.name,), None, "test", 2)], ctx.tasks)
+    return evaluators.Evaluator(name, rows, every=spec.get("every", 0))
+
+  kinds = {**evaluators.KINDS, "one_task": evaluators.EvaluatorKind("one_task", ("task",), ("task",), "task", build)}
+  c = configs.base()
+  c.evals.mine = "kind=one_task,task=builtin/reverse,every=4"
+  tasks, mixes = mixtures.catalogues()
+  with pytest.raises(evaluators.EvalConfigError, match="config.evals.mine.kind: expected one of"):
+    evaluators.from_config(c, tasks, mixes)  # not in the built-in table
+  mine = evaluators.from_config(c, tasks, mixes, kinds)[1]
+  assert (mine.name, mine.every, len(mine.rows), {r["task"] for r in mine.rows}) == ("mine", 4, 2, {"builtin/reverse"})
+  echo = predict.PredictFns(generate=lambda prompts: ["x"] * len(prompts))
+  assert "eval/mine/rougeL" in dict(mine.run(echo))
+  with pytest.raises(evaluators.EvalConfigError, match="config.evals.bad.tasks: no such key; a one_task evaluator"):
+    evaluators.parse_spec("bad", "kind=one_task,task=builtin/reverse,tasks=x", kinds)
+  with pytest.raises(evaluators.EvalConfigError, match="config.evals.bad.task: a one_task evaluator names its task"):
+    evaluators.parse_spec("bad", "kind=one_task", kinds)

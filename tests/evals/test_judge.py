@@ -13,7 +13,7 @@ import pytest
 
 from instruct_jax import errors
 from instruct_jax.evals import judge
-from instruct_jax.synthetic.openai_backend import OpenAIBackend
+from instruct_jax.lm.openai import OpenAIBackend
 
 from tests.synthetic.fakes import FakeOpenAIServer
 

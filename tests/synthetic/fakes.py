@@ -16,7 +16,7 @@ import threading
 import time
 
 from instruct_jax.synthetic import prompts as prompt_files
-from instruct_jax.synthetic.backends import Completion, GenParams, ScriptedBackend, apply_stop
+from instruct_jax.lm.backends import Completion, GenParams, ScriptedBackend, apply_stop
 
 TOPICS = ["tea", "volcanoes", "chess openings", "tax returns", "rain gardens", "jazz chords",
           "bicycle repair", "the Roman calendar", "sourdough starters", "solar panels", "sleep",

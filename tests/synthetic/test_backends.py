@@ -6,10 +6,11 @@ import socket
 
 import pytest
 
-from instruct_jax.synthetic.backends import BackendError, Completion, GenParams, ModelBackend
-from instruct_jax.synthetic.backends import ScriptedBackend, format_chat
+from instruct_jax.lm.backends import BackendError, Completion, GenParams
+from instruct_jax.lm.model import ModelBackend
+from instruct_jax.lm.backends import ScriptedBackend, format_chat
 from instruct_jax.synthetic.cache import CachedBackend, RequestCache
-from instruct_jax.synthetic.openai_backend import OpenAIBackend
+from instruct_jax.lm.openai import OpenAIBackend
 from instruct_jax.synthetic.records import AppendOnlyJsonl
 
 from tests.synthetic.fakes import FakeOpenAIServer

@@ -8,8 +8,9 @@ import socket
 import pytest
 
 from instruct_jax.synthetic import backtranslation, curation, evol_instruct, orca, self_instruct
-from instruct_jax.synthetic.backends import GenParams, ModelBackend, ScriptedBackend
-from instruct_jax.synthetic.openai_backend import OpenAIBackend
+from instruct_jax.lm.backends import GenParams, ScriptedBackend
+from instruct_jax.lm.model import ModelBackend
+from instruct_jax.lm.openai import OpenAIBackend
 from instruct_jax.synthetic.records import read_jsonl, validate_record
 from instruct_jax.synthetic.runner import ResumeError, RunDir
 

@@ -13,7 +13,8 @@ import pytest
 from instruct_jax import predict, sampling
 from instruct_jax.evals import judge
 from instruct_jax.synthetic import self_instruct
-from instruct_jax.synthetic.backends import GenParams, ModelBackend
+from instruct_jax.lm.backends import GenParams
+from instruct_jax.lm.model import ModelBackend
 
 from tests.synthetic.fakes import TOPICS
 
@@ -86,13 +87,13 @@ def test_instruction_prompts_are_rendered_as_training_rendered_instruction_files
 
 @pytest.mark.slow  # the module's workdir is trained first (~15 s)
 def test_the_model_backend_says_length_when_max_new_tokens_cut_the_output(workdir, backend):
-  from instruct_jax import workdir as workdir_lib
+  from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
   prompts = ["Sort: 3 1 2", "Count the items: a b c", "Reverse: x y"]
   out = backend.complete(prompts, GenParams(max_new_tokens=4))
   assert backend.model == f"{workdir}@2"
   assert [c.finish_reason for c in out] == ["length"] * 3   # a 2-step model does not stop by itself
   # The rule behind it: a row that used the whole budget never emitted end-of-text.
-  loaded = workdir_lib.load(workdir)
+  loaded = plan_lib.load(workdir)
   gen = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, sampling.DecodeConfig(max_new_tokens=4),
                                  batch_size=8, max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh,
                                  rules=loaded.rules, with_ids=True, with_finish=True)

@@ -51,3 +51,8 @@ def of_config(config):
 def lora_names(kind: str) -> dict[str, str]:
   """{Hugging Face module name: our projection name} over the families of a model kind (PEFT adapters)."""
   return {theirs: ours for module in MODULES if module.KIND == kind for ours, theirs in module.LORA_NAMES.items()}
+
+
+def lora_aliases() -> dict[str, str]:
+  """{a checkpoint's module name PEFT targets: our projection name} over every family (hints for a wrong target)."""
+  return {theirs: ours for module in MODULES for ours, theirs in module.LORA_NAMES.items()}

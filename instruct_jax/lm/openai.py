@@ -24,8 +24,8 @@ from typing import Any
 
 from absl import logging
 
-from instruct_jax.synthetic.backends import BackendError, Completion, Conversation, GenParams
-from instruct_jax.synthetic.backends import check_conversation
+from instruct_jax.lm.backends import BackendError, Completion, Conversation, GenParams
+from instruct_jax.lm.backends import check_conversation
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
