@@ -9,9 +9,9 @@ Every key below carries a one-line comment; nothing in instruct_jax reads a key 
 `validate` refuses a config with a key that is not here (a typo in a config file or on the command line),
 naming it and the closest known key. Four sections are open maps whose keys the user names:
 `model.overrides` (model config fields, checked against the model's dataclass),
-`data_paths.instruction_files` and `data_paths.chat_files` (task name -> file) and `evals` (evaluator name -> its
-kind and schedule). Keys that are None by default are typed placeholders, so `--config.data.mixing_cap=3000`
-parses as an int.
+`data_paths.instruction_files`, `data_paths.chat_files` and `data_paths.preference_files` (task name -> file) and
+`evals` (evaluator name -> its kind and schedule). Keys that are None by default are typed placeholders, so
+`--config.data.mixing_cap=3000` parses as an int.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from ml_collections import config_dict, config_flags
 
 from instruct_jax import errors
 
-OPEN_MAPS = ("model.overrides", "data_paths.instruction_files", "data_paths.chat_files", "evals")
+OPEN_MAPS = ("model.overrides", "data_paths.instruction_files", "data_paths.chat_files", "data_paths.preference_files",
+             "evals")
+FILE_MAPS = ("data_paths.instruction_files", "data_paths.chat_files", "data_paths.preference_files")
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -114,6 +116,8 @@ def base() -> ml_collections.ConfigDict:
   c.data_paths.instruction_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: Alpaca JSONL
   c.data_paths.chat_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: conversations JSONL
   #                                                        (OpenAI messages or ShareGPT); the mixture "chat" holds all
+  c.data_paths.preference_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: preference
+  #                                                             pairs JSONL (instruct_jax/data/preferences.py)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh; -1: the remaining devices
   c.sharding = "data_parallel"  # logical-axis rules preset: data_parallel | fsdp | fsdp_tensor
@@ -121,7 +125,7 @@ def base() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.optimizer = "adamw"  # adamw | adafactor
   c.optim.learning_rate = 1e-3  # peak learning rate
-  c.optim.schedule = "cosine"  # constant | cosine | rsqrt (after linear warmup)
+  c.optim.schedule = "cosine"  # constant | cosine | linear | rsqrt (after linear warmup)
   c.optim.warmup_steps = 0  # linear warmup from 0
   c.optim.end_lr_fraction = 0.0  # cosine decays to learning_rate * end_lr_fraction
   c.optim.b1 = 0.9  # Adam beta1 (Adafactor: momentum when > 0)
@@ -131,6 +135,14 @@ def base() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 1.0  # global-norm gradient clipping (0: off)
   c.optim.adafactor_decay_rate = 0.8  # Adafactor's second-moment decay exponent
   c.optim.adafactor_param_scale = True  # Adafactor: scale updates by the parameter RMS (as T5X)
+
+  c.objective = "sft"  # sft | dpo | ipo | cdpo | simpo | orpo (instruct_jax/objectives.py; the others train on
+  #                      preference pairs: data_paths.preference_files, mixture "preferences")
+  c.preference = ml_collections.ConfigDict()
+  c.preference.beta = 0.1  # DPO/IPO/cDPO/SimPO temperature (IPO's tau); the rewards are beta * log-ratio
+  c.preference.label_smoothing = 0.0  # cDPO: the assumed share of flipped labels, in (0, 0.5)
+  c.preference.gamma = 0.5  # SimPO's target reward margin
+  c["preference"]["lambda"] = 0.1  # ORPO: weight of the odds-ratio term beside the chosen responses' NLL
 
   c.loss = ml_collections.ConfigDict()
   c.loss.normalization = "tokens"  # tokens (global token mean) | examples (per packed segment) | sum
@@ -192,7 +204,7 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
                       "instruct_jax.configs.base() (or a shipped config) instead of building a ConfigDict")
   for name in OPEN_MAPS:
     for key, value in got[name].items():
-      is_file_map = name in ("data_paths.instruction_files", "data_paths.chat_files")
+      is_file_map = name in FILE_MAPS
       if is_file_map and (not isinstance(value, str) or not value):
         raise ConfigError(f"{_flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
   k, rows = config.num_microbatches, config.data.batch_size

@@ -61,9 +61,18 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
   if plan.evaluators is not None:
     out("evals     " + "; ".join(f"{e.name}: {len(e.rows)} examples, "
                                  + (f"every {e.every} steps" if e.every else "at the end") for e in plan.evaluators))
-  tokens = config.data.batch_size * (config.data.inputs_length + config.data.targets_length)
-  out(f"steps     {config.total_steps} of {config.data.batch_size} rows ({tokens:,} token slots per step), "
+  pairs = getattr(plan.objective, "pairs", False)
+  rows = config.data.batch_size * (2 if pairs else 1)
+  tokens = rows * (config.data.inputs_length + config.data.targets_length)
+  what = f"{config.data.batch_size} pairs ({rows} rows" if pairs else f"{rows} rows ("
+  out(f"steps     {config.total_steps} of {what}{', ' if pairs else ''}{tokens:,} token slots per step), "
       f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
+  if pairs:
+    reference = ("a frozen copy of the starting weights" if step.needs_reference_copy(model, plan.objective) else
+                 "the base with the adapters off" if plan.objective.needs_reference else "none")
+    p = config.preference
+    out(f"objective {config.objective}: beta {p.beta}, label_smoothing {p.label_smoothing}, gamma {p.gamma}, lambda "
+        f"{p['lambda']}; reference model: {reference}")
   step_flops = flops.train_step_flops(model, batch_size=config.data.batch_size, inputs_length=config.data.inputs_length,
                                       targets_length=config.data.targets_length)
   out(f"flops     {step_flops:.3g} model FLOPs per step, {step_flops * config.total_steps:.3g} for the run "
@@ -80,13 +89,17 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
 
 def _memory(plan: plan_lib.RunPlan, out) -> None:
   """Parameters and optimizer state per device of the plan's mesh, and where the largest parameters go."""
-  abstract, state_sh = step.abstract_train_state(plan.model, plan.tx, plan.mesh, plan.rules, jax.random.key(0))
+  copy = step.needs_reference_copy(plan.model, plan.objective)
+  abstract, state_sh = step.abstract_train_state(plan.model, plan.tx, plan.mesh, plan.rules, jax.random.key(0),
+                                                 reference=copy)
   per_device = lambda tree, sh: sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
                                     for a, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sh)))
   gib = 1024 ** 3
   p_bytes, o_bytes = per_device(abstract.params, state_sh.params), per_device(abstract.opt_state, state_sh.opt_state)
-  out(f"memory    per device: parameters {p_bytes / gib:.2f} GiB + optimizer state {o_bytes / gib:.2f} GiB = "
-      f"{(p_bytes + o_bytes) / gib:.2f} GiB (activations not counted: --compile adds XLA's whole plan)")
+  r_bytes = per_device(abstract.reference, state_sh.reference) if copy else 0
+  out(f"memory    per device: parameters {p_bytes / gib:.2f} GiB + optimizer state {o_bytes / gib:.2f} GiB"
+      + (f" + the reference's frozen copy {r_bytes / gib:.2f} GiB" if copy else "")
+      + f" = {(p_bytes + o_bytes + r_bytes) / gib:.2f} GiB (activations not counted: --compile adds XLA's whole plan)")
   flat = zip(jax.tree_util.tree_flatten_with_path(abstract.params)[0], jax.tree.leaves(state_sh.params))
   for (path, a), sh in sorted(flat, key=lambda x: -x[0][1].size)[:4]:  # the largest parameters, and where they go
     out(f"  {jax.tree_util.keystr(path):56s} {str(a.shape):22s} {str(sh.spec):28s} per device "
@@ -109,7 +122,8 @@ def _data(plan: plan_lib.RunPlan, out, num_examples: int, rate_examples: int) ->
       tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
                 f"{len(tokenizer.encode(ex['targets']))} tokens)")
       out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
-          f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}")
+          f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}"
+          + (f"\n  rejected: {ex['rejected']!r}" if "rejected" in ex else ""))
   out(f"data      mixture {plan.data.mixture!r}: {len(task_names)} tasks; rate (realised over "
       f"{int(counts.sum())} examples):")
   order = sorted(range(len(task_names)), key=lambda i: -rates[task_names[i]])

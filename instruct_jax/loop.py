@@ -94,11 +94,12 @@ class Feed:
     self.features = set(plan.objective.batch_spec(plan.model.kind, config.data.batch_size,
                                                   config.data.inputs_length, config.data.targets_length))
     self.sharding = sharding.batch_sharding(plan.mesh, plan.rules)
+    self.per_example = 2 if getattr(plan.objective, "pairs", False) else 1  # a pair is two rows
 
   def __call__(self, host_batch):
     if not self.pack:  # the step's attention relies on it (step.train_step's packed=False)
       packing.check_one_example_rows(host_batch)
-    counts = metrics_lib.task_counts(host_batch, self.num_tasks)
+    counts = metrics_lib.task_counts(host_batch, self.num_tasks) // self.per_example
     stats = (time.time(), *metrics_lib.token_counts(host_batch), counts)
     batch = pipeline_lib.to_global_batch({k: v for k, v in host_batch.items() if k in self.features}, self.sharding)
     return batch, stats

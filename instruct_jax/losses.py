@@ -101,3 +101,59 @@ def loss_and_metrics(logits_BLV, targets_BL, weights_BL, *, scale_BL, denominato
     metrics[f"{name}_nll"] = jax.ops.segment_sum((w * nll_BL).reshape(-1), ids, num_segments=n)
     metrics[f"{name}_weight"] = jax.ops.segment_sum(w.reshape(-1), ids, num_segments=n)
   return loss, metrics
+
+
+# ---------------------------------------------------------------- preference losses
+
+PREFERENCE_LOSSES = ("dpo", "ipo", "cdpo", "simpo", "orpo")
+NEEDS_REFERENCE = ("dpo", "ipo", "cdpo")  # SimPO and ORPO compare the policy's own log-probabilities
+LENGTH_NORMALISED = ("ipo", "simpo", "orpo")  # log-probabilities averaged over the response's tokens (as TRL)
+
+
+def sequence_logps(logits_BLV, targets_BL, weights_BL):
+  """Per row: the sum of log p(target) over its scored tokens, and how many tokens are scored ([B] each)."""
+  _, nll_BL = cross_entropy(logits_BLV, targets_BL)
+  w = weights_BL.astype(jnp.float32)
+  return -jnp.sum(w * nll_BL, axis=-1), jnp.sum(w, axis=-1)
+
+
+def preference_losses(kind: str, chosen_logps_P, rejected_logps_P, chosen_tokens_P, rejected_tokens_P,
+                      ref_chosen_logps_P=None, ref_rejected_logps_P=None, *, beta: float = 0.1,
+                      label_smoothing: float = 0.0, gamma: float = 0.5):
+  """Per pair: (loss, chosen reward, rejected reward, the log-probabilities the loss compares) for one preference
+  loss; the log-probabilities are sums over each response's scored tokens ([P] each).
+
+      dpo    -log sigmoid(beta * h), h = (pi_c - pi_r) - (ref_c - ref_r)                (Rafailov et al. 2023)
+      cdpo   -(1 - e) log sigmoid(beta h) - e log sigmoid(-beta h), e = label_smoothing  (conservative DPO)
+      ipo    (h - 1 / (2 beta))^2, h on length-averaged log-probabilities                (Azar et al. 2023)
+      simpo  -log sigmoid(beta (avg pi_c - avg pi_r) - gamma), no reference              (Meng et al. 2024)
+      orpo   -log sigmoid(log odds(avg pi_c) - log odds(avg pi_r)), no reference; the run's loss adds the
+             chosen responses' NLL (`Preference`), weighting this term by lambda         (Hong et al. 2024)
+
+  Rewards are beta * (pi - ref) with a reference, beta * avg pi without (TRL's `rewards/*`).
+  """
+  if kind not in PREFERENCE_LOSSES:
+    raise ValueError(f"unknown preference loss {kind!r}; one of {PREFERENCE_LOSSES}")
+  if kind in LENGTH_NORMALISED:
+    chosen = chosen_logps_P / jnp.maximum(chosen_tokens_P, 1.0)
+    rejected = rejected_logps_P / jnp.maximum(rejected_tokens_P, 1.0)
+  else:
+    chosen, rejected = chosen_logps_P, rejected_logps_P
+  if kind in NEEDS_REFERENCE:
+    ref_c, ref_r = ref_chosen_logps_P, ref_rejected_logps_P
+    if kind == "ipo":
+      ref_c = ref_c / jnp.maximum(chosen_tokens_P, 1.0)
+      ref_r = ref_r / jnp.maximum(rejected_tokens_P, 1.0)
+    h = (chosen - rejected) - (ref_c - ref_r)
+    if kind == "ipo":
+      loss = jnp.square(h - 1.0 / (2.0 * beta))
+    else:
+      eps = label_smoothing if kind == "cdpo" else 0.0
+      loss = -(1.0 - eps) * jax.nn.log_sigmoid(beta * h) - eps * jax.nn.log_sigmoid(-beta * h)
+    return loss, beta * (chosen - ref_c), beta * (rejected - ref_r), (chosen, rejected)
+  if kind == "simpo":
+    loss = -jax.nn.log_sigmoid(beta * (chosen - rejected) - gamma)
+  else:  # orpo: log odds = log p - log(1 - p) with p the length-averaged probability
+    log_odds = (chosen - rejected) - (jnp.log1p(-jnp.exp(chosen)) - jnp.log1p(-jnp.exp(rejected)))
+    loss = -jax.nn.log_sigmoid(log_odds)
+  return loss, beta * chosen, beta * rejected, (chosen, rejected)

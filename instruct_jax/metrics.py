@@ -175,6 +175,11 @@ def summarize_step(sums: Mapping[str, np.ndarray], *, seconds: float, tokens: fl
   if task_counts is not None:
     for name, n in zip(task_names, task_counts):
       out[f"examples_seen/{name}"] = float(n)
+  if "pairs" in sums:  # a preference objective (objectives.Preference): means over the pairs, named as TRL's
+    pairs = max(float(sums["pairs"]), 1e-9)
+    for name in ("rewards_chosen", "rewards_rejected", "rewards_accuracies", "rewards_margins", "logps_chosen",
+                 "logps_rejected"):
+      out[name.replace("_", "/", 1)] = float(sums[name]) / pairs
   for group, labels in (group_labels or {}).items():
     if f"{group}_nll" in sums:
       for label, nll, weight in zip(labels, np.asarray(sums[f"{group}_nll"]), np.asarray(sums[f"{group}_weight"])):

@@ -8,13 +8,15 @@ gradients of `loss` with respect to the trainable parameters and applies the opt
                           these features to the devices and keeps the rest on the host
     prepare(batch)        step-wide quantities computed before any forward pass: (per-row arrays, split with the
                           batch into microbatches; shared values, used whole by every microbatch)
-    loss(model, params, microbatch, per_row, shared, dropout_rng, packed)
+    loss(model, params, microbatch, per_row, shared, dropout_rng, packed, reference)
                           (scalar loss, metric sums); summed over microbatches, so each microbatch's loss is its
-                          share of the step's loss, not a mean of its own
+                          share of the step's loss, not a mean of its own. `reference`: the frozen reference
+                          model's parameters, for objectives with `needs_reference`
     zero_metrics()        the metric sums of no data (the accumulator's start)
 
-`SFT` is instruction tuning's: masked next-token cross-entropy on the output tokens (losses.py). The preference
-objectives (DPO and relatives) are the other objectives of this seam. `from_config` picks a run's.
+`SFT` is instruction tuning's: masked next-token cross-entropy on the output tokens (losses.py). `Preference` is
+DPO and its relatives on chosen/rejected pairs (`losses.preference_losses`). `from_config` picks a run's
+(config.objective).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from instruct_jax import losses
+from instruct_jax import configs, losses
 from instruct_jax.data import packing
 from instruct_jax.models import build
 
@@ -34,6 +36,8 @@ MetricGroups = tuple[tuple[str, str, int], ...]
 
 class Objective(Protocol):
   name: str
+  needs_reference: bool
+  pairs: bool  # the batch holds preference pairs (data/packing.py pad_pairs_and_batch)
 
   def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int
                  ) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -42,8 +46,8 @@ class Objective(Protocol):
   def prepare(self, batch: Batch) -> tuple[Any, Any]:
     ...
 
-  def loss(self, model: build.Model, params, batch: Batch, per_row, shared, *, dropout_rng, packed: bool
-           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(self, model: build.Model, params, batch: Batch, per_row, shared, *, dropout_rng, packed: bool,
+           reference=None) -> tuple[jax.Array, dict[str, jax.Array]]:
     ...
 
   def zero_metrics(self) -> dict[str, jax.Array]:
@@ -61,6 +65,8 @@ class SFT:
   label_smoothing: float = 0.0
   groups: MetricGroups = ()
   name: str = dataclasses.field(default="sft", init=False)
+  needs_reference: bool = dataclasses.field(default=False, init=False)
+  pairs: bool = dataclasses.field(default=False, init=False)
 
   def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int):
     """The pipeline's rows (packing.batch_spec) and the per-token features of the metric groups."""
@@ -72,7 +78,9 @@ class SFT:
         batch["decoder_loss_weights"], batch.get("decoder_segment_ids"), self.normalization)
     return scale_BL, denominator
 
-  def loss(self, model: build.Model, params, batch: Batch, per_row, shared, *, dropout_rng, packed: bool):
+  def loss(self, model: build.Model, params, batch: Batch, per_row, shared, *, dropout_rng, packed: bool,
+           reference=None):
+    del reference
     batch = dict(batch)
     groups = {name: (batch.pop(feature), n) for name, feature, n in self.groups}
     logits = model.apply(params, batch, dropout_rng=dropout_rng, packed=packed)
@@ -87,6 +95,113 @@ class SFT:
     return sums
 
 
+def _halves(x, hosts: int):
+  """Per-row values of a batch of pairs -> (chosen, rejected): each host's rows are its pairs' chosen responses, then
+  their rejected ones (`packing.pad_pairs_and_batch`); the global batch is the hosts' rows in order."""
+  x = x.reshape(hosts, 2, -1, *x.shape[1:])
+  return x[:, 0].reshape(-1, *x.shape[3:]), x[:, 1].reshape(-1, *x.shape[3:])
+
+
+PREFERENCE_SUMS = ("pairs", "rewards_chosen", "rewards_rejected", "rewards_accuracies", "rewards_margins",
+                   "logps_chosen", "logps_rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preference:
+  """A preference loss (losses.preference_losses: dpo, ipo, cdpo, simpo, orpo) on batches of pairs, averaged over the
+  step's pairs; ORPO adds the chosen responses' NLL, averaged over the step's chosen tokens, and weights its
+  odds-ratio term by `lambda_`. The reference model (dpo, ipo, cdpo) is a frozen copy of the starting weights, or
+  with LoRA the base with its adapters off (`step.reference_params`).
+
+  Metric sums (names as TRL logs them, `metrics.summarize_step`): rewards of the chosen and rejected responses, the
+  share of pairs whose chosen reward is higher, their margin, and the log-probabilities the loss compares; plus the
+  chosen responses' token NLL and accuracy as SFT reports them."""
+  kind: str = "dpo"
+  beta: float = 0.1
+  label_smoothing: float = 0.0
+  gamma: float = 0.5
+  lambda_: float = 0.1
+  hosts: int = 1  # processes whose rows make the global batch (`_halves`)
+  groups: MetricGroups = ()
+  pairs: bool = dataclasses.field(default=True, init=False)
+
+  @property
+  def name(self) -> str:
+    return self.kind
+
+  @property
+  def needs_reference(self) -> bool:
+    return self.kind in losses.NEEDS_REFERENCE
+
+  def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int):
+    """2 * batch_size one-example rows: each pair's chosen response, then its rejected one."""
+    return packing.batch_spec(kind, inputs_length, targets_length, 2 * batch_size,
+                              meta_features=[feature for _, feature, _ in self.groups])
+
+  def prepare(self, batch: Batch):
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    chosen_tokens, rejected_tokens = _halves(jnp.sum(weights, axis=-1), self.hosts)
+    pairs = jnp.sum((chosen_tokens > 0) & (rejected_tokens > 0)).astype(jnp.float32)
+    return None, (pairs, jnp.sum(chosen_tokens))
+
+  def loss(self, model: build.Model, params, batch: Batch, per_row, shared, *, dropout_rng, packed: bool,
+           reference=None):
+    del per_row
+    step_pairs, step_chosen_tokens = shared
+    batch = dict(batch)
+    for _, feature, _ in self.groups:
+      batch.pop(feature)
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    logits = model.apply(params, batch, dropout_rng=dropout_rng, packed=packed)
+    logps, tokens = losses.sequence_logps(logits, targets, weights)
+    (chosen, rejected), (chosen_n, rejected_n) = _halves(logps, self.hosts), _halves(tokens, self.hosts)
+    ref_chosen = ref_rejected = None
+    if self.needs_reference:
+      ref_logits = jax.lax.stop_gradient(model.apply(reference, batch, dropout_rng=None, packed=packed))
+      ref_chosen, ref_rejected = _halves(losses.sequence_logps(ref_logits, targets, weights)[0], self.hosts)
+    per_pair, reward_c, reward_r, (compared_c, compared_r) = losses.preference_losses(
+        self.kind, chosen, rejected, chosen_n, rejected_n, ref_chosen, ref_rejected, beta=self.beta,
+        label_smoothing=self.label_smoothing, gamma=self.gamma)
+    valid = ((chosen_n > 0) & (rejected_n > 0)).astype(jnp.float32)
+    loss = jnp.sum(valid * per_pair) / jnp.maximum(step_pairs, 1.0)
+    if self.kind == "orpo":
+      loss = self.lambda_ * loss - jnp.sum(valid * chosen) / jnp.maximum(step_chosen_tokens, 1.0)
+    chosen_weights, _ = _halves(weights.astype(jnp.float32), self.hosts)
+    chosen_logits, _ = _halves(logits, self.hosts)
+    chosen_targets, _ = _halves(targets, self.hosts)
+    _, sums = losses.loss_and_metrics(chosen_logits, chosen_targets, chosen_weights, scale_BL=chosen_weights,
+                                      denominator=1.0)
+    sums.update(pairs=jnp.sum(valid), rewards_chosen=jnp.sum(valid * reward_c),
+                rewards_rejected=jnp.sum(valid * reward_r),
+                rewards_accuracies=jnp.sum(valid * (reward_c > reward_r).astype(jnp.float32)),
+                rewards_margins=jnp.sum(valid * (reward_c - reward_r)), logps_chosen=jnp.sum(valid * compared_c),
+                logps_rejected=jnp.sum(valid * compared_r))
+    return loss, sums
+
+  def zero_metrics(self) -> dict[str, jax.Array]:
+    return {"weight_sum": jnp.zeros(()), "correct": jnp.zeros(()), "nll_sum": jnp.zeros(()),
+            **{name: jnp.zeros(()) for name in PREFERENCE_SUMS}}
+
+
+OBJECTIVES = ("sft", *losses.PREFERENCE_LOSSES)
+
+
 def from_config(config, groups: MetricGroups = ()) -> Objective:
-  """A run's objective: config.loss's settings, with the data's metric groups (`plan.metric_groups`)."""
-  return SFT(**config.loss.to_dict(), groups=tuple(groups))
+  """A run's objective (config.objective): SFT with config.loss's settings and the data's metric groups
+  (`plan.metric_groups`), or a preference loss with config.preference's."""
+  if config.objective == "sft":
+    return SFT(**config.loss.to_dict(), groups=tuple(groups))
+  if config.objective not in OBJECTIVES:
+    raise configs.ConfigError(f"config.objective={config.objective!r}: expected one of {OBJECTIVES}")
+  p = config.preference
+  if not p.beta > 0:
+    raise configs.ConfigError(f"config.preference.beta={p.beta!r}: must be positive")
+  smoothing = p.label_smoothing
+  if config.objective == "cdpo" and not 0 < smoothing < 0.5:
+    raise configs.ConfigError(f"config.preference.label_smoothing={smoothing!r}: conservative DPO (objective cdpo) "
+                              "assumes a share of flipped labels in (0, 0.5), e.g. 0.1")
+  if config.objective != "cdpo" and smoothing:
+    raise configs.ConfigError(f"config.preference.label_smoothing={smoothing!r} is conservative DPO's: set "
+                              "--config.objective=cdpo, or 0")
+  return Preference(config.objective, beta=float(p.beta), label_smoothing=float(p.label_smoothing),
+                    gamma=float(p.gamma), lambda_=float(p["lambda"]), hosts=jax.process_count())

@@ -16,7 +16,7 @@ import optax
 class OptimConfig:
   optimizer: str = "adamw"  # adamw | adafactor
   learning_rate: float = 1e-3
-  schedule: str = "cosine"  # constant | cosine | rsqrt
+  schedule: str = "cosine"  # constant | cosine | linear | rsqrt
   warmup_steps: int = 0
   total_steps: int = 1000
   end_lr_fraction: float = 0.0  # cosine decays to learning_rate * end_lr_fraction
@@ -43,13 +43,15 @@ def make_schedule(cfg: OptimConfig) -> optax.Schedule:
     main = optax.constant_schedule(lr)
   elif cfg.schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(cfg.total_steps - warmup, 1), alpha=cfg.end_lr_fraction)
+  elif cfg.schedule == "linear":  # to end_lr_fraction * lr at the last step (TRL's and Zephyr's default)
+    main = optax.linear_schedule(lr, lr * cfg.end_lr_fraction, max(cfg.total_steps - warmup, 1))
   elif cfg.schedule == "rsqrt":
     # Constant through warmup, then lr * sqrt(warmup / step) (T5's inverse square root decay).
     def main(step):
       return lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, max(warmup, 1)))
     return main
   else:
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant, cosine or rsqrt")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant, cosine, linear or rsqrt")
   if not warmup:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])

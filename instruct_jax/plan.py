@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from instruct_jax import configs, convert, errors, objectives, optim, predict, sharding
+from instruct_jax import configs, convert, errors, losses, objectives, optim, predict, sharding
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.convert import added_tokens
 from instruct_jax.data import builtin
@@ -142,6 +142,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
       groups = metric_groups(task_names, tasks)
       report_lib.check_files(config, tasks, rates)
       check_held_out(config, rates)
+      check_pairs(config, tasks, rates)
     except DATA_ERRORS as e:
       if not dry:
         raise
@@ -312,7 +313,8 @@ def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
   """The data section as the pipeline takes it; a held-out Flan cluster leaves `flan2021` (flan2021_no_<cluster>)."""
   mixture = flan2021.training_mixture(config.data.mixture, config.eval.held_out_cluster)
   return pipeline_lib.PipelineConfig.from_config({**config.data.to_dict(), "model_kind": model.kind,
-                                                 "seed": config.seed, "mixture": mixture})
+                                                 "seed": config.seed, "mixture": mixture,
+                                                 "pairs": config.objective in losses.PREFERENCE_LOSSES})
 
 
 def check_held_out(config, rates) -> None:
@@ -325,6 +327,19 @@ def check_held_out(config, rates) -> None:
         f"config.data.mixture={mixture!r} trains on {len(leaked)} task(s) of config.eval.held_out_cluster={cluster!r} "
         f"(e.g. {leaked[0]}), which is then evaluated as never seen; train on a mixture without that cluster "
         f"({'flan2021' if cluster in flan2021.CLUSTERS else 'builtin'}_no_{cluster}) or hold out another cluster")
+
+
+def check_pairs(config, tasks, rates) -> None:
+  """A preference objective trains on preference pairs only (SFT may train on their chosen responses)."""
+  if config.objective not in losses.PREFERENCE_LOSSES:
+    return
+  other = sorted(t for t, r in rates.items() if r > 0 and tasks[t].cluster != "preferences")
+  if other:
+    raise configs.ConfigError(
+        f"config.objective={config.objective!r} trains on preference pairs, but config.data.mixture="
+        f"{config.data.mixture!r} holds {len(other)} task(s) without them (e.g. {other[0]}); name pair files in "
+        "--config.data_paths.preference_files.NAME=FILE and train on --config.data.mixture=preferences (or one of "
+        "them)")
 
 
 # The meta features of a batch the train step reads: per-task and per-template loss sums (the rest stay on the host).

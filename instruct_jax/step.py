@@ -29,6 +29,23 @@ class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
+  reference: Any = None  # a frozen copy of the starting parameters, for objectives that compare with them
+
+
+def reference_params(model: build.Model, state: TrainState):
+  """The reference model's parameters: the state's frozen copy, or with LoRA the base with its adapters off (no
+  second copy is held); None when neither."""
+  if state.reference is not None:
+    return state.reference
+  if model.config.lora is not None:
+    return model.with_trainable(state.params, jax.tree.map(jnp.zeros_like, model.trainable(state.params)))
+  return None
+
+
+def needs_reference_copy(model: build.Model, objective) -> bool:
+  """Whether the train state holds a frozen copy of the parameters: an objective with a reference model, trained
+  without LoRA (LoRA's reference is its base)."""
+  return bool(getattr(objective, "needs_reference", False)) and model.config.lora is None
 
 
 def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None, packed: bool = True) -> jax.Array:
@@ -36,33 +53,39 @@ def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None, packe
   return model.apply(params, batch, dropout_rng=dropout_rng, packed=packed)
 
 
-def _init_state_fn(model: build.Model, tx: optax.GradientTransformation):
+def _init_state_fn(model: build.Model, tx: optax.GradientTransformation, reference: bool = False):
   def init_state(rng):
     params = nn.meta.unbox(model.init(rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(model.trainable(params)))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(model.trainable(params)),
+                      reference=jax.tree.map(jnp.copy, params) if reference else None)
   return init_state
 
 
-def abstract_train_state(model: build.Model, tx: optax.GradientTransformation, mesh, rules, rng):
-  """(state as ShapeDtypeStructs, its shardings); `mesh` may be an AbstractMesh (nothing is allocated)."""
+def abstract_train_state(model: build.Model, tx: optax.GradientTransformation, mesh, rules, rng,
+                         reference: bool = False):
+  """(state as ShapeDtypeStructs, its shardings); `mesh` may be an AbstractMesh (nothing is allocated). `reference`:
+  the state holds a frozen copy of the parameters (`needs_reference_copy`)."""
   boxed = jax.eval_shape(model.init, rng)
   params_sh = sharding.param_shardings(boxed, mesh, rules)
-  abstract = jax.eval_shape(_init_state_fn(model, tx), rng)
+  abstract = jax.eval_shape(_init_state_fn(model, tx, reference), rng)
   state_sh = TrainState(
       step=NamedSharding(mesh, P()), params=params_sh,
       opt_state=sharding.like_params_shardings(abstract.opt_state, model.trainable(abstract.params),
-                                               model.trainable(params_sh), mesh))
+                                               model.trainable(params_sh), mesh),
+      reference=params_sh if reference else None)
   return abstract, state_sh
 
 
 def jit_init_state(model: build.Model, tx: optax.GradientTransformation, state_shardings):
   """rng -> the train state, jitted to create every array directly in its sharding (call it under the mesh)."""
-  return jax.jit(_init_state_fn(model, tx), out_shardings=state_shardings)
+  return jax.jit(_init_state_fn(model, tx, state_shardings.reference is not None), out_shardings=state_shardings)
 
 
-def create_train_state(model: build.Model, tx: optax.GradientTransformation, mesh: Mesh, rules, rng):
-  """Parameters and optimizer state created directly in their shardings; returns (state, shardings)."""
-  _, state_sh = abstract_train_state(model, tx, mesh, rules, rng)
+def create_train_state(model: build.Model, tx: optax.GradientTransformation, mesh: Mesh, rules, rng,
+                       reference: bool = False):
+  """Parameters and optimizer state (and `reference`: a frozen copy of the parameters) created directly in their
+  shardings; returns (state, shardings)."""
+  _, state_sh = abstract_train_state(model, tx, mesh, rules, rng, reference)
   with jax.set_mesh(mesh):
     state = jit_init_state(model, tx, state_sh)(rng)
   return state, state_sh
@@ -88,10 +111,12 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
     per_row, shared = objective.prepare(batch)
     step_rng = jax.random.fold_in(rng, state.step)
 
+    reference = reference_params(model, state) if getattr(objective, "needs_reference", False) else None
+
     def loss_fn(trainable, mb, mb_per_row, mb_rng):
       params = model.with_trainable(state.params, trainable)
       return objective.loss(model, params, mb, mb_per_row, shared,
-                            dropout_rng=mb_rng if _has_dropout(model) else None, packed=packed)
+                            dropout_rng=mb_rng if _has_dropout(model) else None, packed=packed, reference=reference)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     trainable = model.trainable(state.params)
@@ -112,7 +137,7 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
     params = model.with_trainable(state.params, optax.apply_updates(trainable, updates))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                "learning_rate": schedule(state.step), **sums}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def _has_dropout(model: build.Model) -> bool:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import flags, logging
 
@@ -53,7 +54,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   data_iter, feed = iter(pipe.dataset), loop.Feed(plan, pipe.task_names)
 
   # Train state born sharded, the jitted step, and the checkpoint to resume (else init_from's weights).
-  state, state_sh = step.create_train_state(plan.model, plan.tx, plan.mesh, plan.rules, jax.random.key(config.seed))
+  state, state_sh = step.create_train_state(plan.model, plan.tx, plan.mesh, plan.rules, jax.random.key(config.seed),
+                                            reference=step.needs_reference_copy(plan.model, plan.objective))
   train_step = step.jit_train_step(plan.model, plan.tx, plan.objective, plan.schedule, plan.mesh, plan.rules,
                                    state_sh, num_microbatches=config.num_microbatches, packed=bool(config.data.pack))
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS), every=config.checkpoint_every,
@@ -66,6 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start = 0
     state = state.replace(params=plan_lib.initial_params(config, plan.model, state.params, state_sh.params, plan.mesh,
                                                          plan.rules, plan.pretrained, plan.added))
+    if state.reference is not None:  # the reference model: the weights training starts from, frozen
+      state = state.replace(reference=jax.tree.map(jnp.copy, state.params))
   if plan.restart_changes is not None and jax.process_index() == 0:
     workdir_lib.record_resume(workdir, step=start, changed=plan.restart_changes)
   # Metrics and results: a resume first drops what an earlier process logged after `start` (all of it at 0).

@@ -24,7 +24,7 @@ SHARED_SUPERNI = ROOT.parent / "shared" / "data" / "natural-instructions"
 SHIPPED = [("base.py", None), ("quickstart.py", None), ("quickstart.py", "decoder"), ("tiny.py", None),
            ("tiny.py", "decoder"), ("finetune.py", None),
            *[("recipes/flan_t5.py", s) for s in ("small", "base", "large", "xl", "xxl")],  # base, large: slow
-           *[("decoder_llama.py", s) for s in ("1b", "7b")], ("flan2021.py", "small")]
+           *[("decoder_llama.py", s) for s in ("1b", "7b")], ("flan2021.py", "small"), ("recipes/zephyr.py", None)]
 SLOW_DRY_RUNS = {("recipes/flan_t5.py", "base"), ("recipes/flan_t5.py", "large")}  # small, xl and xxl cover them
 PUBLISHED_M = {"7b": 6_738.4}  # LLaMA-2-7B (vocabulary 32000 as configs/decoder_llama.py trains it): 6.74B
 
@@ -67,6 +67,14 @@ def _shipped(name: str, arg: str | None, imported_dir, flan_tfds_dir=None) -> li
     return [f"--config.init_from={imported_dir}", "--config.data.mixture=builtin"]
   if name == "recipes/flan_t5.py":
     return [f"--config.data_paths.superni_dir={SHARED_SUPERNI}"]
+  if name == "recipes/zephyr.py":  # a few UltraFeedback-style pairs (conversational responses, the prompt repeated)
+    path = imported_dir.parent / "uf.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Name a prime above {i}.", "chosen": [
+        {"role": "user", "content": f"Name a prime above {i}."}, {"role": "assistant", "content": "101"}],
+                                        "rejected": [{"role": "user", "content": f"Name a prime above {i}."},
+                                                     {"role": "assistant", "content": "100"}]}) + "\n"
+                            for i in range(40)))
+    return [f"--config.data_paths.preference_files.ultrafeedback={path}"]
   return []
 
 

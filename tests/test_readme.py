@@ -70,6 +70,8 @@ def _as_seen_by_the_code(config, key: str):
     return tasks_lib.DataPaths.from_config(config.data_paths).instruction_files[last]
   if key.startswith("data_paths.chat_files."):
     return tasks_lib.DataPaths.from_config(config.data_paths).chat_files[last]
+  if key.startswith("data_paths.preference_files."):
+    return tasks_lib.DataPaths.from_config(config.data_paths).preference_files[last]
   if head == "data_paths":
     return getattr(tasks_lib.DataPaths.from_config(config.data_paths), last)
   if head == "optim":

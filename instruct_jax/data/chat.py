@@ -12,7 +12,7 @@ file:line in strict mode, and is skipped and counted (`stats.bad_records`) in le
 A chat format is a Jinja template rendered as transformers' `apply_chat_template` renders one (a sandboxed
 environment with trim_blocks, lstrip_blocks and loop controls; `messages`, `add_generation_prompt`,
 `bos_token`, `eos_token`, `raise_exception`). `resolve_format(spec, tokenizer)` gives the tokenizer's own
-template ("" or "tokenizer"), a named format of templates/chat_formats.yaml (alpaca, vicuna, chatml, llama3)
+template ("" or "tokenizer"), a named format of templates/chat_formats.yaml (alpaca, vicuna, chatml, llama3, zephyr)
 or a .jinja file (its special strings: the <|...|> strings of its source).
 
 Rendering (`render`) finds each assistant turn k as the text between the rendering of messages[:k] with the
@@ -138,23 +138,8 @@ class ChatSource(sources._FileSource):  # pylint: disable=protected-access
     return out
 
   def _parse(self, path: str) -> list[list[dict[str, str]]]:
-    if path.endswith(".jsonl"):
-      numbered = sources.read_jsonl_numbered(path, strict=self.strict, stats=self.stats)
-      located = [(f"{path}:{lineno}", record) for lineno, record in numbered]
-    else:
-      located = [(f"{path}: record {i}", r) for i, r in enumerate(sources.read_json(path))]
-      self.stats.records += len(located)
-    out = []
-    for where, record in located:
-      try:
-        out.append(parse_conversation(record, where))
-      except ChatError as e:
-        if self.strict:
-          raise
-        self.stats.skip("bad_records", str(e))
-    if not out:
-      raise ChatError(f"{path}: no conversation could be read (see the skipped records); nothing to train on")
-    return out
+    return sources.parse_records(path, parse_conversation, strict=self.strict, stats=self.stats, error=ChatError,
+                                 what="conversation")
 
 
 def instruction_messages(r: Mapping[str, str]) -> list[dict[str, str]]:
@@ -378,8 +363,8 @@ class ChatFields:
 
   def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
     if self.fmt is None:
-      raise ChatError(f"chat data needs a chat format: set {FLAG} (alpaca, vicuna, chatml, llama3, tokenizer or a "
-                      ".jinja file), or use a tokenizer with a chat template")
+      raise ChatError(f"chat data needs a chat format: set {FLAG} (alpaca, vicuna, chatml, llama3, zephyr, tokenizer "
+                      "or a .jinja file), or use a tokenizer with a chat template")
     if self.instructions:
       rendered = render(self.fmt, instruction_messages(record))
     else:

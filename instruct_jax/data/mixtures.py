@@ -199,10 +199,13 @@ def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = Non
   conversations = [n for n, t in tasks.items() if t.cluster == "chat"]
   if conversations:
     add(Mixture("chat", conversations))
+  pairs = [n for n, t in tasks.items() if t.cluster == "preferences"]
+  if pairs:
+    add(Mixture("preferences", pairs))
   return out
 
 
-FILE_MIXTURES = ("instructions", "chat")  # the mixtures of every instruction file and of every chat file
+FILE_MIXTURES = ("instructions", "chat", "preferences")  # the mixtures of every instruction, chat, preference file
 
 
 def task_catalogue(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()) -> dict[str, tasks_lib.Task]:
@@ -213,7 +216,8 @@ def task_catalogue(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()) -> dict[s
     tasks.update(tasks_lib.superni_tasks(paths.superni_dir, train_instances=paths.superni_train_instances,
                                          eval_instances=paths.superni_eval_instances))
   for section, files_of, make in (("instruction_files", paths.instruction_files, tasks_lib.instruction_task),
-                                   ("chat_files", paths.chat_files, tasks_lib.chat_task)):
+                                   ("chat_files", paths.chat_files, tasks_lib.chat_task),
+                                   ("preference_files", paths.preference_files, tasks_lib.preference_task)):
     for name, files in files_of.items():
       if name in tasks or name in FILE_MIXTURES:
         raise sources.DataError(f"config.data_paths.{section}.{name}: the name {name!r} is taken by "

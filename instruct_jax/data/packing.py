@@ -119,3 +119,19 @@ def pack_and_batch(ds: grain.IterDataset, *, lengths: dict[str, int], batch_size
   else:
     ds = ds.map(lambda ex: _pad_one(ex, lengths, meta_features))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _pad_pair(pair: dict, lengths: dict[str, int], meta_features: Sequence[str]) -> dict:
+  """A preference pair's two halves padded to `lengths` and stacked: {feature: [2, length]} (chosen, rejected)."""
+  halves = [_pad_one(_broadcast_meta({**pair[side], **{m: pair[m] for m in meta_features}}, meta_features), lengths,
+                     meta_features) for side in ("chosen", "rejected")]
+  return {k: np.stack([halves[0][k], halves[1][k]]) for k in halves[0]}
+
+
+def pad_pairs_and_batch(ds: grain.IterDataset, *, lengths: dict[str, int], batch_size: int,
+                        meta_features: tuple[str, ...] = (), drop_remainder: bool = True) -> grain.IterDataset:
+  """Preference pairs ({"chosen": features, "rejected": features} + scalar meta features) as batches of
+  2 * batch_size rows, one example each: the chosen responses of the batch's pairs, then their rejected ones in
+  the same order (row i and row batch_size + i are one pair; the layout TRL's concatenated forward uses)."""
+  ds = ds.map(lambda pair: _pad_pair(pair, lengths, meta_features)).batch(batch_size, drop_remainder=drop_remainder)
+  return ds.map(lambda b: {k: np.concatenate([v[:, 0], v[:, 1]]) for k, v in b.items()})

@@ -19,6 +19,7 @@ process_count` rows; `to_global_batch` assembles the global array with the mesh'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import threading
@@ -99,6 +100,7 @@ class PipelineConfig:
   prefetch: int = 64
   worker_count: int = 0
   host_input: str = "own_share"
+  pairs: bool = False  # preference pairs as rows (the run's objective compares chosen and rejected responses)
 
   def __post_init__(self):
     if self.model_kind not in MODEL_KINDS:
@@ -244,6 +246,10 @@ class Featurizer:
   def __call__(self, ex: dict[str, Any] | None) -> dict[str, Any] | None:
     if ex is None:
       return None
+    if "rejected" in ex:
+      if self.config.pairs:
+        return self._pair(ex)
+      ex = {k: v for k, v in ex.items() if k not in ("rejected", "rejected_chat")}  # SFT on the chosen responses
     if "chat" in ex:
       return self._chat(ex)
     inputs, targets = self.tokenizer.encode(ex["inputs"]), self.tokenizer.encode(ex["targets"])
@@ -253,6 +259,21 @@ class Featurizer:
     """A chat-rendered example: a decoder row of the whole conversation, or a T5 example of one turn."""
     features, n_in, n_out, truncated = self.rows.chat(self.tokenizer, ex, self.config)
     return self._record(ex, features, n_in, n_out, truncated)
+
+  def _pair(self, ex: dict[str, Any]) -> dict[str, Any] | None:
+    """A preference pair: {"chosen": features, "rejected": features} of the same prompt (None if either cannot be
+    trained on); counted once, as its chosen response."""
+    halves = []
+    for targets, chat in ((ex["targets"], ex.get("chat")), (ex["rejected"], ex.get("rejected_chat"))):
+      if chat is not None:
+        halves.append(self.rows.chat(self.tokenizer, {**ex, "targets": targets, "chat": chat}, self.config))
+      else:
+        inputs, target_ids = self.tokenizer.encode(ex["inputs"]), self.tokenizer.encode(targets)
+        features, truncated = self.rows.features(self.tokenizer, inputs, target_ids, self.config)
+        halves.append((features, inputs.size, target_ids.size, truncated))
+    (chosen, n_in, n_out, cut), (rejected, _, _, cut_rejected) = halves
+    pair = None if chosen is None or rejected is None else {"chosen": chosen, "rejected": rejected}
+    return self._record(ex, pair, n_in, n_out, cut or cut_rejected)
 
   def _finish(self, ex: dict[str, Any], inputs: np.ndarray, targets: np.ndarray) -> dict[str, Any] | None:
     features, truncated = self.rows.features(self.tokenizer, inputs, targets, self.config)
@@ -446,14 +467,25 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch)
   ds = features.to_iter_dataset(read)
   per_host = config.batch_size // process_count
-  ds = packing.pack_and_batch(ds, lengths=config.lengths(), batch_size=per_host, pack=config.pack,
-                              num_packing_bins=config.num_packing_bins, meta_features=META_FEATURES,
-                              seed=config.seed)
+  if config.pairs:  # per_host pairs -> rows [chosen..., rejected...] (objectives.Preference pairs them back)
+    ds = packing.pad_pairs_and_batch(ds, lengths=config.lengths(), batch_size=per_host, meta_features=META_FEATURES)
+  else:
+    ds = packing.pack_and_batch(ds, lengths=config.lengths(), batch_size=per_host, pack=config.pack,
+                                num_packing_bins=config.num_packing_bins, meta_features=META_FEATURES,
+                                seed=config.seed)
   if host_rows is not None:
-    ds = ds.map(lambda batch: {k: v[host_rows] for k, v in batch.items()})
+    ds = ds.map(functools.partial(_host_rows, rows=host_rows, pairs=config.pairs))
   if config.worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
   return Pipeline(dataset=ds, examples=examples, task_names=task_names, rates=rates, stats=stats)
+
+
+def _host_rows(batch: Mapping[str, np.ndarray], *, rows: slice, pairs: bool) -> dict[str, np.ndarray]:
+  """This host's rows of a global batch; of a batch of pairs, its pairs (chosen rows, then rejected rows)."""
+  if not pairs:
+    return {k: v[rows] for k, v in batch.items()}
+  half = {k: v.reshape(2, -1, *v.shape[1:]) for k, v in batch.items()}
+  return {k: np.concatenate([v[0][rows], v[1][rows]]) for k, v in half.items()}
 
 
 def to_global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

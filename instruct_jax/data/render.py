@@ -161,9 +161,14 @@ class Renderer:
       return None
     if "chat" in fields:  # rendered by its chat format (`chat.ChatFields`): no templates, options or exemplars
       c = fields["chat"]
-      return {"inputs": c["inputs"], "targets": c["targets"], "references": [c["targets"]],
-              "task_index": self.task_index, "template_id": 0, "shots": 0, "source_index": index,
-              "chat": {"text": c["text"], "spans": c["spans"]}}
+      out = {"inputs": c["inputs"], "targets": c["targets"], "references": [c["targets"]],
+             "task_index": self.task_index, "template_id": 0, "shots": 0, "source_index": index,
+             "chat": {"text": c["text"], "spans": c["spans"], "writes_bos": c.get("writes_bos", False)}}
+      if "rejected_chat" in fields:  # a preference pair: the rejected response, rendered after the same prompt
+        r = fields["rejected_chat"]
+        out.update(rejected=r["targets"], rejected_chat={"text": r["text"], "spans": r["spans"],
+                                                         "writes_bos": r.get("writes_bos", False)})
+      return out
     t = self._pick(stream_pos, rng)
     with_options = bool(fields.get("options")) and rng.random() < self.cfg.options_rate
     shots = 0
@@ -187,8 +192,11 @@ class Renderer:
       references = list(fields.get("references") or [targets])
     else:
       references = [targets]
-    return {"inputs": inputs, "targets": targets, "references": references, "task_index": self.task_index,
-            "template_id": t.id, "shots": shots, "source_index": index}
+    out = {"inputs": inputs, "targets": targets, "references": references, "task_index": self.task_index,
+           "template_id": t.id, "shots": shots, "source_index": index}
+    if "rejected" in fields:  # a preference pair (its one template puts the prompt in whole, the answer as target)
+      out["rejected"] = fields["rejected"]
+    return out
 
 
 def render_split(task: tasks_lib.Task, split: str, cfg: RenderConfig, *, n: int | None = None, seed: int = 0,

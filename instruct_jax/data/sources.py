@@ -160,6 +160,28 @@ def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, An
   return data
 
 
+def parse_records(path: str, parse, *, strict: bool, stats: ReadStats, error: type[Exception], what: str) -> list:
+  """Each record of a JSONL (or JSON list) file through `parse(record, where)`, `where` naming file:line (or the
+  record's index). A record `parse` refuses with `error` raises (strict) or is skipped and counted; a file with no
+  usable record is an error naming it (`what`: the records it should hold, e.g. "conversation")."""
+  if path.endswith(".jsonl"):
+    located = [(f"{path}:{lineno}", r) for lineno, r in read_jsonl_numbered(path, strict=strict, stats=stats)]
+  else:
+    located = [(f"{path}: record {i}", r) for i, r in enumerate(read_json(path))]
+    stats.records += len(located)
+  out = []
+  for where, record in located:
+    try:
+      out.append(parse(record, where))
+    except error as e:
+      if strict:
+        raise
+      stats.skip("bad_records", str(e))
+  if not out:
+    raise error(f"{path}: no {what} could be read (see the skipped records); nothing to train on")
+  return out
+
+
 class _FileSource:
   """One file per split, each read once (by `_read`) and kept."""
   kind = "file"

@@ -30,6 +30,7 @@ from typing import Any
 from instruct_jax import errors
 from instruct_jax.data import builtin
 from instruct_jax.data import chat
+from instruct_jax.data import preferences
 from instruct_jax.data import sources
 from instruct_jax.data import superni
 from instruct_jax.data import templates as templates_lib
@@ -176,7 +177,8 @@ class DataPaths:
   builtin_seed: int = 0
   strict: bool = True  # instruction files: a malformed line is an error (False: skipped and counted)
   chat_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> conversations .jsonl
-  chat_format: chat.ChatFormat | None = None  # renders chat files (and instruction files, when set)
+  chat_format: chat.ChatFormat | None = None  # renders chat files (and instruction and preference files, when set)
+  preference_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> preference pairs .jsonl
 
   @classmethod
   def from_config(cls, section, *, strict: bool = True, chat_format: chat.ChatFormat | None = None) -> "DataPaths":
@@ -184,7 +186,8 @@ class DataPaths:
     return cls(superni_dir=section.superni_dir or None, superni_train_instances=section.superni_train_instances,
                superni_eval_instances=section.superni_eval_instances, tfds_data_dir=section.tfds_data_dir or None,
                instruction_files=dict(section.instruction_files), strict=strict,
-               chat_files=dict(section.chat_files), chat_format=chat_format)
+               chat_files=dict(section.chat_files), chat_format=chat_format,
+               preference_files=dict(section.preference_files))
 
 
 def builtin_tasks(seed: int = 0) -> dict[str, Task]:
@@ -260,6 +263,18 @@ def chat_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
   cluster "chat" scored by ROUGE-L on its last assistant turn; rendered with `chat_format` (ChatError if None)."""
   return Task(name=name, source=chat.ChatSource(split_files(files), strict=strict), templates=CHAT_TEMPLATES,
               preprocess=chat.ChatFields(chat_format), metric="rouge_l", cluster="chat")
+
+
+PREFERENCE_TEMPLATES = (templates_lib.Template(id=0, inputs="{prompt}"),)  # the prompt as rendered, whole
+
+
+def preference_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
+                    chat_format: chat.ChatFormat | None = None) -> Task:
+  """A file of preference pairs (or {split: file}, or "train=A,test=B") as a task of cluster "preferences": the
+  chosen response is the answer (ROUGE-L), the rejected one rides along (`preferences.PreferenceFields`)."""
+  return Task(name=name, source=preferences.PreferenceSource(split_files(files), strict=strict),
+              templates=PREFERENCE_TEMPLATES, preprocess=preferences.PreferenceFields(chat_format), metric="rouge_l",
+              cluster="preferences")
 
 
 def per_turn(task: Task) -> Task:

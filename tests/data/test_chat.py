@@ -147,7 +147,7 @@ def test_tokenizer_template_gives_the_ids_of_transformers_apply_chat_template(hf
 def test_prompt_tokens_are_a_prefix_of_the_training_tokens(spm_chat, hf_dir):
   hf = tokenizer_lib.load(hf_dir)
   for tok in (spm_chat, hf):
-    for name in ("alpaca", "vicuna", "chatml", "llama3"):
+    for name in ("alpaca", "vicuna", "chatml", "llama3", "zephyr"):
       r = chat.render(chat.resolve_format(name, tok), CONVERSATION)
       ids, weights, _ = chat.scored_tokens(tok, r)
       prompt = chat.encode(tok, r["inputs"])  # what inference reads before the last turn

@@ -1,0 +1,193 @@
+"""Preference tuning (DPO, IPO, cDPO, SimPO, ORPO): the losses by value and gradient against the papers' formulas
+written here in NumPy, the pair records people have, the pair rows, and the trainer's step on them (ln 2 at step 0,
+microbatches, LoRA's reference without a second copy)."""
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from instruct_jax import configs, losses, objectives, optim, sharding, step
+from instruct_jax.data import preferences
+from instruct_jax.models import lora
+from tests import helpers
+from tests.test_train import ROOT, _env
+
+
+def _log_sigmoid(x):
+  return -np.logaddexp(0.0, -x)
+
+
+def _reference(kind, pc, pr, nc, nr, rc, rr, beta, eps, gamma):
+  """The losses as the papers write them (IPO and SimPO/ORPO on length-averaged log-probabilities, as TRL)."""
+  if kind in ("dpo", "cdpo"):
+    h = beta * ((pc - pr) - (rc - rr))
+    e = eps if kind == "cdpo" else 0.0
+    return -(1 - e) * _log_sigmoid(h) - e * _log_sigmoid(-h)
+  if kind == "ipo":
+    h = (pc / nc - rc / nc) - (pr / nr - rr / nr)
+    return (h - 1 / (2 * beta)) ** 2
+  if kind == "simpo":
+    return -_log_sigmoid(beta * (pc / nc - pr / nr) - gamma)
+  ac, ar = pc / nc, pr / nr
+  return -_log_sigmoid((ac - ar) - (np.log1p(-np.exp(ac)) - np.log1p(-np.exp(ar))))
+
+
+@pytest.mark.parametrize("kind", losses.PREFERENCE_LOSSES)
+def test_each_loss_equals_the_papers_formula_by_value_and_gradient(kind):
+  rng = np.random.default_rng(0)
+  pc, pr, rc, rr = (-rng.uniform(2, 30, 6) for _ in range(4))
+  nc, nr = rng.integers(2, 20, 6).astype(np.float64), rng.integers(2, 20, 6).astype(np.float64)
+  args = dict(beta=0.3, eps=0.2, gamma=0.7)
+  got = losses.preference_losses(kind, jnp.asarray(pc), jnp.asarray(pr), jnp.asarray(nc), jnp.asarray(nr),
+                                 jnp.asarray(rc), jnp.asarray(rr), beta=0.3, label_smoothing=0.2, gamma=0.7)[0]
+  np.testing.assert_allclose(np.asarray(got), _reference(kind, pc, pr, nc, nr, rc, rr, **args), rtol=1e-5)
+  # d loss / d policy log-probs: autodiff against central differences of the reference formula.
+  grad = jax.grad(lambda c, r: jnp.sum(losses.preference_losses(
+      kind, c, r, jnp.asarray(nc), jnp.asarray(nr), jnp.asarray(rc), jnp.asarray(rr), beta=0.3,
+      label_smoothing=0.2, gamma=0.7)[0]), argnums=(0, 1))(jnp.asarray(pc), jnp.asarray(pr))
+  h = 1e-5
+  for i, g in enumerate(grad):
+    bump = np.zeros_like(pc)
+    bump[0] = h
+    plus = (pc + bump, pr) if i == 0 else (pc, pr + bump)
+    minus = (pc - bump, pr) if i == 0 else (pc, pr - bump)
+    numeric = (_reference(kind, *plus, nc, nr, rc, rr, **args)[0] - _reference(kind, *minus, nc, nr, rc, rr,
+                                                                               **args)[0]) / (2 * h)
+    assert float(g[0]) == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+
+def test_dpo_with_the_reference_equal_to_the_policy_is_ln_2():
+  x = jnp.asarray([-3.0, -10.0])
+  loss, reward_c, reward_r, _ = losses.preference_losses("dpo", x, x - 1, jnp.ones(2), jnp.ones(2), x, x - 1)
+  np.testing.assert_allclose(np.asarray(loss), math.log(2), rtol=1e-7)
+  assert float(jnp.abs(reward_c).max()) == 0 and float(jnp.abs(reward_r).max()) == 0
+
+
+@pytest.mark.parametrize("record,prompt,chosen", [
+    ({"prompt": "Name a prime.", "chosen": "7", "rejected": "8"}, [("user", "Name a prime.")], "7"),
+    ({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
+      "rejected": [{"role": "assistant", "content": "Go away"}], "system": "Be kind."},
+     [("system", "Be kind."), ("user", "Hi")], "Hello"),
+    ({"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+      "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]},
+     [("user", "Hi")], "Hello"),  # UltraFeedback-binarized: the prompt repeated in each response
+    ({"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+      "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "No"}]},
+     [("user", "Hi")], "Hello"),  # an implicit prompt
+])
+def test_the_pair_formats_people_have(record, prompt, chosen):
+  pair = preferences.parse_preference(record, "f.jsonl:3")
+  assert [(m["role"], m["content"]) for m in pair["prompt"]] == prompt and pair["chosen"] == chosen
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"prompt": "x", "chosen": "y"}, "f.jsonl:3: missing field 'rejected'"),
+    ({"prompt": "x", "chosen": "y", "rejected": 3}, "f.jsonl:3: field 'rejected' must be a string"),
+    ({"prompt": "x", "chosen": [{"role": "user", "content": "y"}], "rejected": "z"}, "field 'chosen': the response "
+     "must be an assistant message"),
+    ({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "y", "rejected": "z"}, "must end with a user"),
+    ({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "y"}],
+      "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "z"}]}, "share every message"),
+    ({"prompt": "x", "chosen": " ", "rejected": "z"}, "field 'chosen' is empty"),
+])
+def test_bad_records_name_the_line_and_the_field(record, message):
+  with pytest.raises(preferences.PreferenceError, match=message):
+    preferences.parse_preference(record, "f.jsonl:3")
+
+
+def _pairs_file(path, n=24):
+  words = "apple river stone cloud green tiger paper lamp".split()
+  with open(path, "w") as f:
+    for i in range(n):
+      xs = [words[(i + k) % len(words)] for k in range(3)]
+      f.write(json.dumps({"prompt": "Reverse: " + " ".join(xs), "chosen": " ".join(reversed(xs)),
+                          "rejected": " ".join(xs)}) + "\n")
+  return str(path)
+
+
+def _pair_batch(kind, n=4):
+  """n pairs in the pipeline's layout (chosen rows, then rejected rows) from the helpers' random examples."""
+  rows = helpers.concat_batches(helpers.make_batches(kind, helpers.random_examples(kind, 2 * n, seed=3), pack=False,
+                                                     batch_size=2 * n, inputs_len=16, targets_len=8))
+  return {k: v[:2 * n] for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("kind", helpers.KINDS_T5_SLOW)
+def test_the_first_dpo_step_is_ln_2_and_microbatches_change_nothing(kind):
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = sharding.get_rules("fsdp_tensor")
+  model = helpers.tiny_model(kind)
+  ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-2, schedule="constant")
+  tx = optim.make_optimizer(ocfg)
+  batch = _pair_batch(kind)
+  out = []
+  for k in (1, 2):
+    state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0), reference=True)
+    train = step.jit_train_step(model, tx, objectives.Preference("dpo"), optim.make_schedule(ocfg), mesh, rules,
+                                state_sh, num_microbatches=k)
+    state, metrics = train(state, batch, jax.random.key(1))
+    out.append((jax.device_get(state.params), jax.device_get(metrics)))
+    assert float(metrics["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(metrics["pairs"]) == 4 and float(metrics["rewards_margins"]) == 0
+  assert helpers.max_tree_rel_err(out[0][0], out[1][0]) < 1e-4
+
+
+def test_lora_dpo_keeps_no_second_copy_and_its_reference_is_the_base():
+  mesh = sharding.make_mesh({"data": 8})
+  rules = sharding.get_rules("data_parallel")
+  model = helpers.tiny_model("decoder", lora=lora.LoraConfig(rank=4))
+  objective = objectives.Preference("dpo")
+  assert not step.needs_reference_copy(model, objective)
+  tx = optim.make_optimizer(optim.OptimConfig(optimizer="adamw", learning_rate=1e-2, schedule="constant"))
+  state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0))
+  assert state.reference is None
+  ref = step.reference_params(model, state)
+  assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(model.trainable(ref)))
+  train = step.jit_train_step(model, tx, objective, optim.make_schedule(optim.OptimConfig(schedule="constant")),
+                              mesh, rules, state_sh)
+  _, metrics = train(state, _pair_batch("decoder"), jax.random.key(1))
+  assert float(metrics["loss"]) == pytest.approx(math.log(2), abs=1e-6)  # LoRA's B starts at 0: policy = base
+
+
+def test_preference_objectives_refuse_bad_settings_and_data(tmp_path):
+  c = configs.base()
+  c.objective = "cdpo"
+  with pytest.raises(configs.ConfigError, match="config.preference.label_smoothing=0.0: conservative DPO"):
+    objectives.from_config(c)
+  c.objective, c.preference.label_smoothing = "dpo", 0.1
+  with pytest.raises(configs.ConfigError, match="set --config.objective=cdpo"):
+    objectives.from_config(c)
+  c.objective = "kto"
+  with pytest.raises(configs.ConfigError, match="config.objective='kto': expected one of"):
+    objectives.from_config(c)
+  from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  c = configs.from_command_line([f"--config={ROOT / 'configs/tiny.py'}", "--config.objective=dpo"])
+  with pytest.raises(configs.ConfigError,
+                     match="trains on preference pairs, but config.data.mixture='builtin_no_check' holds"):
+    plan_lib.resolve(c, str(tmp_path / "w"))
+
+
+@pytest.mark.slow  # ~40 s: two training runs in subprocesses
+@pytest.mark.parametrize("config,objective", [("tiny.py", "dpo"), ("tiny.py:decoder", "simpo")])
+def test_the_trainer_runs_a_preference_objective_from_the_command_line(tmp_path, config, objective):
+  work = tmp_path / "w"
+  cmd = [sys.executable, "-m", "instruct_jax.train", f"--config={ROOT / 'configs' / config}", f"--workdir={work}",
+         f"--config.objective={objective}",
+         f"--config.data_paths.preference_files.rev={_pairs_file(tmp_path / 'p.jsonl', 64)}",
+         "--config.data.mixture=preferences", "--config.total_steps=3", "--config.log_every=1",
+         "--config.eval.num_examples=0", "--config.checkpoint_every=0"]
+  run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3]
+  for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected"):
+    assert all(np.isfinite(r[f"train/{name}"]) for r in train), name
+  if objective == "dpo":
+    assert train[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
