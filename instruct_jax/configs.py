@@ -127,7 +127,7 @@ def base() -> ml_collections.ConfigDict:
   c.optim.learning_rate = 1e-3  # peak learning rate
   c.optim.schedule = "cosine"  # constant | cosine | linear | rsqrt (after linear warmup)
   c.optim.warmup_steps = 0  # linear warmup from 0
-  c.optim.end_lr_fraction = 0.0  # cosine decays to learning_rate * end_lr_fraction
+  c.optim.end_lr_fraction = 0.0  # cosine and linear decay to learning_rate * end_lr_fraction
   c.optim.b1 = 0.9  # Adam beta1 (Adafactor: momentum when > 0)
   c.optim.b2 = 0.999  # Adam beta2
   c.optim.eps = 1e-8  # Adam epsilon

@@ -26,11 +26,20 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from instruct_jax import configs, losses
-from instruct_jax.data import packing
+from instruct_jax import errors, losses
 from instruct_jax.models import build
 
 Batch = dict[str, jax.Array]
+
+
+class ObjectiveConfigError(errors.UserError, ValueError):
+  """config.objective or config.preference names settings no objective takes; the message names the key."""
+
+
+def _batch_spec(kind: str, inputs_length: int, targets_length: int, rows: int, meta_features):
+  # Imported here: the step (and the benchmarks that build it on a GPU image without grain) needs no data pipeline.
+  from instruct_jax.data import packing  # pylint: disable=g-import-not-at-top
+  return packing.batch_spec(kind, inputs_length, targets_length, rows, meta_features=meta_features)
 MetricGroups = tuple[tuple[str, str, int], ...]
 
 
@@ -70,8 +79,7 @@ class SFT:
 
   def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int):
     """The pipeline's rows (packing.batch_spec) and the per-token features of the metric groups."""
-    return packing.batch_spec(kind, inputs_length, targets_length, batch_size,
-                              meta_features=[feature for _, feature, _ in self.groups])
+    return _batch_spec(kind, inputs_length, targets_length, batch_size, [feature for _, feature, _ in self.groups])
 
   def prepare(self, batch: Batch):
     scale_BL, denominator = losses.token_scale_and_denominator(
@@ -135,8 +143,7 @@ class Preference:
 
   def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int):
     """2 * batch_size one-example rows: each pair's chosen response, then its rejected one."""
-    return packing.batch_spec(kind, inputs_length, targets_length, 2 * batch_size,
-                              meta_features=[feature for _, feature, _ in self.groups])
+    return _batch_spec(kind, inputs_length, targets_length, 2 * batch_size, [feature for _, feature, _ in self.groups])
 
   def prepare(self, batch: Batch):
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
@@ -192,16 +199,16 @@ def from_config(config, groups: MetricGroups = ()) -> Objective:
   if config.objective == "sft":
     return SFT(**config.loss.to_dict(), groups=tuple(groups))
   if config.objective not in OBJECTIVES:
-    raise configs.ConfigError(f"config.objective={config.objective!r}: expected one of {OBJECTIVES}")
+    raise ObjectiveConfigError(f"config.objective={config.objective!r}: expected one of {OBJECTIVES}")
   p = config.preference
   if not p.beta > 0:
-    raise configs.ConfigError(f"config.preference.beta={p.beta!r}: must be positive")
+    raise ObjectiveConfigError(f"config.preference.beta={p.beta!r}: must be positive")
   smoothing = p.label_smoothing
   if config.objective == "cdpo" and not 0 < smoothing < 0.5:
-    raise configs.ConfigError(f"config.preference.label_smoothing={smoothing!r}: conservative DPO (objective cdpo) "
+    raise ObjectiveConfigError(f"config.preference.label_smoothing={smoothing!r}: conservative DPO (objective cdpo) "
                               "assumes a share of flipped labels in (0, 0.5), e.g. 0.1")
   if config.objective != "cdpo" and smoothing:
-    raise configs.ConfigError(f"config.preference.label_smoothing={smoothing!r} is conservative DPO's: set "
+    raise ObjectiveConfigError(f"config.preference.label_smoothing={smoothing!r} is conservative DPO's: set "
                               "--config.objective=cdpo, or 0")
   return Preference(config.objective, beta=float(p.beta), label_smoothing=float(p.label_smoothing),
                     gamma=float(p.gamma), lambda_=float(p["lambda"]), hosts=jax.process_count())

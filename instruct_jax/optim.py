@@ -19,7 +19,7 @@ class OptimConfig:
   schedule: str = "cosine"  # constant | cosine | linear | rsqrt
   warmup_steps: int = 0
   total_steps: int = 1000
-  end_lr_fraction: float = 0.0  # cosine decays to learning_rate * end_lr_fraction
+  end_lr_fraction: float = 0.0  # cosine and linear decay to learning_rate * end_lr_fraction
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8

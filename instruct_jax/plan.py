@@ -47,11 +47,13 @@ from instruct_jax.data import report as report_lib
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
+from instruct_jax.evals import preference_eval
 from instruct_jax.models import attention, build, lora as lora_lib
 
 # The evaluator kinds a run's config.evals may name (evals/evaluators.py: the contract); a new kind is a module
 # defining an `evaluators.EvaluatorKind` and an entry here.
-EVALUATOR_KINDS: dict[str, evaluators.EvaluatorKind] = dict(evaluators.KINDS)
+EVALUATOR_KINDS: dict[str, evaluators.EvaluatorKind] = {**evaluators.KINDS,
+                                                        preference_eval.KIND.name: preference_eval.KIND}
 
 # The errors of a dry run's data and evaluation steps that are reported as problems (unprepared TFDS data, unknown
 # mixtures, bad files, ...) rather than raised.

@@ -36,7 +36,6 @@ from instruct_jax import plan as plan_lib
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.dry_run import dry_run
 from instruct_jax.evals import evaluators
-from instruct_jax.evals import score as score_lib
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -190,9 +189,7 @@ class Evaluations:
               + evaluators.format_table(ev.summary, before), flush=True)
       else:
         out[f"after_{ev.name}"] = ev.summary
-        print(f"Evaluator {ev.name} after {final_step} steps:\n" + (
-            score_lib.format_table(ev.summary["superni"]) if ev.superni else evaluators.format_table(ev.summary)),
-            flush=True)
+        print(f"Evaluator {ev.name} after {final_step} steps:\n" + ev.table(), flush=True)
     return out
 
 

@@ -157,13 +157,13 @@ def test_lora_dpo_keeps_no_second_copy_and_its_reference_is_the_base():
 def test_preference_objectives_refuse_bad_settings_and_data(tmp_path):
   c = configs.base()
   c.objective = "cdpo"
-  with pytest.raises(configs.ConfigError, match="config.preference.label_smoothing=0.0: conservative DPO"):
+  with pytest.raises(objectives.ObjectiveConfigError, match="config.preference.label_smoothing=0.0: conservative DPO"):
     objectives.from_config(c)
   c.objective, c.preference.label_smoothing = "dpo", 0.1
-  with pytest.raises(configs.ConfigError, match="set --config.objective=cdpo"):
+  with pytest.raises(objectives.ObjectiveConfigError, match="set --config.objective=cdpo"):
     objectives.from_config(c)
   c.objective = "kto"
-  with pytest.raises(configs.ConfigError, match="config.objective='kto': expected one of"):
+  with pytest.raises(objectives.ObjectiveConfigError, match="config.objective='kto': expected one of"):
     objectives.from_config(c)
   from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
   c = configs.from_command_line([f"--config={ROOT / 'configs/tiny.py'}", "--config.objective=dpo"])
@@ -191,3 +191,33 @@ def test_the_trainer_runs_a_preference_objective_from_the_command_line(tmp_path,
     assert all(np.isfinite(r[f"train/{name}"]) for r in train), name
   if objective == "dpo":
     assert train[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    # A restart resumes with the reference it saved; the workdir loads as any other (generate, evaluate, convert).
+    run = subprocess.run([c if not c.startswith("--config.total_steps") else "--config.total_steps=5" for c in cmd],
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert run.returncode == 0 and "Resumed from checkpoint step 3" in run.stdout, run.stderr[-3000:]
+    from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+    loaded = plan_lib.load(str(work))
+    assert loaded.step == 5 and jax.tree.leaves(loaded.params)
+
+
+@pytest.mark.slow  # ~1 min: ten jitted steps
+@pytest.mark.parametrize("kind", helpers.KINDS)
+@pytest.mark.parametrize("loss", losses.PREFERENCE_LOSSES)
+def test_every_loss_trains_both_model_kinds(kind, loss):
+  mesh = sharding.make_mesh({"data": 8})
+  rules = sharding.get_rules("data_parallel")
+  model = helpers.tiny_model(kind)
+  ocfg = optim.OptimConfig(optimizer="adamw", learning_rate=1e-2, schedule="constant")
+  tx = optim.make_optimizer(ocfg)
+  objective = objectives.Preference(loss, label_smoothing=0.1 if loss == "cdpo" else 0.0)
+  state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0),
+                                            reference=step.needs_reference_copy(model, objective))
+  assert (state.reference is not None) == (loss in losses.NEEDS_REFERENCE)
+  train = step.jit_train_step(model, tx, objective, optim.make_schedule(ocfg), mesh, rules, state_sh)
+  batch = _pair_batch(kind)
+  losses_seen = []
+  for i in range(3):
+    state, metrics = train(state, batch, jax.random.key(i))
+    losses_seen.append(float(metrics["loss"]))
+    assert np.isfinite(losses_seen[-1]) and float(metrics["grad_norm"]) > 0
+  assert losses_seen[-1] < losses_seen[0]  # three steps on one batch lower its loss

@@ -85,8 +85,11 @@ def test_schedules():
   np.testing.assert_allclose([rsqrt(0), rsqrt(50), rsqrt(100), rsqrt(400)], [1.0, 1.0, 1.0, 0.5], rtol=1e-6)
   const = optim.make_schedule(optim.OptimConfig(learning_rate=0.3, schedule="constant"))
   assert float(const(1000)) == pytest.approx(0.3)
+  linear = optim.make_schedule(optim.OptimConfig(learning_rate=1.0, schedule="linear", warmup_steps=10,
+                                                 total_steps=110, end_lr_fraction=0.0))
+  np.testing.assert_allclose([linear(5), linear(10), linear(60), linear(110)], [0.5, 1, 0.5, 0], atol=1e-6)
   with pytest.raises(ValueError, match="unknown schedule"):
-    optim.make_schedule(optim.OptimConfig(schedule="linear"))
+    optim.make_schedule(optim.OptimConfig(schedule="step"))
   with pytest.raises(ValueError, match="unknown optimizer config fields"):
     optim.OptimConfig.from_config({"learning_rat": 1.0})
 

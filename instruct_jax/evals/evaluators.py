@@ -286,6 +286,10 @@ class Evaluator:
         for metric in metrics_lib.METRIC_NAMES:
           yield f"eval/{self.name}/{group}/{metric}", scores[metric]
 
+  def table(self) -> str:
+    """The summary as a printed table (SuperNI's own for SuperNI evaluators)."""
+    return score_lib.format_table(self.summary["superni"]) if self.superni else format_table(self.summary)
+
   def result_rows(self) -> list[dict[str, Any]]:
     """The summary as eval_results.csv rows {evaluator, grouping, key, metric, value} (SuperNI's table as the
     groupings superni_overall, superni_by_category and superni_by_task)."""
@@ -393,7 +397,7 @@ def _schedule(spec: Mapping[str, Any]) -> dict[str, Any]:
   return {"every": spec.get("every", 0), "before_training": spec.get("before_training", False)}
 
 
-def _names(name: str, members: Sequence[str], ctx: EvalContext) -> list[str]:
+def task_names(name: str, members: Sequence[str], ctx: EvalContext) -> list[str]:
   """Tasks and mixtures (a mixture stands for its tasks), each checked to exist."""
   names = []
   for t in members:
@@ -407,7 +411,7 @@ def _names(name: str, members: Sequence[str], ctx: EvalContext) -> list[str]:
 def _build_tasks(name: str, spec: Mapping[str, Any], ctx: EvalContext) -> Evaluator:
   """kind "tasks": the named tasks (or mixtures) on their `split` (default "test")."""
   num = spec.get("num_examples", ctx.eval_section.num_examples)
-  sets = [EvalSet(name, tuple(_names(name, spec["tasks"], ctx)), None, spec.get("split", "test"), num)]
+  sets = [EvalSet(name, tuple(task_names(name, spec["tasks"], ctx)), None, spec.get("split", "test"), num)]
   return Evaluator(name, render_eval_examples(sets, ctx.tasks), **_schedule(spec))
 
 
