@@ -221,3 +221,27 @@ def test_every_loss_trains_both_model_kinds(kind, loss):
     losses_seen.append(float(metrics["loss"]))
     assert np.isfinite(losses_seen[-1]) and float(metrics["grad_norm"]) > 0
   assert losses_seen[-1] < losses_seen[0]  # three steps on one batch lower its loss
+
+
+@pytest.mark.slow  # importing TRL's trainers takes ~8 s
+def test_simpo_and_orpo_equal_trls_loss_functions_on_the_same_log_probs():
+  """TRL computes SimPO (`CPOTrainer.cpo_loss`) and ORPO's odds-ratio term (`ORPOTrainer.odds_ratio_loss`) as
+  functions of the policy's length-averaged log-probs; DPO, IPO and cDPO live inside `DPOTrainer._compute_loss`
+  (no function to call), so they are checked against the papers' formulas above."""
+  pytest.importorskip("trl")
+  import types  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from trl.experimental.cpo.cpo_trainer import CPOTrainer  # pylint: disable=g-import-not-at-top
+  from trl.experimental.orpo.orpo_trainer import ORPOTrainer  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  sums_c, sums_r = -rng.uniform(1, 20, 8), -rng.uniform(1, 20, 8)
+  n_c, n_r = rng.integers(2, 30, 8).astype(np.float64), rng.integers(2, 30, 8).astype(np.float64)
+  avg_c, avg_r = torch.tensor(sums_c / n_c), torch.tensor(sums_r / n_r)
+  cpu = types.SimpleNamespace(device="cpu")
+  ours = lambda kind, **kw: np.asarray(losses.preference_losses(kind, jnp.asarray(sums_c), jnp.asarray(sums_r),
+                                                                jnp.asarray(n_c), jnp.asarray(n_r), **kw)[0])
+  simpo = CPOTrainer.cpo_loss(types.SimpleNamespace(beta=2.0, alpha=0.0, loss_type="simpo", simpo_gamma=0.8,
+                                                    label_smoothing=0.0, accelerator=cpu), avg_c, avg_r)[0]
+  np.testing.assert_allclose(ours("simpo", beta=2.0, gamma=0.8), simpo.numpy(), rtol=1e-5)
+  ratio = ORPOTrainer.odds_ratio_loss(types.SimpleNamespace(beta=1.0, accelerator=cpu), avg_c, avg_r)[0]
+  np.testing.assert_allclose(ours("orpo"), -ratio.numpy(), rtol=1e-5)  # TRL's term is beta * log sigmoid(log odds)
