@@ -245,3 +245,38 @@ def test_simpo_and_orpo_equal_trls_loss_functions_on_the_same_log_probs():
   np.testing.assert_allclose(ours("simpo", beta=2.0, gamma=0.8), simpo.numpy(), rtol=1e-5)
   ratio = ORPOTrainer.odds_ratio_loss(types.SimpleNamespace(beta=1.0, accelerator=cpu), avg_c, avg_r)[0]
   np.testing.assert_allclose(ours("orpo"), -ratio.numpy(), rtol=1e-5)  # TRL's term is beta * log sigmoid(log odds)
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoints(tmp_path_factory):
+  """Tiny Hugging Face checkpoints of both kinds, each with its own SentencePiece tokenizer."""
+  from tests.convert import hf_models  # pylint: disable=g-import-not-at-top  (imports transformers)
+  tmp = tmp_path_factory.mktemp("hf")
+  t5_dir = hf_models.save(hf_models.build("t5_flan"), tmp / "t5", "t5_flan")
+  hf_models.train_spm(t5_dir / "spiece.model")
+  llama_dir = hf_models.save(hf_models.build("llama3"), tmp / "llama", "llama3")
+  hf_models.train_spm(llama_dir / "tokenizer.model", llama_ids=True)
+  return {"t5": t5_dir, "llama": llama_dir}
+
+
+@pytest.mark.slow  # ~2 min: ten short runs, each compiling its step
+@pytest.mark.parametrize("name", ["llama", "t5"])
+def test_each_loss_fine_tunes_a_checkpoint_as_the_readme_command_does(hf_checkpoints, tmp_path, name):
+  """README's command (configs/finetune.py, init_from a Hugging Face checkpoint) with each objective, shortened."""
+  from instruct_jax import train  # pylint: disable=g-import-not-at-top
+  pairs = _pairs_file(tmp_path / "pairs.jsonl", 32)
+  for loss in losses.PREFERENCE_LOSSES:
+    config = configs.from_command_line([
+        f"--config={ROOT / 'configs/finetune.py'}", f"--config.init_from={hf_checkpoints[name]}",
+        f"--config.objective={loss}", f"--config.data_paths.preference_files.mine={pairs}",
+        "--config.data.mixture=preferences", "--config.total_steps=2", "--config.log_every=1",
+        "--config.checkpoint_every=0", "--config.data.batch_size=4", "--config.data.inputs_length=32",
+        "--config.data.targets_length=16", *(["--config.preference.label_smoothing=0.1"] if loss == "cdpo" else [])])
+    result = train.train_and_evaluate(config, str(tmp_path / loss))
+    rows = [json.loads(line) for line in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert result["final_step"] == 2 and len(train_rows) == 2, loss
+    assert all(np.isfinite(r["train/loss"]) and "train/rewards/margins" in r for r in train_rows), loss
+    if loss in ("dpo", "cdpo"):  # the reference is the checkpoint itself at step 1
+      expected = math.log(2)  # cdpo: -(1 - e) log sigmoid(0) - e log sigmoid(0) = ln 2 too
+      assert train_rows[0]["train/loss"] == pytest.approx(expected, abs=1e-5), loss
