@@ -7,6 +7,7 @@ import re
 import pytest
 
 from instruct_jax import configs, objectives, optim, sharding
+from instruct_jax import plan as plan_lib
 from instruct_jax.data import chat
 from instruct_jax.data import pipeline
 from instruct_jax.data import tasks as tasks_lib
@@ -96,7 +97,7 @@ def _as_seen_by_the_code(config, key: str):
   if head == "eval":
     evaluators.eval_sets(config.eval)  # the evaluation section still resolves
   if head == "evals":
-    evaluators.parse_spec(rest, config.evals[rest])  # a documented evaluator spec is a valid one
+    evaluators.parse_spec(rest, config.evals[rest], plan_lib.EVALUATOR_KINDS)  # a documented spec is a valid one
   value = config
   for part in key.split("."):
     value = value[part]
