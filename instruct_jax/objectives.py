@@ -193,22 +193,33 @@ class Preference:
 OBJECTIVES = ("sft", *losses.PREFERENCE_LOSSES)
 
 
+# The config.preference keys each objective reads (beta: every preference loss's temperature and rewards).
+_READS = {"sft": (), "dpo": ("beta",), "ipo": ("beta",), "cdpo": ("beta", "label_smoothing"),
+          "simpo": ("beta", "gamma"), "orpo": ("beta", "lambda")}
+_DEFAULTS = {"beta": 0.1, "label_smoothing": 0.0, "gamma": 0.5, "lambda": 0.1}  # configs.base()'s
+
+
 def from_config(config, groups: MetricGroups = ()) -> Objective:
   """A run's objective (config.objective): SFT with config.loss's settings and the data's metric groups
-  (`plan.metric_groups`), or a preference loss with config.preference's."""
-  if config.objective == "sft":
-    return SFT(**config.loss.to_dict(), groups=tuple(groups))
+  (`plan.metric_groups`), or a preference loss with config.preference's. A config.preference key the objective does
+  not read, set to other than its default, is an error naming it (it would have no effect)."""
   if config.objective not in OBJECTIVES:
     raise ObjectiveConfigError(f"config.objective={config.objective!r}: expected one of {OBJECTIVES}")
   p = config.preference
+  for key, default in _DEFAULTS.items():
+    if key not in _READS[config.objective] and p[key] != default:
+      users = [o for o, keys in _READS.items() if key in keys]
+      if key == "label_smoothing":
+        raise ObjectiveConfigError(f"config.preference.label_smoothing={p[key]!r} is conservative DPO's: set "
+                                   "--config.objective=cdpo, or 0")
+      raise ObjectiveConfigError(f"config.preference.{key}={p[key]!r} has no effect with "
+                                 f"config.objective={config.objective!r}; it is read by {', '.join(users)}")
+  if config.objective == "sft":
+    return SFT(**config.loss.to_dict(), groups=tuple(groups))
   if not p.beta > 0:
     raise ObjectiveConfigError(f"config.preference.beta={p.beta!r}: must be positive")
-  smoothing = p.label_smoothing
-  if config.objective == "cdpo" and not 0 < smoothing < 0.5:
-    raise ObjectiveConfigError(f"config.preference.label_smoothing={smoothing!r}: conservative DPO (objective cdpo) "
-                              "assumes a share of flipped labels in (0, 0.5), e.g. 0.1")
-  if config.objective != "cdpo" and smoothing:
-    raise ObjectiveConfigError(f"config.preference.label_smoothing={smoothing!r} is conservative DPO's: set "
-                              "--config.objective=cdpo, or 0")
+  if config.objective == "cdpo" and not 0 < p.label_smoothing < 0.5:
+    raise ObjectiveConfigError(f"config.preference.label_smoothing={p.label_smoothing!r}: conservative DPO "
+                               "(objective cdpo) assumes a share of flipped labels in (0, 0.5), e.g. 0.1")
   return Preference(config.objective, beta=float(p.beta), label_smoothing=float(p.label_smoothing),
                     gamma=float(p.gamma), lambda_=float(p["lambda"]), hosts=jax.process_count())

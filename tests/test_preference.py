@@ -165,6 +165,13 @@ def test_preference_objectives_refuse_bad_settings_and_data(tmp_path):
   c.objective = "kto"
   with pytest.raises(objectives.ObjectiveConfigError, match="config.objective='kto': expected one of"):
     objectives.from_config(c)
+  c = configs.base()
+  c.preference.gamma = 1.0  # SimPO's margin, set for a run that reads none
+  with pytest.raises(objectives.ObjectiveConfigError, match=r"config.preference.gamma=1.0 has no effect with "
+                                                             r"config.objective='sft'; it is read by simpo"):
+    objectives.from_config(c)
+  c.objective = "simpo"
+  assert objectives.from_config(c).gamma == 1.0
   from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
   c = configs.from_command_line([f"--config={ROOT / 'configs/tiny.py'}", "--config.objective=dpo"])
   with pytest.raises(configs.ConfigError,
