@@ -61,7 +61,7 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
   if plan.evaluators is not None:
     out("evals     " + "; ".join(f"{e.name}: {len(e.rows)} examples, "
                                  + (f"every {e.every} steps" if e.every else "at the end") for e in plan.evaluators))
-  pairs = getattr(plan.objective, "pairs", False)
+  pairs = plan.objective.pairs
   rows = config.data.batch_size * (2 if pairs else 1)
   tokens = rows * (config.data.inputs_length + config.data.targets_length)
   what = f"{config.data.batch_size} pairs ({rows} rows" if pairs else f"{rows} rows ("

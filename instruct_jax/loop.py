@@ -94,7 +94,7 @@ class Feed:
     self.features = set(plan.objective.batch_spec(plan.model.kind, config.data.batch_size,
                                                   config.data.inputs_length, config.data.targets_length))
     self.sharding = sharding.batch_sharding(plan.mesh, plan.rules)
-    self.per_example = 2 if getattr(plan.objective, "pairs", False) else 1  # a pair is two rows
+    self.per_example = 2 if plan.objective.pairs else 1  # a pair is two rows
 
   def __call__(self, host_batch):
     if not self.pack:  # the step's attention relies on it (step.train_step's packed=False)
@@ -113,7 +113,7 @@ class StepMetrics:
     config = plan.config
     self.config, self.writer, self.task_names = config, writer, pipe.task_names
     self.labels = {name: pipe.task_names if name == "task" else [str(i) for i in range(n)]
-                   for name, _, n in getattr(plan.objective, "groups", ())}
+                   for name, _, n in plan.objective.groups}
     self.report = report_lib.TruncationReport(pipe.stats, config.data.truncation_warning)
     self.progress = metrics_lib.Progress(config.total_steps, start, config.log_every)
     self.window = metrics_lib.StepWindow(

@@ -47,6 +47,7 @@ class Objective(Protocol):
   name: str
   needs_reference: bool
   pairs: bool  # the batch holds preference pairs (data/packing.py pad_pairs_and_batch)
+  groups: MetricGroups  # per-group loss sums the metrics break down by (e.g. per task)
 
   def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int
                  ) -> dict[str, tuple[tuple[int, ...], Any]]:

@@ -45,7 +45,7 @@ def reference_params(model: build.Model, state: TrainState):
 def needs_reference_copy(model: build.Model, objective) -> bool:
   """Whether the train state holds a frozen copy of the parameters: an objective with a reference model, trained
   without LoRA (LoRA's reference is its base)."""
-  return bool(getattr(objective, "needs_reference", False)) and model.config.lora is None
+  return objective.needs_reference and model.config.lora is None
 
 
 def forward(model: build.Model, params, batch: Batch, *, dropout_rng=None, packed: bool = True) -> jax.Array:
@@ -111,7 +111,7 @@ def train_step(state: TrainState, batch: Batch, rng, *, model: build.Model, tx: 
     per_row, shared = objective.prepare(batch)
     step_rng = jax.random.fold_in(rng, state.step)
 
-    reference = reference_params(model, state) if getattr(objective, "needs_reference", False) else None
+    reference = reference_params(model, state) if objective.needs_reference else None
 
     def loss_fn(trainable, mb, mb_per_row, mb_rng):
       params = model.with_trainable(state.params, trainable)
