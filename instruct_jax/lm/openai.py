@@ -3,21 +3,34 @@
 Standard library only (urllib). One HTTP request per prompt, `concurrency` of them in flight at
 once (threads). Requests that fail with 408, 429 or 5xx, time out, or lose the connection are retried
 up to `max_retries` times with exponential backoff (doubling from `backoff_s`, capped at
-`max_backoff_s`, with jitter; a server's Retry-After is honoured up to the cap). The API key is read
-from an environment variable once, sent only in the Authorization header, and never logged.
+`max_backoff_s`, with jitter; a server's Retry-After is honoured up to the cap).
+
+What a server cannot do to the client:
+- take the API key elsewhere: redirects are not followed (a 3xx answer is an error naming its target), so the
+  key goes only to the origin of `base_url`; the key a server echoes back is replaced by [REDACTED] in the
+  completion text, so it reaches no file (the request cache, judge.jsonl, synthetic outputs) and no message;
+- hang it: `timeout_s` is a deadline for the whole request (connect, send, headers and body), enforced by a
+  watchdog that shuts the socket, so a server trickling one byte a second times out like a silent one;
+- exhaust memory: a body over `max_response_bytes` is an error, read no further.
+
+The key is read from an environment variable once, sent only in the Authorization header, and never logged.
+Proxies: $https_proxy / $http_proxy (and $no_proxy) are honoured as urllib does.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import http.client
 import json
+import math
 import os
 import random
 import re
 import socket
 import threading
+import ssl
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +41,82 @@ from instruct_jax.lm.backends import BackendError, Completion, Conversation, Gen
 from instruct_jax.lm.backends import check_conversation
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 32 * 2**20  # an OpenAI answer is kilobytes; this is far above any real one
+
+
+class RequestTimeout(Exception):
+  """The whole-request deadline passed (retried like a lost connection)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  status: int
+  headers: http.client.HTTPMessage
+  body: bytes
+
+
+def post(url: str, data: bytes, headers: dict[str, str], *, timeout_s: float,
+         max_bytes: int = MAX_RESPONSE_BYTES) -> Answer:
+  """One HTTP POST with a deadline for all of it, a cap on the body, and no redirects followed.
+
+  Raises RequestTimeout past the deadline, BackendError for a body over `max_bytes`, and
+  ConnectionError / OSError / http.client.HTTPException for a lost connection.
+  """
+  parts = urllib.parse.urlsplit(url)
+  https = parts.scheme == "https"
+  host, port = parts.hostname or "", parts.port or (443 if https else 80)
+  target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+  proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
+  context = ssl.create_default_context() if https else None
+  if proxy:
+    proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    proxy_address = (proxy_parts.hostname or "", proxy_parts.port or 8080)
+    if https:  # a CONNECT tunnel: the proxy sees neither the headers nor the body
+      conn = http.client.HTTPSConnection(*proxy_address, timeout=timeout_s, context=context)
+      conn.set_tunnel(host, port)
+    else:
+      conn = http.client.HTTPConnection(*proxy_address, timeout=timeout_s)
+      target = url
+  elif https:
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=context)
+  else:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+  expired = threading.Event()
+
+  def expire():
+    expired.set()
+    sock = conn.sock
+    if sock is not None:
+      try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv, which close() alone does not
+      except OSError:
+        pass  # already closed: the request finished as the deadline passed
+
+  watchdog = threading.Timer(timeout_s, expire)
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    conn.request("POST", target, body=data, headers=headers)
+    resp = conn.getresponse()
+    length = resp.getheader("Content-Length")
+    if length and length.isdigit() and int(length) > max_bytes:
+      raise BackendError(f"{url}: the response is {int(length)} bytes, over the {max_bytes}-byte cap")
+    chunks, size = [], 0
+    while chunk := resp.read(65536):
+      size += len(chunk)
+      if size > max_bytes:
+        raise BackendError(f"{url}: the response is over the {max_bytes}-byte cap; stopped reading it")
+      chunks.append(chunk)
+    if expired.is_set():  # a shut socket can read as a clean end of the body
+      raise RequestTimeout()
+    return Answer(resp.status, resp.headers, b"".join(chunks))
+  except (OSError, http.client.HTTPException):
+    if expired.is_set():
+      raise RequestTimeout() from None
+    raise
+  finally:
+    watchdog.cancel()
+    conn.close()
 
 
 def request_body(model: str, params: GenParams, *, prompt: str | None = None,
@@ -90,9 +179,12 @@ class OpenAIBackend:
   def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6,
                backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+               max_response_bytes: int = MAX_RESPONSE_BYTES,
                sleep: Callable[[float], None] = time.sleep):
     if not base_url.startswith(("http://", "https://")):
       raise ValueError(f"--base_url must start with http:// or https://, got {base_url!r}")
+    if timeout_s <= 0 or not math.isfinite(timeout_s):
+      raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s}")
     if concurrency < 1:
       raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if not model:
@@ -104,6 +196,7 @@ class OpenAIBackend:
     self.max_retries = max_retries
     self.backoff_s = backoff_s
     self.max_backoff_s = max_backoff_s
+    self.max_response_bytes = max_response_bytes
     self._sleep = sleep
     self._api_key = os.environ.get(api_key_env) or None
     if self._api_key is None:
@@ -138,31 +231,25 @@ class OpenAIBackend:
     while True:
       retry_after = None
       try:
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-          raw = resp.read()
-        try:
-          payload = json.loads(raw)
-        except json.JSONDecodeError:
-          raise BackendError(redact(f"{url}: response is not JSON: {raw[:200]!r}", self._api_key)) from None
-        try:
-          return parse_response(payload, chat)
-        except BackendError as e:
-          raise BackendError(redact(str(e), self._api_key)) from None
-      except urllib.error.HTTPError as e:
-        if e.code not in RETRY_STATUS:
-          detail = e.read()[:300].decode("utf-8", "replace")
-          raise BackendError(redact(f"{url}: HTTP {e.code}: {detail}", self._api_key)) from None
-        reason = f"HTTP {e.code}"
-        retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
-      except (TimeoutError, socket.timeout) as e:
-        reason = f"timeout after {self.timeout_s}s ({type(e).__name__})"
-      except urllib.error.URLError as e:
-        if not isinstance(e.reason, (TimeoutError, socket.timeout, ConnectionError, OSError)):
-          raise BackendError(redact(f"{url}: {e.reason}", self._api_key)) from None
-        reason = f"connection error ({e.reason})"
-      except (ConnectionError, http.client.HTTPException) as e:
-        reason = f"connection error ({type(e).__name__})"
+        answer = post(url, data, headers, timeout_s=self.timeout_s, max_bytes=self.max_response_bytes)
+      except RequestTimeout:
+        reason = f"no complete answer within the {self.timeout_s}s deadline"
+      except ssl.SSLError as e:  # a certificate problem does not go away on a retry
+        raise BackendError(f"{url}: TLS error: {e}") from None
+      except (OSError, http.client.HTTPException) as e:
+        reason = f"connection error ({type(e).__name__}: {e})"
+      else:
+        if 200 <= answer.status < 300:
+          return self._completion(url, answer.body, chat)
+        if 300 <= answer.status < 400:
+          raise BackendError(f"{url}: HTTP {answer.status} redirect to {answer.headers.get('Location')!r}, not "
+                             "followed (the API key goes to the --base_url origin only): pass the final address "
+                             "as --base_url")
+        if answer.status not in RETRY_STATUS:
+          detail = answer.body[:300].decode("utf-8", "replace")
+          raise BackendError(redact(f"{url}: HTTP {answer.status}: {detail}", self._api_key))
+        reason = f"HTTP {answer.status}"
+        retry_after = _retry_after(answer.headers.get("Retry-After"))
       if attempt >= self.max_retries:
         raise BackendError(f"{url}: giving up after {attempt + 1} attempts; last: {reason}")
       delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * rng.uniform(0.5, 1.0)
@@ -174,6 +261,19 @@ class OpenAIBackend:
         self.retries_done += 1
       attempt += 1
       self._sleep(delay)
+
+  def _completion(self, url: str, raw: bytes, chat: bool) -> Completion:
+    try:
+      payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+      raise BackendError(redact(f"{url}: response is not JSON: {raw[:200]!r}", self._api_key)) from None
+    try:
+      completion = parse_response(payload, chat)
+    except BackendError as e:
+      raise BackendError(redact(str(e), self._api_key)) from None
+    if self._api_key and self._api_key in completion.text:  # a server echoing the request's headers
+      return Completion(completion.text.replace(self._api_key, "[REDACTED]"), completion.finish_reason)
+    return completion
 
 
 def _retry_after(value: str | None) -> float | None:

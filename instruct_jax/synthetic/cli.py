@@ -22,7 +22,7 @@ from typing import Any
 from absl import flags
 
 from instruct_jax import errors
-from instruct_jax.lm.backends import Backend
+from instruct_jax.lm.backends import Backend, BackendError
 from instruct_jax.lm.openai import OpenAIBackend
 from instruct_jax.synthetic.runner import Tally
 
@@ -46,7 +46,8 @@ INIT_FROM = flags.DEFINE_string("init_from", None, "With --backend model: a chec
 MODEL_BATCH_SIZE = flags.DEFINE_integer("model_batch_size", 16, "With --backend model: prompts "
                                         "decoded together.")
 CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.")
-TIMEOUT = flags.DEFINE_float("timeout", 120.0, "Seconds before a request counts as timed out.")
+TIMEOUT = flags.DEFINE_float("timeout", 120.0, "Deadline in seconds for each whole request (connect, send, the "
+                              "full answer); a request past it is retried like a lost connection.")
 MAX_RETRIES = flags.DEFINE_integer("max_retries", 6, "Retries on 408/429/5xx/timeouts.")
 BACKOFF = flags.DEFINE_float("backoff", 1.0, "First retry delay in seconds (doubles each retry).")
 NUM_INSTRUCTIONS = flags.DEFINE_integer(
@@ -132,4 +133,11 @@ def print_report(report: dict[str, Any]) -> None:
 def main(fn: Callable[[list[str]], None]) -> None:
   """absl.app.run with dashed flag spellings accepted and user errors reported on one line."""
   sys.argv = normalize_argv(sys.argv)
-  errors.run(fn)
+
+  def reported(argv: list[str]) -> None:
+    try:
+      fn(argv)
+    except BackendError as e:  # a server that failed for good (a redirect, a cap, retries exhausted): one line
+      raise errors.UserError(str(e)) from None
+
+  errors.run(reported)
