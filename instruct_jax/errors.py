@@ -6,6 +6,7 @@ a traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,36 @@ def one_line(message: str) -> str:
   if len(lines) <= 1:
     return lines[0] if lines else message
   return f"{lines[0].rstrip(':')}: {lines[-1]}"
+
+
+def loads_json(text: str | bytes) -> object:
+  """`json.loads` for files people write, with what it lets through refused as JSONDecodeErrors (so every reader's
+  "file:line: malformed JSON" message covers them): a key repeated in one object (json.loads keeps the last value
+  silently) and nesting too deep for Python's parser (a RecursionError otherwise)."""
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+
+  def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+      seen: set[str] = set()
+      key = next(k for k, _ in pairs if k in seen or seen.add(k))
+      raise _DuplicateKey(key)
+    return obj
+
+  try:
+    return json.loads(text, object_pairs_hook=unique)
+  except _DuplicateKey as e:
+    key = e.args[0]
+    at = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+    raise json.JSONDecodeError(f"duplicate key {key!r}", text, at[1] if len(at) > 1 else 0) from None
+  except RecursionError:
+    raise json.JSONDecodeError("nested too deeply to read (arrays/objects within each other beyond Python's "
+                               "recursion limit)", text, 0) from None
+
+
+class _DuplicateKey(Exception):
+  pass
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

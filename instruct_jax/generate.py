@@ -85,7 +85,7 @@ def read_prompts(path: str) -> list[dict]:
       records.append({"prompt": line.rstrip("\n").replace("\\n", "\n")})
       continue
     try:
-      record = json.loads(line)
+      record = errors.loads_json(line)
     except json.JSONDecodeError as e:
       raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
     if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):

@@ -75,7 +75,7 @@ def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 def _config_file(path: pathlib.Path) -> ml_collections.ConfigDict:
   try:
-    return configs.from_json(json.loads((path / CONFIG).read_text()))
+    return configs.from_json(errors.loads_json((path / CONFIG).read_text()))
   except json.JSONDecodeError as e:
     raise WorkdirError(f"{path / CONFIG}: line {e.lineno}: invalid JSON ({e.msg})") from None
 

@@ -22,8 +22,6 @@ reading, so host memory holds the parameters once; exports write one tensor at a
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 import time
 from collections.abc import Sequence
 
@@ -96,17 +94,6 @@ def _end_of_turn(config, tokenizer, model_config) -> int | None:
   return None if stop == tokenizer.eos_id else stop
 
 
-def _add_stop_id(file: pathlib.Path, stop: int) -> None:
-  """generation_config.json's eos_token_id with the chat format's end-of-turn id, so generate stops there too."""
-  if not file.is_file():
-    return
-  config = json.loads(file.read_text())
-  eos = config.get("eos_token_id")
-  eos = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
-  config["eos_token_id"] = eos + [stop] if stop not in eos else eos
-  file.write_text(json.dumps(config, indent=2) + "\n")
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -140,9 +127,7 @@ def main(argv: Sequence[str]) -> None:
     files = convert.export_hf(pretrained.config, pretrained.params, _DST.value, hf_base=pretrained.hf_config,
                               dtype=None if _EXPORT_DTYPE.value is None else jnp.dtype(_EXPORT_DTYPE.value),
                               max_shard_bytes=int(_MAX_SHARD_GB.value * 1024**3), tokenizer=tokenizer,
-                              tokenizer_src=tok_src, chat_template=template)
-    if stop is not None:
-      _add_stop_id(pathlib.Path(_DST.value) / "generation_config.json", stop)
+                              tokenizer_src=tok_src, chat_template=template, stop_id=stop)
     print(f"wrote {_DST.value}: {', '.join(files)}")
   elif to == "peft":
     base_model = _BASE_MODEL.value or convert.base_model_name(_SRC.value)

@@ -25,7 +25,8 @@ import numpy as np
 from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
-from instruct_jax.convert import tensors
+from instruct_jax import errors
+from instruct_jax.convert import outdir, tensors
 from instruct_jax.convert.tensors import ConversionError, TensorMap
 from instruct_jax.models import build, families, lora as lora_lib
 
@@ -61,11 +62,16 @@ def export_peft(config: build.ModelConfig, params, dst: str | os.PathLike, *, ba
   maps = adapter_maps(config)
   adapters = lora_lib.trainable(params, config.lora)
   tensors.check_paths(maps, tensors.param_paths(adapters), str(dst))
-  dst = pathlib.Path(dst)
-  dst.mkdir(parents=True, exist_ok=True)
   np_dtype = np.dtype(dtype if dtype is not None else jax.tree.leaves(adapters)[0].dtype)
   out = {name: produce() for name, produce, _ in tensors.export_tensors(
       adapters, maps, np_dtype)}
+  with outdir.replacing(dst, to="peft", base_model=base_model) as tmp:
+    _write_adapter(config, out, tmp, base_model)
+  return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+
+
+def _write_adapter(config: build.ModelConfig, out: dict[str, np.ndarray], dst: pathlib.Path,
+                   base_model: str | None) -> None:
   save_file(out, dst / ADAPTER_WEIGHTS, metadata={"format": "pt"})
   family = families.of_config(config)
   names = family.LORA_NAMES
@@ -77,7 +83,6 @@ def export_peft(config: build.ModelConfig, params, dst: str | os.PathLike, *, ba
                                                       "layers_to_transform", "rank_pattern", "alpha_pattern",
                                                       "modules_to_save")}}
   (dst / ADAPTER_CONFIG).write_text(json.dumps(blob, indent=2) + "\n")
-  return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
 
 
 def base_model_name(path: str | os.PathLike) -> str | None:
@@ -93,7 +98,7 @@ def read_peft_config(src: str | os.PathLike, kind: str, where: str | None = None
   path = pathlib.Path(src) / ADAPTER_CONFIG
   where = f"{where}: {path}" if where else str(path)
   try:
-    blob = json.loads(path.read_text())
+    blob = errors.loads_json(path.read_text())
   except FileNotFoundError:
     raise ConversionError(f"{where}: no such file; not a PEFT adapter directory") from None
   except json.JSONDecodeError as e:

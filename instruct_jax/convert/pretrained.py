@@ -34,8 +34,9 @@ from absl import logging
 from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
+from instruct_jax import errors
 from instruct_jax import workdir as workdir_lib
-from instruct_jax.convert import t5x, tensors
+from instruct_jax.convert import outdir, t5x, tensors
 from instruct_jax.convert.tensors import ConversionError
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.models import build, families, lora as lora_lib
@@ -76,7 +77,7 @@ def read_hf_config(src: str | os.PathLike) -> dict:
   if not path.is_file():
     raise ConversionError(f"{src}: no config.json; not a Hugging Face checkpoint directory")
   try:
-    hf = json.loads(path.read_text())
+    hf = errors.loads_json(path.read_text())
   except json.JSONDecodeError as e:
     raise ConversionError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
   families.by_model_type(hf.get("model_type"), str(path))
@@ -116,20 +117,25 @@ def import_t5x(src: str | os.PathLike, mesh: Mesh, rules, *, weights: bool = Tru
 # ---------------------------------------------------------------- imported directories and workdirs
 
 def _copy_tokenizer(src, dst: pathlib.Path) -> None:
+  """Copies the tokenizer files of `src` (none when it is None), each checked first (outdir.checked_source_file,
+  outdir.validate_tokenizer_file)."""
   if src is None:
     return
   for name in TOKENIZER_FILES:
-    if (pathlib.Path(src) / name).is_file():
-      shutil.copyfile(pathlib.Path(src) / name, dst / name)
+    path = outdir.checked_source_file(src, name)
+    if path is not None:
+      outdir.validate_tokenizer_file(path)
+      shutil.copyfile(path, dst / name)
 
 
 def save_imported(pretrained: Pretrained, dst: str | os.PathLike, *, tokenizer_src=None) -> None:
   """Writes `pretrained` as an imported directory (orbax params + model_config.json + tokenizer files)."""
+  with outdir.replacing(dst, to="instruct_jax", src=pretrained.source) as tmp:
+    _save_imported(pretrained, tmp, tokenizer_src)
+
+
+def _save_imported(pretrained: Pretrained, dst: pathlib.Path, tokenizer_src) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  dst = pathlib.Path(dst).absolute()
-  if (dst / PARAMS_DIR).exists():
-    raise ConversionError(f"{dst / PARAMS_DIR} already exists; refusing to overwrite it")
-  dst.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(dst / PARAMS_DIR, pretrained.params)
   checkpointer.wait_until_finished()
@@ -169,7 +175,7 @@ def load_imported(path: str | os.PathLike, mesh: Mesh, rules, *, weights: bool =
   path = pathlib.Path(path).absolute()
   where = str(path / MODEL_CONFIG)
   try:
-    blob = json.loads((path / MODEL_CONFIG).read_text())
+    blob = errors.loads_json((path / MODEL_CONFIG).read_text())
   except FileNotFoundError as e:
     raise ConversionError(f"{path}: no {MODEL_CONFIG}; not an imported checkpoint directory") from e
   except json.JSONDecodeError as e:
@@ -268,7 +274,7 @@ def _write_safetensors(out_dir: pathlib.Path, items, max_shard_bytes: int) -> li
 
 def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: dict | None = None,
               dtype=None, max_shard_bytes: int = 2 * 1024**3, tokenizer: tokenizer_lib.Tokenizer | None = None,
-              tokenizer_src=None, chat_template: str | None = None) -> list[str]:
+              tokenizer_src=None, chat_template: str | None = None, stop_id: int | None = None) -> list[str]:
   """Writes config.json + safetensors (sharded above `max_shard_bytes`) that transformers loads.
 
   `hf_base` (the imported config.json) keeps bookkeeping fields and the model type (e.g. mistral); `dtype`
@@ -276,14 +282,20 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
   `AutoTokenizer.from_pretrained` reads: `Tokenizer.save_for_hf`) and config.json and
   generation_config.json carry its special token ids; `tokenizer_src` (a source directory) contributes its
   generation_config.json when it has one; `chat_template` (a run's named chat format) goes into
-  tokenizer_config.json, so `apply_chat_template` renders prompts as the run did. Host memory: one parameter plus
-  one output shard at a time. A model with LoRA adapters is exported merged (kernel + alpha/rank * A @ B;
-  `export_peft` writes the adapters).
+  tokenizer_config.json, so `apply_chat_template` renders prompts as the run did; `stop_id` (the chat format's
+  end-of-turn id) joins generation_config.json's eos_token_id, so `generate` stops at the end of a turn. Host
+  memory: one parameter plus one output shard at a time. A model with LoRA adapters is exported merged (kernel +
+  alpha/rank * A @ B; `export_peft` writes the adapters). `dst` is written whole or not at all (outdir.replacing).
   """
+  with outdir.replacing(dst, to="hf") as tmp:
+    return _export_hf(config, params, tmp, hf_base=hf_base, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                      tokenizer=tokenizer, tokenizer_src=tokenizer_src, chat_template=chat_template, stop_id=stop_id)
+
+
+def _export_hf(config: ModelConfig, params, dst: pathlib.Path, *, hf_base, dtype, max_shard_bytes, tokenizer,
+               tokenizer_src, chat_template, stop_id) -> list[str]:
   config, params = lora_lib.merge(config, params)
   family = families.of_config(config)
-  dst = pathlib.Path(dst)
-  dst.mkdir(parents=True, exist_ok=True)
   maps = family.tensor_maps(config)
   tensors.check_paths(maps, tensors.param_paths(params), str(dst))
   np_dtype = np.dtype(jnp.dtype(dtype if dtype is not None else jax.tree.leaves(params)[0].dtype))
@@ -298,15 +310,30 @@ def export_hf(config: ModelConfig, params, dst: str | os.PathLike, *, hf_base: d
       tokenizer_config = json.loads((dst / "tokenizer_config.json").read_text(encoding="utf-8"))
       tokenizer_config["chat_template"] = chat_template
       (dst / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
-  source_generation = pathlib.Path(tokenizer_src or "/nonexistent") / "generation_config.json"
-  if source_generation.is_file():
+  source_generation = (outdir.checked_source_file(tokenizer_src, "generation_config.json")
+                       if tokenizer_src is not None else None)
+  if source_generation is not None:
+    outdir.validate_tokenizer_file(source_generation)
     shutil.copyfile(source_generation, dst / "generation_config.json")
     files.append("generation_config.json")
   elif ids:
     (dst / "generation_config.json").write_text(json.dumps({k: v for k, v in ids.items() if v is not None},
                                                            indent=2) + "\n")
     files.append("generation_config.json")
+  if stop_id is not None:
+    _add_stop_id(dst / "generation_config.json", stop_id)
   return sorted(set(files))
+
+
+def _add_stop_id(file: pathlib.Path, stop: int) -> None:
+  """generation_config.json's eos_token_id with the chat format's end-of-turn id, so generate stops there too."""
+  if not file.is_file():
+    return
+  config = json.loads(file.read_text())
+  eos = config.get("eos_token_id")
+  eos = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
+  config["eos_token_id"] = eos + [stop] if stop not in eos else eos
+  file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- tokenizer

@@ -26,8 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
+from instruct_jax import errors
 from instruct_jax.models.families.base import (  # noqa: F401 (the families' declarations, re-exported)
     GENERIC_FIELDS, ConversionError, Path, TensorMap, add_layers, check_fields, require)
 
@@ -79,8 +80,8 @@ class TensorSource:
 
   def _files_from_index(self, index_path: pathlib.Path) -> dict[str | None, pathlib.Path]:
     try:
-      weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as e:
+      weight_map = errors.loads_json(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
       raise ConversionError(f"{index_path}: not a checkpoint index with a 'weight_map' ({e})") from e
     files = {}
     for name, filename in weight_map.items():
@@ -93,14 +94,17 @@ class TensorSource:
   def _scan_safetensors(self, files: Mapping[str | None, pathlib.Path]) -> None:
     listed = {n for n in files if n is not None}
     for path in sorted(set(files.values())):
-      with safe_open(path, framework="numpy") as f:
-        for name in f.keys():
-          if listed and name not in listed:
-            continue
-          tensor = f.get_slice(name)
-          self._files[name] = path
-          self._shapes[name] = tuple(tensor.get_shape())
-          self._nbytes[name] = math.prod(self._shapes[name]) * _ITEMSIZE.get(tensor.get_dtype(), 0)
+      try:
+        with safe_open(path, framework="numpy") as f:
+          for name in f.keys():
+            if listed and name not in listed:
+              continue
+            tensor = f.get_slice(name)
+            self._files[name] = path
+            self._shapes[name] = tuple(tensor.get_shape())
+            self._nbytes[name] = math.prod(self._shapes[name]) * _ITEMSIZE.get(tensor.get_dtype(), 0)
+      except SafetensorError as e:  # a corrupt header, or a file cut short
+        raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
     missing = listed - set(self._files)
     if missing:
       name = sorted(missing)[0]
@@ -139,8 +143,11 @@ class TensorSource:
       out = _torch_to_numpy(self._torch_state(self._files[name])[name][index])
     else:
       # Open per read: the memory map is dropped as soon as the slice is copied out.
-      with safe_open(self._files[name], framework="numpy") as f:
-        out = f.get_slice(name)[index]
+      try:
+        with safe_open(self._files[name], framework="numpy") as f:
+          out = f.get_slice(name)[index]
+      except SafetensorError as e:
+        raise ConversionError(f"{self._files[name]}: tensor {name!r} cannot be read ({e})") from None
     self.bytes_read += out.nbytes
     return out
 

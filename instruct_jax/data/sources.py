@@ -112,7 +112,7 @@ def read_jsonl_numbered(path: str, *, strict: bool = True,
     else:
       message = None
       try:
-        record = json.loads(line)
+        record = errors.loads_json(line)
       except json.JSONDecodeError as e:
         message = f"{path}:{lineno}: malformed JSON line: {e.msg} at column {e.colno}"
       else:
@@ -145,7 +145,7 @@ def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, An
   if not text.strip():
     raise DataError(f"{path}: the file is empty (no records)")
   try:
-    data = json.loads(text)
+    data = errors.loads_json(text)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
   if records_key is not None:

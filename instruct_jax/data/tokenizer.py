@@ -554,7 +554,7 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
   if not path.is_file():
     return {}
   try:
-    value = json.loads(path.read_text(encoding="utf-8"))
+    value = errors.loads_json(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise TokenizerError(f"{path}: not valid JSON ({e})") from e
   if not isinstance(value, dict):

@@ -33,7 +33,7 @@ def load_task(path: str) -> dict:
   """Reads a SuperNI task file (bare NaN allowed) and checks it has an Instances list."""
   with open(path, encoding="utf-8") as f:
     try:
-      task = json.load(f)
+      task = errors.loads_json(f.read())
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
   if not isinstance(task, dict) or not isinstance(task.get("Instances"), list):

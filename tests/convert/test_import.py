@@ -156,8 +156,14 @@ def test_tensor_errors(saved, mesh_rules, tmp_path):
 def test_imported_directory_round_trip(imported, mesh_rules, tmp_path):
   pretrained, fwd, model = imported("mistral")
   convert.save_imported(pretrained, tmp_path / "imp")
-  with pytest.raises(ConversionError, match="refusing to overwrite"):
-    convert.save_imported(pretrained, tmp_path / "imp")
+  (tmp_path / "imp" / "stale.txt").write_text("from an earlier import")
+  convert.save_imported(pretrained, tmp_path / "imp")  # an earlier import of ours is replaced whole
+  assert not (tmp_path / "imp" / "stale.txt").exists() and (tmp_path / "imp" / "instruct_jax_export.json").is_file()
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "notes.txt").write_text("someone else's")
+  with pytest.raises(ConversionError, match="already holds files and is not an earlier output"):
+    convert.save_imported(pretrained, tmp_path / "other")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["imp", "other"]  # no partial directory left behind
   restored = convert.load_pretrained(tmp_path / "imp", *mesh_rules)
   assert restored.config == pretrained.config and restored.hf_config["model_type"] == "mistral"
   _logits_match(restored, fwd, model, "mistral")
