@@ -243,16 +243,37 @@ class Checkpointer:
       if verdict != _BAD:
         return False
       self._set_aside(step, problem)
+    self._check_space(step, state)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - a full or read-only disk becomes one line; anything else is re-raised
+      cause = errors.storage_cause(e)
+      if cause is None:
+        raise
+      raise CheckpointError(f"{self._step_dir(step)}: the checkpoint could not be written ({cause}); "
+                            f"{self._intact()}") from None
     _sync("checkpoint-saved")
     _on_process_0("writing checksums.json", lambda: write_manifest(self._step_dir(step)) or 0)
     self._verified.add(step)
     self._prune()
     return True
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save that cannot fit: the state's bytes (a lower bound of what orbax writes) over the free space."""
+    needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise CheckpointError(f"{self._step_dir(step)}: No space left on device (the checkpoint needs at least "
+                            f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free); {self._intact()}")
+
+  def _intact(self) -> str:
+    good = self.newest_good()
+    return ("the checkpoints already written are intact (newest: step %d)" % good if good is not None else
+            "no checkpoint had been written yet") + "; free space, or restart with another --workdir"
 
   def _prune(self) -> None:
     """Deletes steps older than the newest `keep` (after the newest one's manifest exists)."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 import pathlib
+import re
 from collections.abc import Iterable, Sequence
 
 import ml_collections
@@ -169,6 +171,59 @@ def base() -> ml_collections.ConfigDict:
 
 # ---------------------------------------------------------------- validation
 
+# The values each numeric key may take, as intervals ("[0, 1)": 0 <= v < 1; "inf": no upper bound). NaN and
+# infinities are refused everywhere. A key left at None (a placeholder) is not checked.
+RANGES = {
+    "total_steps": "[0, inf)", "log_every": "[1, inf)", "checkpoint_every": "[0, inf)",
+    "keep_checkpoints": "[1, inf)", "eval_every": "[0, inf)", "preemption_exit_code": "[0, 255]",
+    "model.dropout_rate": "[0, 1)", "model.lora.rank": "[0, inf)", "model.lora.alpha": "(0, inf)",
+    "model.lora.dropout": "[0, 1)",
+    "tokenizer.vocab_size": "[1, inf)", "tokenizer.train_examples": "[1, inf)",
+    "data.inputs_length": "[1, inf)", "data.targets_length": "[1, inf)", "data.batch_size": "[1, inf)",
+    "data.num_packing_bins": "[1, inf)", "data.mixing_cap": "[1, inf)", "data.mixing_temperature": "(0, inf)",
+    "data.max_task_examples": "[1, inf)", "data.train_fraction": "(0, 1]", "data.read_threads": "[0, inf)",
+    "data.prefetch": "[0, inf)", "data.worker_count": "[0, inf)", "data.truncation_warning": "[0, 1]",
+    "data.render.num_templates": "[1, inf)", "data.render.few_shot_rate": "[0, 1]", "data.render.max_shots": "[1, inf)",
+    "data.render.min_shots": "[1, inf)", "data.render.options_rate": "[0, 1]", "data.render.inversion_rate": "[0, 1]",
+    "data.render.cot_rate": "[0, 1]",
+    "data_paths.superni_train_instances": "[1, inf)", "data_paths.superni_eval_instances": "[1, inf)",
+    "optim.learning_rate": "[0, inf)", "optim.warmup_steps": "[0, inf)", "optim.end_lr_fraction": "[0, 1]",
+    "optim.b1": "[0, 1)", "optim.b2": "[0, 1)", "optim.eps": "[0, inf)", "optim.weight_decay": "[0, inf)",
+    "optim.grad_clip_norm": "[0, inf)", "optim.adafactor_decay_rate": "(0, 1]",
+    "preference.beta": "(0, inf)", "preference.label_smoothing": "[0, 0.5)", "preference.gamma": "[0, inf)",
+    "preference.lambda": "[0, inf)",
+    "loss.z_loss": "[0, inf)", "loss.label_smoothing": "[0, 1)",
+    "eval.num_examples": "[0, inf)", "eval.max_new_tokens": "[1, inf)", "eval.num_beams": "[1, inf)",
+    "eval.batch_size": "[1, inf)",
+}
+_INTERVAL = re.compile(r"^([\[(])(-?[\d.]+), (inf|-?[\d.]+)([\])])$")
+
+
+def in_range(value: float, interval: str) -> bool:
+  """Whether `value` (finite) lies in `interval`, written as in RANGES.
+
+  >>> in_range(1.0, "[0, 1)"), in_range(0.5, "(0, 1]"), in_range(float("nan"), "[0, inf)")
+  (False, True, False)
+  """
+  low_bracket, low, high, high_bracket = _INTERVAL.match(interval).groups()
+  low, high = float(low), float(high)
+  if not math.isfinite(value):
+    return False
+  above = value >= low if low_bracket == "[" else value > low
+  below = value <= high if high_bracket == "]" else value < high
+  return above and below
+
+
+def check_ranges(config: ml_collections.ConfigDict, flag_keys: Sequence[str] = ()) -> None:
+  """Raises ConfigError naming the first key (or flag) whose value is outside its RANGES interval."""
+  got = leaves(config)
+  for key, interval in RANGES.items():
+    value = got.get(key)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    if not in_range(float(value), interval):
+      raise ConfigError(f"{flag_or_key(key, flag_keys)}={value!r}: must be a number in {interval}")
+
 def leaves(c: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
   """{dotted key: value} of every key (the open maps as one value each)."""
   out = {}
@@ -181,7 +236,7 @@ def leaves(c: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
   return out
 
 
-def _flag_or_key(key: str, flag_keys: Iterable[str]) -> str:
+def flag_or_key(key: str, flag_keys: Iterable[str]) -> str:
   return f"--config.{key}" if key in set(flag_keys) else f"config.{key}"
 
 
@@ -196,7 +251,7 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
       continue
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
-    raise ConfigError(f"{_flag_or_key(key, flag_keys)}: no such config key{hint} (every key is listed in "
+    raise ConfigError(f"{flag_or_key(key, flag_keys)}: no such config key{hint} (every key is listed in "
                       "instruct_jax/configs.py base())")
   missing = sorted(set(known) - set(got))
   if missing:
@@ -206,11 +261,12 @@ def validate(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = ()
     for key, value in got[name].items():
       is_file_map = name in FILE_MAPS
       if is_file_map and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{_flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
+        raise ConfigError(f"{flag_or_key(f'{name}.{key}', flag_keys)}: expected a file path, got {value!r}")
+  check_ranges(config, flag_keys)
   k, rows = config.num_microbatches, config.data.batch_size
   if not isinstance(k, int) or k < 1 or rows % k:
-    raise ConfigError(f"{_flag_or_key('num_microbatches', flag_keys)}={k!r}: must be a positive integer dividing "
-                      f"{_flag_or_key('data.batch_size', flag_keys)}={rows}")
+    raise ConfigError(f"{flag_or_key('num_microbatches', flag_keys)}={k!r}: must be a positive integer dividing "
+                      f"{flag_or_key('data.batch_size', flag_keys)}={rows}")
 
 
 def flag_keys(argv: Sequence[str], name: str = "config") -> list[str]:

@@ -6,9 +6,12 @@ a traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from absl import app
@@ -63,6 +66,32 @@ class _DuplicateKey(Exception):
   pass
 
 
+# What a full, over-quota, read-only or forbidden filesystem raises: the environment's fault, reported on one line.
+STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                  errno.EFBIG: "File too large", errno.EROFS: "Read-only file system",
+                  errno.EACCES: "Permission denied"}
+_STORAGE_TEXT = re.compile("|".join(map(re.escape, STORAGE_ERRNOS.values())) + r"|os_error_code='(\d+)'")
+
+
+def storage_cause(error: BaseException) -> str | None:
+  """The storage problem behind `error` (an OSError, or tensorstore's and orbax's wrappers of one, found along
+  __cause__ / __context__): "FILE: No space left on device", or None when it is something else."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+      return f"{error.filename}: {STORAGE_ERRNOS[error.errno]}" if error.filename else STORAGE_ERRNOS[error.errno]
+    match = _STORAGE_TEXT.search(str(error))
+    if match:
+      code = match.group(1)
+      if code is None:
+        return match.group(0)
+      if int(code) in STORAGE_ERRNOS:
+        return STORAGE_ERRNOS[int(code)]
+    error = error.__cause__ or error.__context__
+  return None
+
+
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -74,6 +103,34 @@ def local_path_flags(*names: str, flag_values: flags.FlagValues = flags.FLAGS) -
         name, lambda value: value is None or not _URL.match(str(value)),
         message="a URL is not a local path, and instruct_jax writes only to local filesystems: mount the bucket "
                 "(gcsfuse, NFS) and pass the mounted path, e.g. /mnt/bucket/run", flag_values=flag_values)
+
+
+def _quiet_orbax_threads(record) -> bool:
+  """Drops the tracebacks orbax's writer threads log when a save fails: the save's own failure reaches the main
+  thread (checkpoint.Checkpointer.save waits for every save) and is reported there, on one line. --verbosity shows
+  them."""
+  return not (record.levelno < 50 and "raised an exception" in str(record.msg) and
+              f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _closed_loop_callback(kind, value, tb) -> bool:
+  """Whether an exception is the "Event loop is closed" that tensorstore's write callbacks raise (and Python prints as
+  unraisable) once a failed orbax save has closed its event loop; that failure is reported by the main thread."""
+  frames = traceback.extract_tb(tb)
+  return (kind is RuntimeError and str(value) == "Event loop is closed" and bool(frames)
+          and frames[0].name == "call_soon_threadsafe" and frames[0].filename.endswith(f"asyncio{os.sep}base_events.py"))
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if _closed_loop_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+      logging.debug("after a failed save: %s", unraisable.exc_value)
+    else:
+      previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
@@ -95,9 +152,15 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
   def guarded(argv: Sequence[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # libraries' INFO lines (orbax, jax's backends) only when asked
       logging.set_verbosity(logging.WARNING)
+      logging.get_absl_handler().addFilter(_quiet_orbax_threads)
+      _quiet_closed_loop_callbacks()
     try:
       main(argv)
     except UserError as e:
       exit_with(e)
+    except OSError as e:  # a full or read-only disk under a write of our own: one line naming the file
+      if storage_cause(e) is None:
+        raise
+      exit_with(UserError(storage_cause(e)))
 
   app.run(guarded, flags_parser=parse)

@@ -34,6 +34,7 @@ max_new_tokens cut the output, else "stop"). `python -m instruct_jax.evals.judge
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -67,6 +68,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _CHAT = flags.DEFINE_bool("chat", False, "Prompts are conversations, rendered with the run's chat format (or the "
                           "tokenizer's template): --prompt is a user message, --prompts_file holds "
                           "{\"messages\": [...]} lines.")
+for _name, _ok, _range in (("max_new_tokens", lambda v: v >= 1, ">= 1"), ("temperature", lambda v: v >= 0, ">= 0"),
+                           ("top_k", lambda v: v >= 0, ">= 0 (0: all)"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                           ("num_beams", lambda v: v >= 1, ">= 1"), ("batch_size", lambda v: v >= 1, ">= 1")):
+  flags.register_validator(_name, lambda v, ok=_ok: v is not None and math.isfinite(v) and ok(v),
+                           message=f"must be a number {_range}")
 _SYSTEM = flags.DEFINE_string("system", None, "With --chat: a system message opening each --prompt conversation.")
 
 
@@ -143,6 +149,9 @@ def main(argv):
   # its parameters are read once the prompts are.
   loaded = plan_lib.load(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
   config = loaded.config
+  plan_lib.check_positions(loaded.max_positions, config.data.inputs_length + _MAX_NEW.value,
+                           _INIT_FROM.value or _WORKDIR.value,
+                           "the prompt budget (config.data.inputs_length) + --max_new_tokens")
   if _CHAT.value:
     system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
     records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]

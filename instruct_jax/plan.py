@@ -136,6 +136,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
       raise attention.AttentionError(problem)
     problems.append(f"attention: {problem}")
   data = pipeline_config(config, model)
+  check_positions(position_limit(model, pretrained.hf_config if pretrained is not None else None),
+                  max(data.lengths().values()), f"config.init_from={config.init_from}",
+                  " + ".join(configs.flag_or_key(k, flag_keys) for k in ("data.inputs_length", "data.targets_length")))
   examples = task_names = rates = evals = None
   groups: objectives.MetricGroups = (("task", "task_index", 1), ("template", "template_id", 1))
   if tasks is not None:
@@ -319,6 +322,23 @@ def pipeline_config(config, model: build.Model) -> pipeline_lib.PipelineConfig:
                                                  "pairs": config.objective in losses.PREFERENCE_LOSSES})
 
 
+def position_limit(model: build.Model, hf_config: dict | None) -> int | None:
+  """The positions a decoder checkpoint was made for (its config.json's max_position_embeddings), or None: none
+  recorded, or an encoder-decoder (T5's relative positions have no such limit)."""
+  limit = (hf_config or {}).get("max_position_embeddings")
+  if not model.reply_follows_prompt or isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    return None
+  return limit
+
+
+def check_positions(limit: int | None, length: int, source: str, keys: str) -> None:
+  """A row (or a prompt and its answer) longer than the checkpoint's positions is refused, naming the `keys` (flags)
+  that set its length."""
+  if limit is not None and length > limit:
+    raise configs.ConfigError(f"{keys} = {length} tokens, beyond the {limit} positions {source} was made for "
+                              "(its max_position_embeddings): make them shorter")
+
+
 def check_held_out(config, rates) -> None:
   """A run never trains on its held-out cluster: a training mixture holding any of its tasks is refused."""
   cluster = config.eval.held_out_cluster
@@ -451,6 +471,7 @@ class Loaded:
   rules: dict
   step: int
   restore: Callable[[], Any] = dataclasses.field(repr=False)
+  max_positions: int | None = None  # a decoder checkpoint's max_position_embeddings (position_limit)
 
   @functools.cached_property
   def params(self):
@@ -479,7 +500,8 @@ def load(workdir: str | None, init_from: str | None = None, step: int | None = N
       raise workdir_lib.WorkdirError(f"--init_from {e}") from None
     model = workdir_lib.runnable_here(build.Model(pretrained.config))
     restore = lambda: convert.load_pretrained(init_from, mesh, rules).params
-    return Loaded(config, model, tokenizer, mesh, rules, pretrained.step or 0, restore)
+    return Loaded(config, model, tokenizer, mesh, rules, pretrained.step or 0, restore,
+                  position_limit(model, pretrained.hf_config))
   if not workdir:
     raise workdir_lib.WorkdirError("give --workdir (a trained run) or --init_from (a checkpoint before fine-tuning)")
   config = workdir_lib.read_config(workdir)
@@ -487,4 +509,5 @@ def load(workdir: str | None, init_from: str | None = None, step: int | None = N
   model = workdir_lib.runnable_here(workdir_lib.read_model(workdir))
   mesh, rules = workdir_lib.inference_mesh(config)
   restore = lambda: workdir_lib.restore_step(workdir, model, mesh, rules, step)
-  return Loaded(config, model, workdir_lib.tokenizer(workdir), mesh, rules, step, restore)
+  return Loaded(config, model, workdir_lib.tokenizer(workdir), mesh, rules, step, restore,
+                position_limit(model, workdir_lib.read_model_blob(workdir).get("hf_config")))

@@ -42,6 +42,9 @@ class DecodeConfig:
                        f"{self.length_penalty}")
     if self.max_new_tokens < 1 or self.num_beams < 1:
       raise ValueError(f"max_new_tokens and num_beams must be >= 1, got {self.max_new_tokens}, {self.num_beams}")
+    if not (self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0):  # NaN fails too
+      raise ValueError(f"need temperature >= 0, top_p in (0, 1] and top_k >= 0; got {self.temperature}, "
+                       f"{self.top_p}, {self.top_k}")
 
 
 def _filter_logits(logits_BV, cfg: DecodeConfig):

@@ -40,7 +40,13 @@ from instruct_jax.evals import evaluators
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        flag_keys: Sequence[str] = ()) -> dict[str, Any]:
-  """Trains and evaluates; returns {"before": summary|None, "after": summary, "final_step": int, ...}."""
+  """Trains and evaluates; returns {"before": summary|None, "after": summary, "final_step": int, ...}. One trainer at
+  a time per workdir (workdir.lock)."""
+  with workdir_lib.lock(workdir, primary=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, flag_keys)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, flag_keys: Sequence[str]) -> dict[str, Any]:
   plan = plan_lib.resolve(config, workdir, flag_keys=flag_keys)  # nothing is written until all of it is checked
   preemption = loop.Preemption()
   if plan.added_note:

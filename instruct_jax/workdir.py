@@ -7,6 +7,7 @@
     W/checkpoints/<step>/   orbax: `state` (params, optimizer state, step) and `data` (the iterator)
     W/metrics.jsonl, W/tensorboard/, W/eval_results.csv (every evaluation, one row per metric)
     W/eval.json, W/predictions.jsonl (and eval_<name>.json, predictions_<name>.jsonl per config.evals entry)
+    W/lock                  who trains here now: {pid, host, started}; held with flock while a trainer runs
 
 A workdir describes itself: the model (whatever checkpoint it started from) and the tokenizer come from
 it, so programs that load one need nothing but its path. A LoRA run's model_config.json holds its `lora`
@@ -15,12 +16,17 @@ and writes those files; `plan.load` builds a usable model from them (or from an 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import errno
+import fcntl
 import json
 import os
 import pathlib
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 from absl import logging
@@ -35,6 +41,7 @@ MODEL_CONFIG = "model_config.json"
 TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
 RESUME_HISTORY = "resume_history.jsonl"
+LOCK = "lock"
 
 # Keys a restart may change: how long to train, how often to log, save and evaluate, what to evaluate (every
 # config.evals entry too: evaluators may be added, changed or removed), and how the same computation is laid out or
@@ -67,6 +74,98 @@ def _require(path: str | os.PathLike) -> pathlib.Path:
     if not (path / name).is_file():
       raise WorkdirError(f"{path} is not a workdir written by instruct_jax.train (it has no {name})")
   return path
+
+
+@contextlib.contextmanager
+def lock(path: str | os.PathLike, *, primary: bool = True) -> Iterator[pathlib.Path]:
+  """Holds `path`/lock while a trainer runs there, so a second trainer on the same workdir is refused at once.
+
+  The lock is an flock on W/lock, which records the holder (pid, host, start time) for the refusal's message; the
+  kernel drops it when its process dies, so a lock left by a killed run is simply taken over. Where the filesystem
+  has no flock (some FUSE mounts) the record alone decides: a holder on this host whose pid is gone is stale and
+  taken over; one on another host is refused (delete W/lock once that run is known dead). Only the primary process
+  (process 0 of a multi-host run) takes the lock. A directory made here that ends up holding nothing but the lock
+  (a config refused before anything was written) is removed again.
+  """
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_dir():
+    raise WorkdirError(f"--workdir {path} is a file, not a directory")
+  if not primary:
+    yield path
+    return
+  created = not path.exists()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise WorkdirError(f"--workdir {path}: cannot create it or its lock ({e.strerror or e})") from None
+  me = {"pid": os.getpid(), "host": socket.gethostname(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  try:
+    holder = _read_lock(fd)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirError(_in_use(path, holder)) from None
+    except OSError as e:  # no flock on this filesystem: the record alone decides
+      if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+        raise
+      if holder and not holder.get("released") and not _dead_here(holder):
+        raise WorkdirError(_in_use(path, holder) + f" (no flock here: if it is dead, delete {path / LOCK})") from None
+    if holder and not holder.get("released"):
+      print(f"note: {path} was last locked by pid {holder.get('pid')} on {holder.get('host')}, which is no longer "
+            "running; taking the lock over", flush=True)
+    _write_lock(fd, me)
+    yield path
+  finally:
+    _release(fd, me)
+    if created and {p.name for p in path.iterdir()} == {LOCK}:
+      (path / LOCK).unlink()
+      path.rmdir()
+
+
+def _read_lock(fd: int) -> dict | None:
+  os.lseek(fd, 0, os.SEEK_SET)
+  raw = os.read(fd, 4096)
+  try:
+    holder = json.loads(raw) if raw.strip() else None
+  except ValueError:
+    return None  # half-written by a process killed at that instant: nobody's
+  return holder if isinstance(holder, dict) else None
+
+
+def _write_lock(fd: int, record: dict) -> None:
+  blob = (json.dumps(record) + "\n").encode()
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, blob, 0)
+
+
+def _release(fd: int, me: dict) -> None:
+  try:
+    if _read_lock(fd) == me:
+      _write_lock(fd, {**me, "released": True})
+  except OSError as e:  # a full disk: the flock still goes with the descriptor; the error that got us here counts
+    logging.warning("could not mark the workdir lock released (%s); the next trainer takes it over", e)
+  finally:
+    os.close(fd)  # drops the flock
+
+
+def _dead_here(holder: dict) -> bool:
+  if holder.get("host") != socket.gethostname():
+    return False
+  try:
+    os.kill(int(holder.get("pid", -1)), 0)
+  except ProcessLookupError:
+    return True
+  except (OSError, ValueError):
+    return False
+  return False
+
+
+def _in_use(path: pathlib.Path, holder: dict | None) -> str:
+  who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}" if holder else
+         "a process that has not yet written its name")
+  return f"--workdir {path} is in use by another trainer ({who}): wait for it to end or use another workdir"
 
 
 def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:

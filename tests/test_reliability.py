@@ -3,12 +3,20 @@ exports into used directories, two trainers on one workdir, bad values, and one-
 import contextlib
 import http.server
 import json
+import os
 import pathlib
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from instruct_jax import configs, errors, plan, sampling, train
+from instruct_jax import workdir as workdir_lib
+from instruct_jax.data import sources
 from instruct_jax.evals import judge
 from instruct_jax.lm import backends
 from instruct_jax.lm.openai import OpenAIBackend
@@ -152,3 +160,208 @@ def test_a_server_trickling_bytes_hits_the_whole_request_deadline(monkeypatch, w
       ask(client(url, monkeypatch, timeout_s=1.0, max_retries=1))
     took = time.monotonic() - start
   assert len(requests) == 2 and took < 4, took
+
+
+def test_the_judge_command_reports_a_redirect_on_one_line_and_exits_non_zero(tmp_path):
+  from tests.evals.test_judge import _judge_cli
+  prompts, ours = _rating_files(tmp_path)
+  with serve(lambda h, body: send(h, 200, chat_answer("Verdict: A"))) as (elsewhere, stolen):
+    with serve(lambda h, body: send(h, 307, b"", [("Location", elsewhere + "/v1/chat/completions")])) as (url, _):
+      proc = _judge_cli("--mode", "rating", "--prompts", prompts, "--predictions", ours, "--backend", "openai",
+                        "--base-url", url + "/v1", "--model", "judge", "--out", tmp_path / "out", "--no-progress")
+  assert proc.returncode == 2 and "HTTP 307 redirect to" in proc.stderr, proc.stderr[-2000:]
+  assert len(proc.stderr.strip().splitlines()) == 1 and stolen == []
+
+
+# --- two trainers, one workdir -------------------------------------------------------------------------------
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _train_cli(workdir, *extra, timeout=300):
+  return subprocess.run([sys.executable, "-m", "instruct_jax.train", f"--config={ROOT / 'configs' / 'tiny.py'}",
+                         f"--workdir={workdir}", "--config.eval.num_examples=0", *extra], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+HOLD = ("import sys, time\nfrom instruct_jax import workdir\nwith workdir.lock(sys.argv[1]):\n"
+        "  print('held', flush=True)\n  time.sleep(120)\n")
+
+
+def test_a_workdir_in_use_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, capsys):
+  work = tmp_path / "run"
+  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(work)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    host = socket.gethostname()
+    with pytest.raises(workdir_lib.WorkdirError, match=rf"--workdir {work} is in use by another trainer \(pid "
+                                                       rf"{holder.pid} on {re.escape(host)}, started 20"):
+      with workdir_lib.lock(work):
+        pass
+    config = configs.load(ROOT / "configs" / "tiny.py")
+    with pytest.raises(workdir_lib.WorkdirError, match="is in use by another trainer"):
+      train.train_and_evaluate(config, str(work))
+    assert sorted(p.name for p in work.iterdir()) == ["lock"]  # the refused trainer wrote nothing
+  finally:
+    holder.kill()
+    holder.wait()
+  with workdir_lib.lock(work):  # killed: its flock went with it; the record names it, and is taken over
+    record = json.loads((work / "lock").read_text())
+    assert record["pid"] == os.getpid() and record["host"] == host
+  assert f"was last locked by pid {holder.pid} on {host}, which is no longer running" in capsys.readouterr().out
+  assert json.loads((work / "lock").read_text())["released"] is True
+  # A workdir that is a file is a one-line error, not a FileExistsError.
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(workdir_lib.WorkdirError, match="--workdir .*/file is a file, not a directory"):
+    with workdir_lib.lock(tmp_path / "file"):
+      pass
+  # A refused config leaves no directory behind.
+  config.optim.b2 = 1.5
+  with pytest.raises(configs.ConfigError, match=r"config.optim.b2=1.5: must be a number in \[0, 1\)"):
+    train.train_and_evaluate(config, str(tmp_path / "new"))
+  assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # two tiny trainers at once: 40 s
+def test_two_trainers_started_half_a_second_apart(tmp_path):
+  cmd = [sys.executable, "-m", "instruct_jax.train", f"--config={ROOT / 'configs' / 'tiny.py'}",
+         f"--workdir={tmp_path / 'run'}", "--config.eval.num_examples=0", "--config.total_steps=12",
+         "--config.checkpoint_every=4"]
+  first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(0.5)
+  second = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  outs = [p.communicate(timeout=300) for p in (first, second)]
+  codes = sorted([first.returncode, second.returncode])
+  assert codes == [0, 2], [o[1][-2000:] for o in outs]
+  refused = outs[[first.returncode, second.returncode].index(2)][1]
+  assert "is in use by another trainer" in refused and len(refused.strip().splitlines()) == 1, refused
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps == list(range(1, 13))  # every step logged once
+
+
+@pytest.mark.slow  # a trainer on a 900 KiB tmpfs, twice: 30 s
+@pytest.mark.parametrize("size", ["600k", "900k"])
+def test_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path, size):
+  mount = tmp_path / "small"
+  mount.mkdir()
+  made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+  if made.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip()})")
+  try:
+    proc = _train_cli(mount / "run", "--config.total_steps=10", "--config.checkpoint_every=5")
+  finally:
+    subprocess.run(["umount", str(mount)], check=True)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+  assert re.match(rf"error: {mount}/run/checkpoints/5: (No space left on device|the checkpoint could not be "
+                  r"written \(No space left on device\)).*free space, or restart with another --workdir", proc.stderr)
+
+
+def test_storage_causes_are_found_through_wrappers():
+  inner = OSError(28, "No space left on device", "/w/metrics.jsonl")
+  try:
+    try:
+      raise inner
+    except OSError as e:
+      raise RuntimeError("save failed") from e
+  except RuntimeError as outer:
+    assert errors.storage_cause(outer) == "/w/metrics.jsonl: No space left on device"
+  tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "x": Failed to write 9 bytes to file 19: No space '
+                           "left on device [os_error_code='28']")
+  assert errors.storage_cause(tensorstore) == "No space left on device"
+  assert errors.storage_cause(ValueError("os_error_code='30'")) == "Read-only file system"
+  assert errors.storage_cause(ValueError("shapes differ")) is None
+
+
+# --- values accepted without a word ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, interval", [
+    ("optim.learning_rate", -1e-3, "[0, inf)"), ("optim.learning_rate", float("nan"), "[0, inf)"),
+    ("optim.b2", 1.5, "[0, 1)"), ("optim.weight_decay", -0.1, "[0, inf)"), ("total_steps", -5, "[0, inf)"),
+    ("eval.batch_size", 0, "[1, inf)"), ("log_every", 0, "[1, inf)"), ("data.render.few_shot_rate", 1.5, "[0, 1]"),
+    ("loss.label_smoothing", 1.0, "[0, 1)"), ("optim.grad_clip_norm", float("inf"), "[0, inf)"),
+])
+def test_out_of_range_values_are_refused_naming_the_flag(key, value, interval):
+  config = configs.load(ROOT / "configs" / "tiny.py")
+  *parents, leaf = key.split(".")
+  section = config
+  for p in parents:
+    section = section[p]
+  section[leaf] = value
+  with pytest.raises(configs.ConfigError, match=re.escape(f"--config.{key}={value!r}: must be a number in "
+                                                          f"{interval}")):
+    configs.validate(config, flag_keys=[key])
+  with pytest.raises(configs.ConfigError, match=re.escape(f"config.{key}=")):
+    plan.resolve(config, dry=True)  # before anything else: the dry run refuses it too
+
+
+def test_every_range_names_a_numeric_key_and_the_shipped_configs_are_in_range():
+  known = configs.leaves(configs.base())
+  for key, interval in configs.RANGES.items():
+    assert key in known, key
+    assert known[key] is None or configs.in_range(float(known[key]), interval), (key, known[key])
+  for path in sorted((ROOT / "configs").rglob("*.py")):
+    if not path.name.startswith("_"):
+      configs.check_ranges(configs.load(path))
+
+
+def test_the_train_command_refuses_a_bad_value_before_any_work(tmp_path):
+  proc = _train_cli(tmp_path / "run", "--config.optim.b2=1.5")
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: --config.optim.b2=1.5: must be a number in [0, 1)"), proc.stderr[-2000:]
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--temperature=-0.5", "flag --temperature=-0.5: must be a number >= 0"),
+    ("--top_p=1.5", "flag --top_p=1.5: must be a number in (0, 1]"),
+    ("--top_p=0", "flag --top_p=0.0: must be a number in (0, 1]"),
+    ("--max_new_tokens=0", "flag --max_new_tokens=0: must be a number >= 1"),
+])
+def test_generate_refuses_bad_decoding_flags_before_loading(tmp_path, flag, message):
+  proc = subprocess.run([sys.executable, "-m", "instruct_jax.generate", f"--workdir={tmp_path / 'nowhere'}",
+                         "--prompt=hi", flag], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_library_decoding_settings_refuse_the_same_values():
+  for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5),
+              dict(top_k=-1)):
+    with pytest.raises(ValueError, match="need temperature >= 0, top_p in"):
+      sampling.DecodeConfig(**bad)
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    backends.GenParams(top_p=0.0)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"instruction": "a", "output": "b", "output": "c"}', "malformed JSON line: duplicate key 'output' at column"),
+    ("[" * 100_000 + "]" * 100_000, "malformed JSON line: nested too deeply to read"),
+])
+def test_duplicate_keys_and_deep_nesting_name_the_file_and_line(tmp_path, line, message):
+  path = tmp_path / "data.jsonl"
+  path.write_text('{"instruction": "ok", "output": "fine"}\n' + line + "\n")
+  with pytest.raises(sources.DataError, match=re.escape(f"{path}:2: {message}")):
+    sources.read_jsonl(str(path))
+
+
+def test_rows_longer_than_the_checkpoints_positions_are_refused(tmp_path):
+  hf_models = pytest.importorskip("tests.convert.hf_models")
+  src = hf_models.save(hf_models.build("llama3"), tmp_path / "llama", "llama3")
+  hf_models.train_spm(src / "tokenizer.model", llama_ids=True)
+  blob = json.loads((src / "config.json").read_text())
+  blob["max_position_embeddings"] = 40
+  (src / "config.json").write_text(json.dumps(blob))
+  config = configs.load(ROOT / "configs" / "finetune.py")
+  config.init_from, config.data.mixture = str(src), "builtin_no_check"
+  config.data.inputs_length, config.data.targets_length = 32, 16
+  with pytest.raises(configs.ConfigError, match=re.escape(
+      "--config.data.inputs_length + --config.data.targets_length = 48 tokens, beyond the 40 positions "
+      f"config.init_from={src} was made for (its max_position_embeddings)")):
+    plan.resolve(config, flag_keys=["data.inputs_length", "data.targets_length"])
+  config.data.targets_length = 8
+  assert plan.resolve(config).data.lengths()["decoder_input_tokens"] == 40

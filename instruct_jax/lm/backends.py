@@ -39,10 +39,10 @@ class GenParams:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if self.temperature < 0:
+    if not self.temperature >= 0:  # NaN too
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-    if not 0 <= self.top_p <= 1:
-      raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     object.__setattr__(self, "stop", tuple(self.stop))
 
   def to_json(self) -> dict[str, Any]:
