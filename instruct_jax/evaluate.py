@@ -41,7 +41,7 @@ _TASKS = flags.DEFINE_list("tasks", [], "Tasks (or mixtures) to evaluate instead
 _SUPERNI = flags.DEFINE_string("superni_dir", None, "natural-instructions directory for niv2/ tasks.")
 _SPLIT = flags.DEFINE_string("superni_split", None, "Evaluate the tasks of splits/<NAME>_tasks.txt in --superni_dir "
                               "(e.g. test: SuperNI's 119 held-out tasks).")
-_NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: the config's).")
+_NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: the config's).", lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the SuperNI-style score (overall, by_category, by_task) "
                               "here, in instruct_jax.evals.score's schema.")
 _OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")

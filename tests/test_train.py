@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from instruct_jax import workdir as workdir_lib
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 STEPS = 40
@@ -250,7 +252,9 @@ def test_a_corrupt_newest_checkpoint_is_skipped_then_set_aside_and_retrained(ref
 
 
 def _snapshot(workdir: pathlib.Path) -> dict[str, bytes]:
-  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+  """Every file's bytes, but the lock's (whoever last held it: a refused restart holds it too)."""
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*"))
+          if p.is_file() and p.name != workdir_lib.LOCK}
 
 
 def test_a_restart_with_another_model_or_tokenizer_is_refused_before_anything_is_written(reference_run, tmp_path):

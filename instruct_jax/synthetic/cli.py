@@ -14,6 +14,7 @@ cache, `--model_batch_size` prompts at a time; see `ModelBackend.from_workdir`).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -45,11 +46,14 @@ INIT_FROM = flags.DEFINE_string("init_from", None, "With --backend model: a chec
                                 "or Hugging Face directory) answers instead, as a baseline (--workdir: its settings).")
 MODEL_BATCH_SIZE = flags.DEFINE_integer("model_batch_size", 16, "With --backend model: prompts "
                                         "decoded together.")
-CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.")
+CONCURRENCY = flags.DEFINE_integer("concurrency", 8, "Requests in flight at once.", lower_bound=1)
 TIMEOUT = flags.DEFINE_float("timeout", 120.0, "Deadline in seconds for each whole request (connect, send, the "
                               "full answer); a request past it is retried like a lost connection.")
-MAX_RETRIES = flags.DEFINE_integer("max_retries", 6, "Retries on 408/429/5xx/timeouts.")
+MAX_RETRIES = flags.DEFINE_integer("max_retries", 6, "Retries on 408/429/5xx/timeouts.", lower_bound=0)
 BACKOFF = flags.DEFINE_float("backoff", 1.0, "First retry delay in seconds (doubles each retry).")
+for _flag in ("timeout", "backoff"):
+  flags.register_validator(_flag, lambda v: v is not None and math.isfinite(v) and v >= 0,
+                           message="must be a finite number of seconds >= 0")
 NUM_INSTRUCTIONS = flags.DEFINE_integer(
     "num_instructions", None, "Target size; what it counts depends on the method (see its "
     "docstring). A larger value in the same --out continues the run.")
