@@ -23,7 +23,7 @@ LAYERS = (
     ("plan", ("plan", "loop")),
     ("language models", ("lm", "lm.*")),
     ("LM programs", ("synthetic", "synthetic.*", "evals.judge")),
-    ("programs", ("dry_run", "train", "evaluate", "generate", "sweep")),
+    ("programs", ("dry_run", "train", "evaluate", "generate", "sweep", "evals.lm_eval")),
 )
 
 

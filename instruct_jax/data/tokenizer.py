@@ -272,7 +272,16 @@ class SentencePieceTokenizer(Tokenizer):
     return [np.asarray(ids, dtype=np.int32) for ids in self._sp.encode(list(texts), num_threads=num_threads)]
 
   def _decode(self, ids: list[int]) -> str:
-    return self._sp.decode(ids)  # control pieces (begin-of-text, ...) decode to nothing
+    # SentencePiece drops every leading space; transformers (the Metaspace decoder of T5 and LLaMA tokenizers) drops
+    # only the one its encoder prepended, so "▁ ▁ ▁Re" decodes to "  Re" there. Decode as transformers does.
+    lead = 0
+    for i in ids:
+      piece = self._sp.id_to_piece(i)
+      rest = piece.lstrip("\u2581")
+      lead += len(piece) - len(rest)
+      if rest and not self._sp.is_control(i):
+        break
+    return " " * max(lead - 1, 0) + self._sp.decode(ids)  # control pieces (begin-of-text, ...) decode to nothing
 
   def piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))
