@@ -89,8 +89,11 @@ def main(argv):
   evaluators.write_jsonl(os.path.join(out_dir, "predictions.jsonl"), scored)
   result = {"summary": summary, "step": loaded.step, "examples": len(scored), "seconds": seconds,
             "examples_per_second": len(scored) / max(seconds, 1e-9)}
-  if ev.superni:  # SuperNI-style breakdown by category and task
-    result["superni"] = ev.summary["superni"]
+  if ev.superni:  # SuperNI-style breakdown by category and task, and the flat keys of SuperNI's own scripts
+    result["superni"] = ev.summary["superni"] | {"official": score_lib.official_keys(
+        [{**r, "track": "default"} for r in scored])}
+    with open(os.path.join(out_dir, "superni_results.json"), "w") as f:
+      json.dump(result["superni"]["official"], f, indent=2)
     if _OUTPUT.value:
       with open(_OUTPUT.value, "w") as f:
         json.dump(result["superni"], f, indent=1)

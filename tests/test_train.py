@@ -420,3 +420,12 @@ def test_evaluate_scores_a_superni_split_under_each_tasks_own_category(reference
     expected.add(json.loads(task_file.read_text())["Categories"][0])
   assert set(metrics["by_category"]) == expected and "superni" not in metrics["by_category"]
   assert metrics["num_instances"] == len(present) and {"overall", "by_track"} <= set(metrics)
+  # The flat keys SuperNI's scripts write, beside the nested ones and equal to them.
+  official = json.loads((tmp_path / "eval" / "superni_results.json").read_text())
+  assert official == metrics["official"]
+  assert official["rougeL"] == round(metrics["overall"]["rougeL"], 4) == official["rougeL_default_track"]
+  for category, scores in metrics["by_category"].items():
+    key = "_".join(category.lower().split())
+    assert official[f"exact_match_for_{key}"] == round(scores["exact_match"], 4)
+    assert official[f"rougeL_for_{key}_default_track"] == round(scores["rougeL"], 4)
+  assert {f"rougeL_for_niv2/{n}" for n in present} <= set(official)

@@ -130,8 +130,41 @@ def summarize(rows: Sequence[Mapping]) -> dict:
 
 
 def score(references: Sequence[Mapping], predictions: Mapping[str, str]) -> dict:
-  """SuperNI metrics (x 100) overall, by_category, by_task and by_track; see `metrics.superni_summary`."""
-  return summarize(score_instances(references, predictions))
+  """SuperNI metrics (x 100) overall, by_category, by_task and by_track (`metrics.superni_summary`), and the same as
+  SuperNI's scripts' flat keys under "official" (`official_keys`)."""
+  rows = score_instances(references, predictions)
+  return summarize(rows) | {"official": official_keys(rows)}
+
+
+def official_keys(rows: Sequence[Mapping]) -> dict[str, float]:
+  """The flat metric keys SuperNI's scripts write, x 100 and rounded to 4 places as they round them.
+
+  Tk-Instruct's compute_metrics over every row: `exact_match`, `rougeL`, `exact_match_for_<category>`,
+  `rougeL_for_<task>`, ... (a category's words lower-cased and joined by "_"); and per track, as the leaderboard's
+  eval/automatic/evaluation.py names them: `exact_match_default_track`, `rougeL_for_<category>_xlingual_track`,
+  `exact_match_for_<task>_default_track`, ... (rows without a track are in the default track).
+  """
+  def means(subset: Sequence[Mapping]) -> dict[str, float]:
+    return {m: round(100.0 * sum(float(r[m]) for r in subset) / len(subset), 4) for m in metrics.METRIC_NAMES}
+
+  def grouped(subset: Sequence[Mapping], suffix: str) -> dict[str, float]:
+    out = {f"{m}{suffix}": v for m, v in means(subset).items()}
+    for field in ("category", "task"):
+      groups: dict[str, list[Mapping]] = {}
+      for r in subset:
+        name = "_".join(str(r[field]).lower().split()) if field == "category" else str(r[field])
+        groups.setdefault(name, []).append(r)
+      for name, members in sorted(groups.items()):
+        out.update({f"{m}_for_{name}{suffix}": v for m, v in means(members).items()})
+    return out
+
+  rows = list(rows)
+  if not rows:
+    raise ValueError("cannot aggregate zero instances")
+  result = grouped(rows, "")
+  for track in sorted({r.get("track") or "default" for r in rows}):
+    result.update(grouped([r for r in rows if (r.get("track") or "default") == track], f"_{track}_track"))
+  return result
 
 
 def format_table(result: Mapping) -> str:
@@ -179,7 +212,7 @@ def main(argv: Sequence[str]) -> None:
     rows = score_instances(references, predictions, source=args.predictions)
   except (OSError, ValueError) as e:
     raise errors.UserError(str(e)) from None
-  result = summarize(rows)
+  result = summarize(rows) | {"official": official_keys(rows)}  # = score(references, predictions)
   print(format_table(result))
   if args.output:
     _write(args.output, json.dumps(result, indent=2, ensure_ascii=False) + "\n")

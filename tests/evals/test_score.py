@@ -147,3 +147,15 @@ def test_score_function_rejects_unknown_and_duplicate_ids():
   result = score_lib.score(refs, {"a": "X."})
   assert result["overall"]["exact_match"] == 50.0
   assert result["num_missing_predictions"] == 1
+
+
+def test_official_flat_keys_name_groups_as_superni_scripts_do():
+  rows = [{"task": "task1_qa", "category": "Question Answering", "exact_match": 1.0, "rougeL": 1.0},
+          {"task": "task1_qa", "category": "Question Answering", "exact_match": 0.0, "rougeL": 1 / 3},
+          {"task": "task2_mt", "category": "Translation", "track": "xlingual", "exact_match": 0.0, "rougeL": 0.5}]
+  keys = score_lib.official_keys(rows)
+  assert keys["exact_match"] == round(100 / 3, 4) and keys["rougeL"] == round(100 * (1 + 1 / 3 + 0.5) / 3, 4)
+  assert keys["exact_match_for_question_answering"] == 50.0 and keys["rougeL_for_task1_qa"] == round(200 / 3, 4)
+  assert keys["rougeL_default_track"] == round(200 / 3, 4) and keys["exact_match_xlingual_track"] == 0.0
+  assert keys["rougeL_for_translation_xlingual_track"] == 50.0 and keys["exact_match_for_task1_qa_default_track"] == 50
+  assert "rougeL_for_translation_default_track" not in keys
