@@ -29,7 +29,18 @@ settings of --workdir when that is given too: the baseline every instruction-tun
 --output writes one JSONL record per prompt, in order: the prompt record's own fields (instruction, input,
 any others such as a category; an "output" it had is kept as "reference"), then "prompt" (the text the model
 read), "output", "ids" (the generated token ids, end-of-text excluded) and "finish_reason" ("length" when
-max_new_tokens cut the output, else "stop"). `python -m instruct_jax.evals.judge` reads these files.
+max_new_tokens cut the output, else "stop"). `python -m instruct_jax.evals.judge` reads these files. Records are
+appended a batch at a time and flushed to disk; a rerun with the same --output keeps what is there (checked to be
+for the same prompts) and generates the rest, with the seeds an uninterrupted run would have used.
+
+Benchmarks' formats (`evals/answers.py`): a `.json` prompts file is read as a JSON list (AlpacaEval's evaluation
+set); `--format alpaca_eval` writes --output as the JSON list AlpacaEval reads ({instruction, output, generator,
+dataset}); `--mt_bench --prompts_file question.jsonl` answers MT-Bench's questions turn by turn in the chat format
+and writes FastChat's answer lines:
+
+    python -m instruct_jax.generate --workdir DIR --prompts_file alpaca_eval.json --format alpaca_eval \
+        --generator my-model --output model_outputs.json
+    python -m instruct_jax.generate --workdir DIR --mt_bench --prompts_file question.jsonl --output my-model.jsonl
 """
 from __future__ import annotations
 
@@ -37,13 +48,17 @@ import json
 import math
 import os
 import sys
+import time
+import uuid
 
+import tqdm
 from absl import flags, logging
 
 from instruct_jax import errors, predict, sampling
 from instruct_jax import plan as plan_lib
 from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import sources
+from instruct_jax.evals import answers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train (with --init_from: only its "
                                "settings: prompt templates, chat format, lengths).")
@@ -74,6 +89,14 @@ for _name, _ok, _range in (("max_new_tokens", lambda v: v >= 1, ">= 1"), ("tempe
   flags.register_validator(_name, lambda v, ok=_ok: v is not None and math.isfinite(v) and ok(v),
                            message=f"must be a number {_range}")
 _SYSTEM = flags.DEFINE_string("system", None, "With --chat: a system message opening each --prompt conversation.")
+_FORMAT = flags.DEFINE_enum("format", "jsonl", ["jsonl", "alpaca_eval"], "--output's format: jsonl (a record per "
+                            "prompt) or alpaca_eval (the JSON list AlpacaEval reads; the records go to "
+                            "OUTPUT.records.jsonl).")
+_GENERATOR = flags.DEFINE_string("generator", None, "--format alpaca_eval / --mt_bench: the model's name in the "
+                                 "output (default: the workdir's or --init_from's directory name).")
+_MT_BENCH = flags.DEFINE_bool("mt_bench", False, "--prompts_file is MT-Bench's question.jsonl ({question_id, turns}): "
+                              "answer each turn in the chat format and write FastChat's answer lines to --output.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "A progress bar (prompts done, rate, ETA) on stderr.")
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -82,6 +105,12 @@ def read_prompts(path: str) -> list[dict]:
   records = []
   if not os.path.isfile(path):
     raise errors.UserError(f"--prompts_file {path}: no such file")
+  if path.endswith(".json"):  # a JSON list of records (AlpacaEval's evaluation set)
+    try:
+      listed = sources.read_json(path)
+    except sources.DataError as e:
+      raise errors.UserError(str(e)) from None
+    return [_checked(record, f"{path}: record {i}") for i, record in enumerate(listed)]
   for n, line in sources.text_lines(path):
     if isinstance(line, sources.DataError):
       raise line
@@ -94,13 +123,17 @@ def read_prompts(path: str) -> list[dict]:
       record = errors.loads_json(line)
     except json.JSONDecodeError as e:
       raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-    if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
-      raise errors.UserError(f"{path}:{n}: record has no 'prompt' or 'instruction' field")
-    for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
-      if field in record and not isinstance(record[field], str):
-        raise errors.UserError(f"{path}:{n}: field {field!r} must be a string, got {type(record[field]).__name__}")
-    records.append(record)
+    records.append(_checked(record, f"{path}:{n}"))
   return records
+
+
+def _checked(record, where: str) -> dict:
+  if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
+    raise errors.UserError(f"{where}: record has no 'prompt' or 'instruction' field")
+  for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
+    if field in record and not isinstance(record[field], str):
+      raise errors.UserError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
+  return record
 
 
 def prompt_texts(records: list[dict], config) -> list[str]:
@@ -152,6 +185,8 @@ def main(argv):
   plan_lib.check_positions(loaded.max_positions, config.data.inputs_length + _MAX_NEW.value,
                            _INIT_FROM.value or _WORKDIR.value,
                            "the prompt budget (config.data.inputs_length) + --max_new_tokens")
+  if _MT_BENCH.value:
+    return mt_bench(loaded)
   if _CHAT.value:
     system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
     records = [{"messages": [*system, {"role": "user", "content": p}]} for p in _PROMPT.value]
@@ -173,20 +208,84 @@ def main(argv):
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                               top_p=_TOP_P.value, num_beams=_BEAMS.value)
   options = dict(batch_size=_BATCH.value, max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh,
-                 rules=loaded.rules, seed=_SEED.value, with_ids=True, with_finish=True)
-  if _CHAT.value:  # the same prompts, rendered again by the Python API
-    chat_fn = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg, **options)
-    outputs = chat_fn([r["messages"] for r in records])
-  else:
-    outputs = predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg, **options)(prompts)
-  out = open(_OUTPUT.value, "w", encoding="utf-8") if _OUTPUT.value else sys.stdout
-  for record, p, (text, ids, finish) in zip(records, prompts, outputs):
-    if _OUTPUT.value:
-      out.write(json.dumps(output_record(record, p, text, ids, finish), ensure_ascii=False) + "\n")
-    else:
+                 rules=loaded.rules, with_ids=True, with_finish=True)
+
+  def generate(first: int, chunk: list[int]) -> list:
+    """Outputs of the prompts at `chunk`, seeded by their batch's place in the whole list (a resumed run samples
+    what an uninterrupted one would)."""
+    seed = _SEED.value + first // _BATCH.value
+    if _CHAT.value:
+      return predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg, seed=seed,
+                                           **options)([records[i]["messages"] for i in chunk])
+    return predict.make_generate_fn(loaded.model, loaded.params, loaded.tokenizer, cfg, seed=seed,
+                                    **options)([prompts[i] for i in chunk])
+
+  if not _OUTPUT.value:
+    for record, p, (text, _, _) in zip(records, prompts, generate(0, list(range(len(records))))):
       print(f"=== {p!r}\n{text}")
-  if _OUTPUT.value:
-    out.close()
+    return
+  stream = _OUTPUT.value + ".records.jsonl" if _FORMAT.value == "alpaca_eval" else _OUTPUT.value
+  out = answers.ResumableJsonl(stream, [{"prompt": p} for p in prompts], "prompt")
+  with out, tqdm.tqdm(total=len(records), initial=out.done, desc="generate", unit="prompt",
+                      disable=not _PROGRESS.value) as bar:
+    for first in range(out.done, len(records), _BATCH.value):
+      chunk = list(range(first, min(first + _BATCH.value, len(records))))
+      for i, (text, ids, finish) in zip(chunk, generate(first, chunk)):
+        out.append(output_record(records[i], prompts[i], text, ids, finish))
+      out.flush()
+      bar.update(len(chunk))
+  if _FORMAT.value == "alpaca_eval":
+    rows = [json.loads(line) for line in open(stream, encoding="utf-8")]
+    listed = answers.alpaca_eval_records(rows, generator_name())
+    answers.write_atomically(_OUTPUT.value, json.dumps(listed, indent=2, ensure_ascii=False) + "\n")
+  print(f"wrote {len(records)} records to {_OUTPUT.value}" + (f" ({out.resumed} from an earlier run)"
+                                                              if out.resumed else ""), file=sys.stderr)
+
+
+def mt_bench(loaded) -> None:
+  """Answers each MT-Bench question turn by turn in the chat format (the second turn sees the first answer), and
+  appends FastChat's answer lines {question_id, answer_id, model_id, choices: [{index, turns}], tstamp}."""
+  if not _OUTPUT.value:
+    raise errors.UserError("--mt_bench writes --output (FastChat's model_answer JSONL)")
+  if not _PROMPTS_FILE.value:
+    raise errors.UserError("--mt_bench reads --prompts_file (MT-Bench's question.jsonl)")
+  questions = answers.read_mt_bench(_PROMPTS_FILE.value)
+  tok = loaded.tokenizer
+  try:
+    fmt = predict.chat_format(loaded.config, tok) or chat_lib.resolve_format("tokenizer", tok, flag="--mt_bench")
+  except chat_lib.ChatError as e:
+    raise errors.UserError(str(e)) from None
+  cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                              top_p=_TOP_P.value, num_beams=_BEAMS.value)
+  model_id = generator_name()
+  out = answers.ResumableJsonl(_OUTPUT.value, [{"question_id": q["question_id"]} for q in questions],
+                               "question_id")
+  with out, tqdm.tqdm(total=len(questions), initial=out.done, desc="mt_bench", unit="question",
+                      disable=not _PROGRESS.value) as bar:
+    for first in range(out.done, len(questions), _BATCH.value):
+      chunk = questions[first:first + _BATCH.value]
+      conversations: list[list[dict]] = [[] for _ in chunk]
+      for turn in range(max(len(q["turns"]) for q in chunk)):
+        active = [j for j, q in enumerate(chunk) if turn < len(q["turns"])]
+        for j in active:
+          conversations[j].append({"role": "user", "content": chunk[j]["turns"][turn]})
+        replies = predict.make_chat_generate_fn(
+            loaded.model, loaded.params, tok, fmt, cfg, batch_size=_BATCH.value,
+            max_prompt_tokens=loaded.config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules,
+            seed=_SEED.value + first // _BATCH.value + 1000 * turn)([conversations[j] for j in active])
+        for j, reply in zip(active, replies):
+          conversations[j].append({"role": "assistant", "content": reply})
+      for q, conversation in zip(chunk, conversations):
+        turns = [m["content"] for m in conversation if m["role"] == "assistant"]
+        out.append({"question_id": q["question_id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
+                    "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()})
+      out.flush()
+      bar.update(len(chunk))
+  print(f"wrote {len(questions)} answers to {_OUTPUT.value}", file=sys.stderr)
+
+
+def generator_name() -> str:
+  return _GENERATOR.value or os.path.basename(os.path.normpath(_INIT_FROM.value or _WORKDIR.value))
 
 
 if __name__ == "__main__":

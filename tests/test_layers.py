@@ -19,7 +19,7 @@ LAYERS = (
     ("checkpoints", ("convert", "convert.*")),
     ("predictions", ("predict",)),
     ("evaluation", ("evals", "evals.evaluators", "evals.metrics", "evals.rank", "evals.score", "evals.baselines",
-                    "evals.preference_eval")),
+                    "evals.preference_eval", "evals.answers")),
     ("plan", ("plan", "loop")),
     ("language models", ("lm", "lm.*")),
     ("LM programs", ("synthetic", "synthetic.*", "evals.judge")),

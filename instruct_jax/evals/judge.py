@@ -13,7 +13,10 @@ Inputs. Prompts: JSONL records with "instruction", optional "input", and any oth
 as `instruct_jax.generate --prompts_file P.jsonl --output X.jsonl` writes them. The join is by position:
 the n-th prediction answers the n-th prompt, and it must repeat that prompt's "instruction" (and its
 "input", where it has one; both compared without surrounding whitespace); a missing or different one,
-or a different number of records, stops the run with the file and line at fault.
+or a different number of records, stops the run with the file and line at fault. A `.json` file is read as a
+JSON list: AlpacaEval's evaluation set and the model outputs `generate --format alpaca_eval` writes. MT-Bench:
+prompts from its question.jsonl ({question_id, turns}) and predictions from FastChat answer files
+(`generate --mt_bench` writes them) are joined by question_id, one item per turn (see `_mt_bench_items`).
 
 Verdicts. The judge (any backend of `instruct_jax.synthetic`: `--backend openai` or `--backend model`)
 is asked to end with a line "Verdict: X" (rating: A, B, C or D; pairwise: 1, 2 or tie), and only such
@@ -53,6 +56,7 @@ import numpy as np
 from absl import flags, logging
 
 from instruct_jax import errors
+from instruct_jax.data.sources import read_json
 from instruct_jax.synthetic import cli, prompts as prompt_files
 from instruct_jax.lm.backends import Backend, BackendError, GenParams
 from instruct_jax.synthetic.records import make_record, read_jsonl, text_field
@@ -124,12 +128,50 @@ class Item:
 # --- inputs ---
 
 def _records(path: str) -> list[tuple[str, dict[str, Any]]]:
+  """(where, record) of a JSONL file, or of a JSON list (AlpacaEval's evaluation set and model outputs)."""
   if not os.path.isfile(path):
     raise errors.UserError(f"{path}: no such file")
   try:
+    if path.endswith(".json"):
+      return [(f"{path}: record {i}", obj) for i, obj in enumerate(read_json(path))]
     return [(f"{path}:{lineno}", obj) for lineno, obj in read_jsonl(path)]
   except ValueError as e:  # bad JSON or bytes that are not UTF-8, named by file and line
     raise errors.UserError(str(e)) from None
+
+
+def _is_mt_bench(records: Sequence[tuple[str, dict[str, Any]]]) -> bool:
+  return bool(records) and all("question_id" in obj and "turns" in obj for _, obj in records)
+
+
+def _mt_bench_items(config: "JudgeConfig", questions: Sequence[tuple[str, dict[str, Any]]]) -> list[Item]:
+  """MT-Bench: one item per question and turn, joined to FastChat answer files by question_id. A later turn is judged
+  as FastChat judges it, with the conversation before it: its question is the instruction, the earlier turns (each
+  question and the first predictions file's answer to it) its input. Grouped by turn unless --group_by names a
+  field."""
+  answers = []
+  for path in config.predictions:
+    by_id = {}
+    for where, obj in _records(path):
+      try:
+        by_id[obj["question_id"]] = [str(t) for t in obj["choices"][0]["turns"]]
+      except (KeyError, IndexError, TypeError):
+        raise errors.UserError(f"{where}: not an MT-Bench answer ({{question_id, choices: [{{turns}}]}})") from None
+    answers.append((path, by_id))
+  items = []
+  for where, q in questions:
+    turns = q["turns"]
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+      raise errors.UserError(f"{where}: 'turns' must be a list of strings")
+    replies = []
+    for path, by_id in answers:
+      if q["question_id"] not in by_id or len(by_id[q["question_id"]]) < len(turns):
+        raise errors.UserError(f"{path}: no answer to every turn of question {q['question_id']!r} ({where})")
+      replies.append(by_id[q["question_id"]])
+    for k, turn in enumerate(turns):
+      earlier = "\n\n".join(f"User: {turns[j]}\n\nAssistant: {replies[0][j]}" for j in range(k))
+      group = f"turn {k + 1}" if not config.group_by else str(q.get(config.group_by))
+      items.append(Item(len(items), turn, earlier, tuple(r[k] for r in replies), group, str(q["question_id"])))
+  return items
 
 
 def _text(obj: Mapping[str, Any], field: str, where: str, required: bool = True) -> str:
@@ -144,6 +186,8 @@ def load_items(config: JudgeConfig) -> list[Item]:
   prompts = _records(config.prompts)
   if not prompts:
     raise errors.UserError(f"{config.prompts}: no prompts")
+  if _is_mt_bench(prompts):
+    return _mt_bench_items(config, prompts)
   preds = []
   for path in config.predictions:
     rows = _records(path)

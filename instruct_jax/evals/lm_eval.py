@@ -184,8 +184,8 @@ class InstructJaxLM(TemplateLM):
         max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
         sample = bool(kwargs.pop("do_sample", False))
         temperature = float(kwargs.pop("temperature", 0.0)) if sample else 0.0
-        cfg = sampling.DecodeConfig(max_new_tokens=max_new, temperature=temperature,
-                                    top_p=float(kwargs.pop("top_p", 1.0) or 1.0), top_k=int(kwargs.pop("top_k", 0) or 0),
+        top_p, top_k = float(kwargs.pop("top_p", 1.0) or 1.0), int(kwargs.pop("top_k", 0) or 0)
+        cfg = sampling.DecodeConfig(max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
                                     eos_id=self._tok.eos_id, pad_id=self._tok.pad_id)
         room = self._max_length - max_new if self.backend == "causal" else self._max_length
         if room < 1:
