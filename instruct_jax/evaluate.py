@@ -24,6 +24,8 @@ import json
 import os
 import time
 
+import numpy as np
+import tqdm
 from absl import flags, logging
 
 from instruct_jax import errors, predict
@@ -45,7 +47,21 @@ _NUM = flags.DEFINE_integer("num_examples", None, "Examples per task (default: t
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the SuperNI-style score (overall, by_category, by_task) "
                               "here, in instruct_jax.evals.score's schema.")
 _OUT = flags.DEFINE_string("output_dir", None, "Where predictions.jsonl and metrics.json go.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars (examples done, rate, ETA) on stderr.")
 errors.local_path_flags("output", "output_dir")
+
+
+def _with_progress(fn, batch_size: int, desc: str):
+  """`fn` over its arguments' lists a batch at a time, with a progress bar (rate, ETA) on stderr."""
+  def run(first, *rest):
+    out = []
+    with tqdm.tqdm(total=len(first), desc=desc, unit="example", disable=not _PROGRESS.value) as bar:
+      for i in range(0, len(first), batch_size):
+        result = fn(first[i:i + batch_size], *(r[i:i + batch_size] for r in rest))
+        out.extend(result)
+        bar.update(len(result))
+    return np.asarray(out) if out and isinstance(result, np.ndarray) else out
+  return run
 
 
 def main(argv):
@@ -78,9 +94,12 @@ def main(argv):
     raise errors.UserError("nothing to evaluate: the config's evaluation has no examples (pass --tasks and "
                            "--num_examples)")
   t0 = time.time()
-  dict(ev.run(predict.predict_fns(loaded.model, loaded.params, loaded.tokenizer, config.eval,
-                                  max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules,
-                                  chat_format=loaded.chat)))
+  fns = predict.predict_fns(loaded.model, loaded.params, loaded.tokenizer, config.eval,
+                            max_prompt_tokens=config.data.inputs_length, mesh=loaded.mesh, rules=loaded.rules,
+                            chat_format=loaded.chat)
+  size = config.eval.batch_size
+  dict(ev.run(predict.PredictFns(_with_progress(fns.generate, size, "generate"),
+                                 fns.loglik and _with_progress(fns.loglik, size, "score options"))))
   seconds = time.time() - t0
   scored = ev.scored
   summary = {k: v for k, v in ev.summary.items() if k != "superni"}
