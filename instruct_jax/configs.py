@@ -151,6 +151,10 @@ def base() -> ml_collections.ConfigDict:
   c.loss.z_loss = 0.0  # weight of the log(Z)^2 penalty on the logits' normaliser
   c.loss.label_smoothing = 0.0  # label smoothing mass
 
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.wandb = ""  # a Weights & Biases project to log to as well (pip install -e ".[wandb]"); "": none
+  c.metrics.wandb_mode = ""  # online | offline (no network; `wandb sync W/wandb/offline-run-*` later) | "": wandb's
+
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = ()  # tasks to evaluate; (): the built-in conditions below
   c.eval.split = "test"  # split the evaluation tasks are read from

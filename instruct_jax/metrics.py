@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,8 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from instruct_jax import errors
 
 
 RESULTS_CSV = "eval_results.csv"
@@ -43,7 +46,8 @@ class MetricWriter:
   dropped first (see the module docstring).
   """
 
-  def __init__(self, workdir: str, name: str = "train", enabled: bool | None = None, resume_step: int | None = None):
+  def __init__(self, workdir: str, name: str = "train", enabled: bool | None = None, resume_step: int | None = None,
+               wandb_project: str = "", wandb_mode: str = "", run_config: Mapping[str, Any] | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     if not self.enabled:
       return
@@ -52,6 +56,7 @@ class MetricWriter:
       truncate_logs(workdir, resume_step)
     self._tb = EventFileWriter(os.path.join(workdir, "tensorboard", name))
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._wandb = _wandb_run(workdir, wandb_project, wandb_mode, run_config) if wandb_project else None
 
   def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
     if not self.enabled:
@@ -61,11 +66,19 @@ class MetricWriter:
                                        summary=summary_pb2.Summary(value=values)))
     row = {"step": int(step), **{prefix + k: _jsonable(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(row) + "\n")
+    if self._wandb is not None:
+      self._wandb.log({prefix + k: float(v) for k, v in scalars.items()}, step=int(step))
 
   def write_results(self, step: int, rows: Iterable[Mapping[str, Any]]) -> None:
     """Appends evaluation results ({evaluator, grouping, key, metric, value} each) at `step` to eval_results.csv."""
     if self.enabled:
+      rows = list(rows)
       append_results(os.path.join(self._workdir, RESULTS_CSV), step, rows)
+      if self._wandb is not None and rows:  # the same table as eval_results.csv, one per evaluation
+        import wandb  # pylint: disable=g-import-not-at-top
+        table = wandb.Table(columns=list(RESULT_COLUMNS), data=[[int(step), *(r[c] for c in RESULT_COLUMNS[1:])]
+                                                                for r in rows])
+        self._wandb.log({"eval_results": table}, step=int(step))
 
   def flush(self) -> None:
     if self.enabled:
@@ -76,6 +89,28 @@ class MetricWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+      if self._wandb is not None:
+        self._wandb.finish()
+
+
+WANDB_RUN_ID = "wandb_run_id"  # W/wandb_run_id: the W&B run a workdir logs to, so a restart continues it
+
+
+def _wandb_run(workdir: str, project: str, mode: str, run_config: Mapping[str, Any] | None):
+  """A Weights & Biases run in `project` (files under W/wandb; `mode` "offline" needs no network), resumed when the
+  workdir has logged to one before."""
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise errors.UserError("--config.metrics.wandb needs the wandb package: pip install -e \".[wandb]\"") from None
+  id_file = os.path.join(workdir, WANDB_RUN_ID)
+  run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
+  with open(id_file, "w") as f:
+    f.write(run_id + "\n")
+  os.makedirs(os.path.join(workdir, "wandb"), exist_ok=True)
+  return wandb.init(project=project, id=run_id, resume="allow", dir=workdir, name=os.path.basename(
+      os.path.normpath(workdir)), config=dict(run_config or {}), mode=mode or None, settings=wandb.Settings(
+          silent=True, console="off"))
 
 
 def append_results(path: str, step: int, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -78,7 +78,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, flag_ke
   if plan.restart_changes is not None and jax.process_index() == 0:
     workdir_lib.record_resume(workdir, step=start, changed=plan.restart_changes)
   # Metrics and results: a resume first drops what an earlier process logged after `start` (all of it at 0).
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start if start else -1, wandb_project=config.metrics.wandb,
+                                    wandb_mode=config.metrics.wandb_mode, run_config=config.to_dict())
   evals = Evaluations(plan, writer)
   result: dict[str, Any] = {"before": evals.before_training(state.params) if start == 0 else None}
 

@@ -53,7 +53,7 @@ RESUMABLE = (
     "eval.tasks", "eval.split", "eval.seen_templates", "eval.unseen_templates", "eval.num_examples",
     "eval.max_new_tokens", "eval.num_beams", "eval.batch_size", "eval.before_training", "eval.rank_classification",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "sharding", "model.remat_policy", "data.read_threads",
-    "data.prefetch", "data.strict", "data.truncation_warning",
+    "data.prefetch", "data.strict", "data.truncation_warning", "metrics.wandb", "metrics.wandb_mode",
 )
 
 
