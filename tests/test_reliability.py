@@ -317,11 +317,14 @@ def test_the_train_command_refuses_a_bad_value_before_any_work(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+SLOW = pytest.mark.slow  # a subprocess each: 3 s
+
+
 @pytest.mark.parametrize("flag, message", [
-    ("--temperature=-0.5", "flag --temperature=-0.5: must be a number >= 0"),
+    pytest.param("--temperature=-0.5", "flag --temperature=-0.5: must be a number >= 0", marks=SLOW),
     ("--top_p=1.5", "flag --top_p=1.5: must be a number in (0, 1]"),
-    ("--top_p=0", "flag --top_p=0.0: must be a number in (0, 1]"),
-    ("--max_new_tokens=0", "flag --max_new_tokens=0: must be a number >= 1"),
+    pytest.param("--top_p=0", "flag --top_p=0.0: must be a number in (0, 1]", marks=SLOW),
+    pytest.param("--max_new_tokens=0", "flag --max_new_tokens=0: must be a number >= 1", marks=SLOW),
 ])
 def test_generate_refuses_bad_decoding_flags_before_loading(tmp_path, flag, message):
   proc = subprocess.run([sys.executable, "-m", "instruct_jax.generate", f"--workdir={tmp_path / 'nowhere'}",

@@ -272,8 +272,9 @@ class SentencePieceTokenizer(Tokenizer):
     return [np.asarray(ids, dtype=np.int32) for ids in self._sp.encode(list(texts), num_threads=num_threads)]
 
   def _decode(self, ids: list[int]) -> str:
-    # SentencePiece drops every leading space; transformers (the Metaspace decoder of T5 and LLaMA tokenizers) drops
-    # only the one its encoder prepended, so "▁ ▁ ▁Re" decodes to "  Re" there. Decode as transformers does.
+    # SentencePiece drops the leading spaces its normalizer would fold (all of them where it folds whitespace);
+    # transformers (the Metaspace decoder of T5 and LLaMA tokenizers) drops only the one its encoder prepended, so
+    # "▁ ▁ ▁Re" decodes to "  Re" there. Decode as transformers does.
     lead = 0
     for i in ids:
       piece = self._sp.id_to_piece(i)
@@ -281,7 +282,8 @@ class SentencePieceTokenizer(Tokenizer):
       lead += len(piece) - len(rest)
       if rest and not self._sp.is_control(i):
         break
-    return " " * max(lead - 1, 0) + self._sp.decode(ids)  # control pieces (begin-of-text, ...) decode to nothing
+    text = self._sp.decode(ids)  # control pieces (begin-of-text, ...) decode to nothing
+    return " " * (lead - 1) + text.lstrip(" ") if lead else text
 
   def piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))

@@ -50,12 +50,17 @@ def test_a_tokenizer_link_leaving_the_source_is_refused(saved, mesh_rules, tmp_p
   assert (tmp_path / "imp" / "tokenizer.model").is_file() and not (tmp_path / "imp" / "tokenizer.model").is_symlink()
 
 
+SLOW = pytest.mark.slow  # a convert subprocess each: 4 s
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("tokenizer.json", '{"version": "1.0", "model": ', "not a valid tokenizer.json"),
-    ("tokenizer.json", '{"version": "1.0"}', "not a valid tokenizer.json"),
-    ("tokenizer.model", "not protobuf at all", "not a valid tokenizer.model"),
-    ("tokenizer_config.json", '{"bos_token": "<s>", "bos_token": "<t>"}', "duplicate key 'bos_token'"),
-    ("chat_template.jinja", "{% for m in messages %}{{ m.content }", "not a valid chat_template.jinja"),
+    pytest.param("tokenizer.json", '{"version": "1.0"}', "not a valid tokenizer.json", marks=SLOW),
+    pytest.param("tokenizer.model", "not protobuf at all", "not a valid tokenizer.model", marks=SLOW),
+    pytest.param("tokenizer_config.json", '{"bos_token": "<s>", "bos_token": "<t>"}', "duplicate key 'bos_token'",
+                 marks=SLOW),
+    pytest.param("chat_template.jinja", "{% for m in messages %}{{ m.content }", "not a valid chat_template.jinja",
+                 marks=SLOW),
 ])
 def test_malformed_tokenizer_files_are_refused_at_import(saved, mesh_rules, tmp_path, name, content, message):
   src = _source(saved, tmp_path)
@@ -107,6 +112,7 @@ def test_a_failed_export_leaves_the_earlier_one_and_no_partial_directory(importe
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 
+@SLOW
 def test_a_corrupt_safetensors_file_is_one_line_naming_it(saved, tmp_path):
   src = _source(saved, tmp_path)
   weights = src / "model.safetensors"
