@@ -217,7 +217,12 @@ class InstructJaxLM(TemplateLM):
     return self._chat_format().template
 
   def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    return self._chat_format().render(chat_history, add_generation_prompt=add_generation_prompt)
+    """The conversation in the chat format. Without a generation prompt, lm-eval is prefilling the last (assistant)
+    message, which is left open for the model to continue (transformers' continue_final_message)."""
+    fmt = self._chat_format()
+    if not add_generation_prompt and chat_history and chat_history[-1]["role"] == "assistant":
+      return fmt.render(chat_history[:-1], add_generation_prompt=True) + chat_history[-1]["content"]
+    return fmt.render(chat_history, add_generation_prompt=add_generation_prompt)
 
 
 def register() -> None:

@@ -149,3 +149,29 @@ def test_the_command_line_runs_a_workdir(exported, tmp_path):
   results, = (tmp_path / "out").rglob("results_*.json")
   blob = json.loads(results.read_text())
   assert 0 <= blob["results"]["ij_choice"]["acc,none"] <= 1 and blob["config"]["model"] == "instruct_jax"
+
+
+@pytest.mark.slow  # a chat run, its export and both models' templates: 25 s
+def test_chat_prompts_match_lm_evals_hf_model_on_the_export(tmp_path):
+  lines = [json.dumps({"messages": [{"role": "user", "content": f"Name {w}."}, {"role": "assistant", "content": w}]})
+           for w in WORDS * 3]
+  (tmp_path / "chat.jsonl").write_text("\n".join(lines) + "\n")
+  config = configs.load(ROOT / "configs" / "tiny.py", "decoder")
+  config.total_steps, config.checkpoint_every, config.eval.num_examples = 2, 0, 0
+  config.data_paths.chat_files["talk"] = str(tmp_path / "chat.jsonl")
+  config.data.mixture, config.data.chat_format = "chat", "chatml"
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "instruct_jax.convert", "--to=hf", f"--src={tmp_path / 'run'}",
+                         f"--dst={tmp_path / 'hf'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  mine = ours.InstructJaxLM(workdir=str(tmp_path / "run"), max_length=64)
+  theirs = _hf_model(tmp_path / "hf")
+  history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+             {"role": "assistant", "content": "red"}, {"role": "user", "content": "Another?"}]
+  prefilled = history + [{"role": "assistant", "content": "It is"}]  # lm-eval's prefill: the reply left open
+  for conversation, generation_prompt in ((history, True), (prefilled, False)):
+    a = mine.apply_chat_template(conversation, add_generation_prompt=generation_prompt)
+    b = theirs.apply_chat_template(conversation, add_generation_prompt=generation_prompt)
+    assert mine.tok_encode(a) == theirs.tok_encode(b), (a, b)  # the same ids, begin-of-text included once
+  assert "<|im_start|>assistant\n" in mine.apply_chat_template(history) and mine.chat_template(True)
