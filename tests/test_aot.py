@@ -18,6 +18,7 @@ def _groups_batch(kind):
                                                                         ("template", "template_id", 2))
 
 
+@pytest.mark.slow  # 14 s a kind
 @pytest.mark.parametrize("kind", helpers.KINDS_T5_SLOW)
 def test_compiled_programs_are_the_trainers(kind):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})

@@ -117,6 +117,7 @@ def _pair_batch(kind, n=4):
   return {k: v[:2 * n] for k, v in rows.items()}
 
 
+@pytest.mark.slow  # 16 s a kind
 @pytest.mark.parametrize("kind", helpers.KINDS_T5_SLOW)
 def test_the_first_dpo_step_is_ln_2_and_microbatches_change_nothing(kind):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})

@@ -61,6 +61,7 @@ def reference_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # the reference run (22 s) and its checks
 def test_uninterrupted_run_learns_and_writes_tensorboard(reference_run):
   losses = _losses(reference_run)
   assert sorted(losses) == list(range(1, STEPS + 1))
@@ -257,6 +258,7 @@ def _snapshot(workdir: pathlib.Path) -> dict[str, bytes]:
           if p.is_file() and p.name != workdir_lib.LOCK}
 
 
+@pytest.mark.slow  # needs the reference run
 def test_a_restart_with_another_model_or_tokenizer_is_refused_before_anything_is_written(reference_run, tmp_path):
   work = tmp_path / "w"
   shutil.copytree(reference_run, work)
@@ -404,6 +406,7 @@ def test_periodic_evaluation_and_the_cli_commands(tmp_path):
     assert {(r["step"], r["grouping"]) for r in csv.DictReader(f)} >= {("6", "by_cluster"), ("6", "by_shots")}
 
 
+@pytest.mark.slow  # needs the reference run
 def test_evaluate_scores_a_superni_split_under_each_tasks_own_category(reference_run, shared_data, tmp_path):
   ni = shared_data / "natural-instructions"
   out = _run([sys.executable, "-m", "instruct_jax.evaluate", f"--workdir={reference_run}", f"--superni_dir={ni}",

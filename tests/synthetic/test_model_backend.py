@@ -166,6 +166,7 @@ def test_command_lines_generate_judge_and_self_instruct_with_the_model(tmp_path,
   assert report["cache_misses"] > 0
 
 
+@pytest.mark.slow  # imports a checkpoint: 12 s
 def test_the_model_backend_serves_a_checkpoint_before_fine_tuning(workdir, backend):
   # --init_from: another checkpoint (here the workdir itself, as init_from takes any) with the defaults' settings
   # when no --workdir is given; it answers as the same weights do through the workdir.
