@@ -56,6 +56,7 @@ from absl import flags, logging
 
 from instruct_jax import errors, predict, sampling
 from instruct_jax import plan as plan_lib
+from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import sources
 from instruct_jax.evals import answers
@@ -235,9 +236,10 @@ def main(argv):
       out.flush()
       bar.update(len(chunk))
   if _FORMAT.value == "alpaca_eval":
-    rows = [json.loads(line) for line in open(stream, encoding="utf-8")]
+    with open(stream, encoding="utf-8") as f:
+      rows = [json.loads(line) for line in f]
     listed = answers.alpaca_eval_records(rows, generator_name())
-    answers.write_atomically(_OUTPUT.value, json.dumps(listed, indent=2, ensure_ascii=False) + "\n")
+    workdir_lib.write_atomically(_OUTPUT.value, json.dumps(listed, indent=2, ensure_ascii=False) + "\n")
   print(f"wrote {len(records)} records to {_OUTPUT.value}" + (f" ({out.resumed} from an earlier run)"
                                                               if out.resumed else ""), file=sys.stderr)
 

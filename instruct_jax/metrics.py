@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import pathlib
 import sys
 import time
 import uuid
@@ -103,10 +104,9 @@ def _wandb_run(workdir: str, project: str, mode: str, run_config: Mapping[str, A
     import wandb  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise errors.UserError("--config.metrics.wandb needs the wandb package: pip install -e \".[wandb]\"") from None
-  id_file = os.path.join(workdir, WANDB_RUN_ID)
-  run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
-  with open(id_file, "w") as f:
-    f.write(run_id + "\n")
+  id_file = pathlib.Path(workdir) / WANDB_RUN_ID  # the id a first run draws; restarts read it
+  run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+  id_file.write_text(run_id + "\n")
   os.makedirs(os.path.join(workdir, "wandb"), exist_ok=True)
   return wandb.init(project=project, id=run_id, resume="allow", dir=workdir, name=os.path.basename(
       os.path.normpath(workdir)), config=dict(run_config or {}), mode=mode or None, settings=wandb.Settings(

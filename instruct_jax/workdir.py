@@ -218,7 +218,7 @@ def write_config(path: str | os.PathLike, config: ml_collections.ConfigDict) -> 
   """config.json, once: a restart keeps the settings the run started with (see `record_resume`)."""
   file = pathlib.Path(path) / CONFIG
   if not file.is_file():
-    _write_atomically(file, config.to_json_best_effort(indent=2))
+    write_atomically(file, config.to_json_best_effort(indent=2))
 
 
 def record_resume(path: str | os.PathLike, *, step: int, changed: dict[str, list]) -> None:
@@ -258,12 +258,14 @@ def runnable_here(model: build.Model) -> build.Model:
 def write_model(path: str | os.PathLike, model: build.Model, *, source: str, hf_config: dict | None) -> None:
   """model_config.json (written once, before the first checkpoint; `source` is config.init_from or "")."""
   blob = {**build.config_to_json(model.config), "source": source, "hf_config": hf_config}
-  _write_atomically(pathlib.Path(path) / MODEL_CONFIG, json.dumps(blob, indent=2) + "\n")
+  write_atomically(pathlib.Path(path) / MODEL_CONFIG, json.dumps(blob, indent=2) + "\n")
 
 
-def _write_atomically(file: pathlib.Path, text: str) -> None:
+def write_atomically(file: str | os.PathLike, text: str) -> None:
+  """`text` into `file` through a temporary sibling and a rename: readers see the old file or the new one."""
+  file = pathlib.Path(file)
   tmp = file.with_name(file.name + ".tmp")
-  tmp.write_text(text)
+  tmp.write_text(text, encoding="utf-8")
   os.replace(tmp, file)
 
 

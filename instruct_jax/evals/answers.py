@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
-from instruct_jax import errors
+from instruct_jax import errors, workdir
 from instruct_jax.data import sources
 
 
@@ -42,13 +43,6 @@ def alpaca_eval_records(rows: list[dict], generator: str) -> list[dict]:
   return out
 
 
-def write_atomically(path: str, text: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 class ResumableJsonl:
   """An output JSONL written a record at a time, each batch flushed to disk; a rerun keeps the records already
   written (checked, by `key`, against what the rerun would write in their place: another prompt list is an error
@@ -58,7 +52,7 @@ class ResumableJsonl:
     self.path, self.done = path, 0
     kept = []
     if os.path.exists(path):
-      lines = open(path, encoding="utf-8").read().split("\n")
+      lines = pathlib.Path(path).read_text(encoding="utf-8").split("\n")
       for n, line in enumerate(lines, 1):
         if not line.strip():
           continue
@@ -73,7 +67,7 @@ class ResumableJsonl:
           raise errors.UserError(f"{path}:{n}: written for another {key} than this run's {len(kept) + 1}-th; use "
                                  "another --output (or delete it) to start over")
         kept.append(line)
-      write_atomically(path, "".join(line + "\n" for line in kept))
+      workdir.write_atomically(path, "".join(line + "\n" for line in kept))
     self.done = self.resumed = len(kept)
     self._file = open(path, "a", encoding="utf-8")
 
