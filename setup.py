@@ -42,11 +42,13 @@ setuptools.setup(
         # trl: SimPO's and ORPO's losses against TRL's own functions (tests/test_preference.py).
         # lm-eval: `python -m instruct_jax.evals.lm_eval`, checked against lm-eval's `hf` model (tests/evals).
         # wandb: --config.metrics.wandb (tests/test_wandb.py reads an offline run's files).
+        # datasets (hf): config.data_paths.hf_datasets, Hugging Face datasets read offline (tests/data).
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6", "nbclient>=0.10", "ipykernel>=6",
                  "matplotlib>=3.7", "importlib_resources>=6", "peft>=0.17,<0.22", "gguf>=0.10", "trl>=1,<2",
-                 "lm-eval>=0.4.9,<0.5", "wandb>=0.17"],
+                 "lm-eval>=0.4.9,<0.5", "wandb>=0.17", "datasets>=3"],
         "bench": ["torch==2.13.0", "transformers>=5,<6"],
         "lm_eval": ["lm-eval>=0.4.9,<0.5"],
         "wandb": ["wandb>=0.17"],
+        "hf": ["datasets>=3"],
     },
 )

@@ -7,10 +7,10 @@
 
 Every key below carries a one-line comment; nothing in instruct_jax reads a key that is not here, and
 `validate` refuses a config with a key that is not here (a typo in a config file or on the command line),
-naming it and the closest known key. Four sections are open maps whose keys the user names:
+naming it and the closest known key. These sections are open maps whose keys the user names:
 `model.overrides` (model config fields, checked against the model's dataclass),
-`data_paths.instruction_files`, `data_paths.chat_files` and `data_paths.preference_files` (task name -> file) and
-`evals` (evaluator name -> its kind and schedule). Keys that are None by default are typed placeholders, so
+`data_paths.instruction_files`, `data_paths.chat_files`, `data_paths.preference_files` (task name -> file),
+`data_paths.hf_datasets` (task name -> a saved Hugging Face dataset and its options) and `evals` (evaluator name -> its kind and schedule). Keys that are None by default are typed placeholders, so
 `--config.data.mixing_cap=3000` parses as an int.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ from ml_collections import config_dict, config_flags
 from instruct_jax import errors
 
 OPEN_MAPS = ("model.overrides", "data_paths.instruction_files", "data_paths.chat_files", "data_paths.preference_files",
-             "evals")
-FILE_MAPS = ("data_paths.instruction_files", "data_paths.chat_files", "data_paths.preference_files")
+             "data_paths.hf_datasets", "evals")
+FILE_MAPS = ("data_paths.instruction_files", "data_paths.chat_files", "data_paths.preference_files",
+             "data_paths.hf_datasets")
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -91,6 +92,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.prefetch = 64  # examples rendered ahead
   c.data.worker_count = 0  # grain worker processes (0: in-process)
   c.data.strict = True  # a malformed record is an error naming file:line (False: skipped, counted, reported)
+  c.data.decontaminate = ""  # evaluation data, comma-separated (JSONL, chat, SuperNI task files, saved datasets): drop
+  #                            training examples sharing an n-gram with any of it (instruct_jax/data/decontaminate.py)
+  c.data.decontaminate_ngram = 13  # words per n-gram (GPT-3's 13)
   c.data.truncation_warning = 0.1  # warn when more than this share of a task's examples is cut or dropped
   c.data.host_input = "own_share"  # own_share: each host reads its share; slice_of_global: tests only
   c.data.chat_format = ""  # chat files' format, and instruction files' when set: alpaca | vicuna | chatml | llama3 |
@@ -120,6 +124,7 @@ def base() -> ml_collections.ConfigDict:
   #                                                        (OpenAI messages or ShareGPT); the mixture "chat" holds all
   c.data_paths.preference_files = ml_collections.ConfigDict()  # NAME=FILE or NAME=train=F1,test=F2: preference
   #                                                             pairs JSONL (instruct_jax/data/preferences.py)
+  c.data_paths.hf_datasets = ml_collections.ConfigDict()  # NAME=DIR|FILE[,options]: Hugging Face datasets (offline)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh; -1: the remaining devices
   c.sharding = "data_parallel"  # logical-axis rules preset: data_parallel | fsdp | fsdp_tensor
@@ -187,6 +192,7 @@ RANGES = {
     "data.num_packing_bins": "[1, inf)", "data.mixing_cap": "[1, inf)", "data.mixing_temperature": "(0, inf)",
     "data.max_task_examples": "[1, inf)", "data.train_fraction": "(0, 1]", "data.read_threads": "[0, inf)",
     "data.prefetch": "[0, inf)", "data.worker_count": "[0, inf)", "data.truncation_warning": "[0, 1]",
+    "data.decontaminate_ngram": "[1, inf)",
     "data.render.num_templates": "[1, inf)", "data.render.few_shot_rate": "[0, 1]", "data.render.max_shots": "[1, inf)",
     "data.render.min_shots": "[1, inf)", "data.render.options_rate": "[0, 1]", "data.render.inversion_rate": "[0, 1]",
     "data.render.cot_rate": "[0, 1]",

@@ -109,14 +109,14 @@ def _memory(plan: plan_lib.RunPlan, out) -> None:
 def _data(plan: plan_lib.RunPlan, out, num_examples: int, rate_examples: int) -> None:
   """Rendered examples, the mixture's rates (set and realised), and one host's first batch when the tokenizer
   exists (the pipeline the run builds)."""
-  tokenizer, task_names, rates = plan.tokenizer, plan.task_names, plan.rates
-  counts = np.zeros(len(task_names))
+  tokenizer, task_names = plan.tokenizer, plan.task_names
   shown = 0
   for i in range(rate_examples):
+    if shown == num_examples:
+      break
     ex = plan.examples[i]
     if ex is None:
       continue
-    counts[ex["task_index"]] += 1
     if shown < num_examples:
       shown += 1
       tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
@@ -124,13 +124,7 @@ def _data(plan: plan_lib.RunPlan, out, num_examples: int, rate_examples: int) ->
       out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
           f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}"
           + (f"\n  rejected: {ex['rejected']!r}" if "rejected" in ex else ""))
-  out(f"data      mixture {plan.data.mixture!r}: {len(task_names)} tasks; rate (realised over "
-      f"{int(counts.sum())} examples):")
-  order = sorted(range(len(task_names)), key=lambda i: -rates[task_names[i]])
-  for i in order[:20]:
-    out(f"  {task_names[i]:40s} {rates[task_names[i]]:7.4f} ({counts[i] / max(counts.sum(), 1):.4f})")
-  if len(order) > 20:
-    out(f"  ... and {len(order) - 20} more tasks")
+  plan_lib.report_mixture(plan, out=lambda text: out(f"data      {text}"))
   if tokenizer is not None:
     batch = next(iter(plan_lib.pipeline(plan).dataset))
     seg = batch["decoder_segment_ids"]

@@ -22,6 +22,15 @@ class UserError(Exception):
   """A problem with the user's input; its message names the file, line, key or flag at fault."""
 
 
+def write_atomically(file: str | os.PathLike, text: str) -> None:
+  """`text` into `file` through a temporary sibling and a rename: readers see the old file or the new one."""
+  file = os.fspath(file)
+  tmp = file + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, file)
+
+
 def exit_with(error: BaseException) -> None:
   message = str(error).strip() or type(error).__name__
   print(f"error: {message}", file=sys.stderr, flush=True)

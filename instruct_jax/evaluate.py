@@ -88,7 +88,8 @@ def main(argv):
   if _OUTPUT.value and not (_TASKS.value or _SPLIT.value):
     raise errors.UserError("--output writes the SuperNI-style score of --tasks or --superni_split; give one")
   # One evaluator, as the trainer runs them; tasks also get SuperNI's table (per category and task).
-  ev = evaluators.Evaluator("eval", evaluators.config_rows(config.eval, *catalogues),
+  ev = evaluators.Evaluator("eval", evaluators.config_rows(config.eval, *catalogues,
+                                                          training_mixture=config.data.mixture),
                             superni=bool(_TASKS.value or _SPLIT.value))
   if not ev.rows:
     raise errors.UserError("nothing to evaluate: the config's evaluation has no examples (pass --tasks and "

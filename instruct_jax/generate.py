@@ -10,7 +10,10 @@ end-of-text) and continues it; decoding stops at end-of-text. A prompts file hol
 with a "prompt" field, or Alpaca-style JSONL records {"instruction", "input" (optional), "system" (optional),
 ...}, rendered the way the run rendered its instruction files (`predict.instruction_prompts`: the same
 preprocessing and template file; --template_id picks the template, default the first standard one the run
-trained with).
+trained with). Published layouts are read one prompt per instance, never one per record: Self-Instruct's
+{"instruction", "instances": [{"input", "output"}]} (its user-oriented evaluation set) gives each instance's input,
+and a SuperNI task file (.json) each instance with the task's Definition as the instruction. A field that looks like
+an input but is not read ("context", "question", ...: `sources.INPUT_LIKE_FIELDS`) is an error naming it.
 
 --chat reads conversations instead: each --prompt is one user message (after --system, if given), and a prompts file
 holds JSONL records {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]} ending where the
@@ -100,43 +103,6 @@ _MT_BENCH = flags.DEFINE_bool("mt_bench", False, "--prompts_file is MT-Bench's q
 _PROGRESS = flags.DEFINE_bool("progress", True, "A progress bar (prompts done, rate, ETA) on stderr.")
 
 
-def read_prompts(path: str) -> list[dict]:
-  """Prompt records: {"prompt": line} for a text line; a JSONL line as it is (checked to hold a string "prompt"
-  or "instruction", and string "input" / "system" where present)."""
-  records = []
-  if not os.path.isfile(path):
-    raise errors.UserError(f"--prompts_file {path}: no such file")
-  if path.endswith(".json"):  # a JSON list of records (AlpacaEval's evaluation set)
-    try:
-      listed = sources.read_json(path)
-    except sources.DataError as e:
-      raise errors.UserError(str(e)) from None
-    return [_checked(record, f"{path}: record {i}") for i, record in enumerate(listed)]
-  for n, line in sources.text_lines(path):
-    if isinstance(line, sources.DataError):
-      raise line
-    if not line.strip():
-      continue
-    if not line.lstrip().startswith("{"):
-      records.append({"prompt": line.rstrip("\n").replace("\\n", "\n")})
-      continue
-    try:
-      record = errors.loads_json(line)
-    except json.JSONDecodeError as e:
-      raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-    records.append(_checked(record, f"{path}:{n}"))
-  return records
-
-
-def _checked(record, where: str) -> dict:
-  if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
-    raise errors.UserError(f"{where}: record has no 'prompt' or 'instruction' field")
-  for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
-    if field in record and not isinstance(record[field], str):
-      raise errors.UserError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
-  return record
-
-
 def prompt_texts(records: list[dict], config) -> list[str]:
   """The text of each record: its "prompt", or its instruction rendered as the run rendered instruction files."""
   rendered = iter(())
@@ -201,8 +167,8 @@ def main(argv):
   else:
     if _SYSTEM.value:
       raise errors.UserError("--system goes with --chat")
-    records = [{"prompt": p} for p in _PROMPT.value] + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value
-                                                         else [])
+    listed = answers.read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else []
+    records = [{"prompt": p} for p in _PROMPT.value] + listed
     if not records:
       raise errors.UserError("give --prompt or --prompts_file")
     prompts = prompt_texts(records, config)

@@ -207,9 +207,11 @@ def summarize_step(sums: Mapping[str, np.ndarray], *, seconds: float, tokens: fl
       "nonpad_tokens_per_sec": nonpad_tokens / max(seconds, 1e-9),
       "nonpad_share": nonpad_tokens / max(tokens, 1e-9),
   }
-  if task_counts is not None:
+  if task_counts is not None:  # cumulative examples per task, and each task's realised share of the mixture so far
+    total = max(float(np.sum(task_counts)), 1.0)
     for name, n in zip(task_names, task_counts):
       out[f"examples_seen/{name}"] = float(n)
+      out[f"mixture_share/{name}"] = float(n) / total
   if "pairs" in sums:  # a preference objective (objectives.Preference): means over the pairs, named as TRL's
     pairs = max(float(sums["pairs"]), 1e-9)
     for name in ("rewards_chosen", "rewards_rejected", "rewards_accuracies", "rewards_margins", "logps_chosen",

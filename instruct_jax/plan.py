@@ -26,6 +26,7 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from instruct_jax import workdir as workdir_lib
 from instruct_jax.convert import added_tokens
 from instruct_jax.data import builtin
 from instruct_jax.data import chat as chat_lib
+from instruct_jax.data import decontaminate
 from instruct_jax.data import flan2021
 from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline as pipeline_lib
@@ -143,6 +145,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
   groups: objectives.MetricGroups = (("task", "task_index", 1), ("template", "template_id", 1))
   if tasks is not None:
     try:
+      data = decontaminated(config, data, tasks, mixes)
       examples, task_names, rates = pipeline_lib.rendered_examples(data, tasks, mixes)
       groups = metric_groups(task_names, tasks)
       report_lib.check_files(config, tasks, rates)
@@ -339,6 +342,43 @@ def check_positions(limit: int | None, length: int, source: str, keys: str) -> N
                               "(its max_position_embeddings): make them shorter")
 
 
+def decontaminated(config, data: pipeline_lib.PipelineConfig, tasks, mixes,
+                   out=None) -> pipeline_lib.PipelineConfig:
+  """`data` with the training examples that share an n-gram (config.data.decontaminate_ngram words, normalised as
+  `decontaminate.normalise`) with the evaluation data in config.data.decontaminate excluded from training and from
+  few-shot exemplars; how many per task is said through `out` (default: printed by the first process)."""
+  files = [f.strip() for f in str(config.data.decontaminate or "").split(",") if f.strip()]
+  if not files:
+    return data
+  if out is None:
+    out = (lambda text: print(text, flush=True)) if jax.process_index() == 0 else (lambda text: None)
+  t0 = time.time()
+  eval_sets = {}
+  for spec in files:
+    for source in decontaminate.open_sources(spec):
+      eval_sets[source.name] = list(source.texts())
+  index = decontaminate.NgramIndex.build(eval_sets, config.data.decontaminate_ngram)
+  view = pipeline_lib.task_view(data, tasks)
+  exclude, lines, total, dropped = {}, [], 0, 0
+  for name in mixtures_lib.leaf_tasks(data.mixture, view, mixes):
+    records = view[name].source.load(data.split)
+    n = pipeline_lib.pool_size(data, view[name])
+    found = np.zeros(0, np.int64)
+    for start in range(0, n, 10_000):
+      texts = ["\n".join(decontaminate.example_texts(records[i])) for i in range(start, min(n, start + 10_000))]
+      found = np.concatenate([found, start + np.flatnonzero(index.contaminated(texts))])
+    total, dropped = total + n, dropped + len(found)
+    if len(found):
+      exclude[name] = found
+      lines.append(f"  {name}: {len(found)} of {n} dropped (the first at record {int(found[0])})")
+  if len(lines) > 20:
+    lines = lines[:20] + [f"  ... and {len(lines) - 20} more tasks"]
+  evaluated = sum(map(len, eval_sets.values()))
+  out("\n".join([f"decontaminate: {dropped} of {total} training examples share a {index.n}-gram with the {evaluated} "
+                 f"examples of {', '.join(eval_sets)} and are not trained on ({time.time() - t0:.1f} s)"] + lines))
+  return dataclasses.replace(data, exclude=exclude)
+
+
 def check_held_out(config, rates) -> None:
   """A run never trains on its held-out cluster: a training mixture holding any of its tasks is refused."""
   cluster = config.eval.held_out_cluster
@@ -360,8 +400,8 @@ def check_pairs(config, tasks, rates) -> None:
     raise configs.ConfigError(
         f"config.objective={config.objective!r} trains on preference pairs, but config.data.mixture="
         f"{config.data.mixture!r} holds {len(other)} task(s) without them (e.g. {other[0]}); name pair files in "
-        "--config.data_paths.preference_files.NAME=FILE and train on --config.data.mixture=preferences (or one of "
-        "them)")
+        "--config.data_paths.preference_files.NAME=FILE (or a dataset of pairs in "
+        "--config.data_paths.hf_datasets.NAME) and train on --config.data.mixture=preferences (or one of them)")
 
 
 # The meta features of a batch the train step reads: per-task and per-template loss sums (the rest stay on the host).
@@ -413,6 +453,17 @@ def train_tokenizer(plan: RunPlan) -> RunPlan:
 def pipeline(plan: RunPlan) -> pipeline_lib.Pipeline:
   """The run's data pipeline (this host's share of every task), tokenized with the plan's tokenizer."""
   return pipeline_lib.make_pipeline(plan.data, plan.tokenizer, tasks=plan.tasks, mixtures=plan.mixtures)
+
+
+MIXTURE_FILE = "mixture.json"  # the mixture's rates, set and realised (report.mixture_rates), written at the start
+
+
+def report_mixture(plan: RunPlan, out=print) -> dict:
+  """The mixture's rates, set and realised over the first examples the run draws: printed through `out` and
+  returned (report.mixture_rates)."""
+  report = report_lib.mixture_rates(plan.data, plan.tasks, plan.mixtures)
+  out(report_lib.format_mixture_rates(report))
+  return report
 
 
 def record(plan: RunPlan) -> None:

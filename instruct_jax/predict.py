@@ -177,7 +177,8 @@ def instruction_prompts(records: Sequence[Mapping[str, str]], config, *, templat
 def chat_format(config, tokenizer) -> chat_lib.ChatFormat | None:
   """The chat format a run rendered its data with (its config's data.chat_format, for its tokenizer), or None when
   it used none (no chat files and no chat_format)."""
-  return chat_lib.resolve_format(config.data.chat_format, tokenizer, has_chat_data=bool(config.data_paths.chat_files))
+  return chat_lib.resolve_format(config.data.chat_format, tokenizer,
+                                 has_chat_data=tasks_lib.has_chat_data(config.data_paths))
 
 
 def chat_prompts(conversations: Sequence[Sequence[Mapping[str, str]]], fmt: chat_lib.ChatFormat) -> list[str]:

@@ -56,6 +56,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, flag_ke
   if jax.process_index() == 0:
     print(f"attention {plan.attention}", flush=True)
   plan_lib.record(plan)
+  if jax.process_index() == 0:  # the mixture's rates, set and realised: printed, kept in WORKDIR/mixture.json
+    rates = plan_lib.report_mixture(plan, out=lambda text: print(text, flush=True))
+    workdir_lib.write_atomically(os.path.join(workdir, plan_lib.MIXTURE_FILE), json.dumps(rates, indent=1) + "\n")
   data_iter, feed = iter(pipe.dataset), loop.Feed(plan, pipe.task_names)
 
   # Train state born sharded, the jitted step, and the checkpoint to resume (else init_from's weights).

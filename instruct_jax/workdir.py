@@ -261,12 +261,7 @@ def write_model(path: str | os.PathLike, model: build.Model, *, source: str, hf_
   write_atomically(pathlib.Path(path) / MODEL_CONFIG, json.dumps(blob, indent=2) + "\n")
 
 
-def write_atomically(file: str | os.PathLike, text: str) -> None:
-  """`text` into `file` through a temporary sibling and a rename: readers see the old file or the new one."""
-  file = pathlib.Path(file)
-  tmp = file.with_name(file.name + ".tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, file)
+write_atomically = errors.write_atomically  # (in the base layer, for the data layer's commands too)
 
 
 def tokenizer(path: str | os.PathLike) -> tokenizer_lib.Tokenizer:

@@ -135,3 +135,39 @@ def test_alpaca_eval_and_mt_bench_outputs_and_the_judge_reads_both(chat_run, tmp
     assert items[1].outputs == (rows[0]["choices"][0]["turns"][1],) and items[1].group == "turn 2"
     report = judge.run(config, _backend(server), str(tmp_path / "judged_mt"))
   assert report["results"]["overall"]["n"] == 7
+
+
+@pytest.mark.slow  # one generate run and one judge run: 20 s
+def test_self_instruct_instances_round_trip_through_generate_and_the_judge(chat_run, tmp_path, shared_data):
+  # Self-Instruct's published layout: {id, instruction, instances: [{input, output}], ...}; one prompt per instance.
+  seed = [json.loads(line) for line in (shared_data / "self-instruct" / "seed_tasks.jsonl").read_text().splitlines()]
+  records = [r for r in seed if r["instances"][0]["input"]][:6]
+  records.append({"id": "extra", "instruction": "Describe the colour.", "motivation_app": "test",
+                  "instances": [{"input": f"the {t}", "output": t} for t in TOPICS[:3]]})
+  prompts = tmp_path / "self_instruct.jsonl"
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+  out = tmp_path / "ours.jsonl"
+  _done(_generate(f"--workdir={chat_run / 'run'}", f"--prompts_file={prompts}", "--max_new_tokens=4",
+                  f"--output={out}"))
+  rows = _lines(out)
+  instances = [(r["instruction"], i["input"], i["output"]) for r in records for i in r["instances"]]
+  assert len(rows) == len(instances) == 9
+  for row, (instruction, inp, reference) in zip(rows, instances):
+    assert (row["instruction"], row["input"], row["reference"]) == (instruction, inp, reference)
+    assert inp.strip() in row["prompt"]  # the model read the instance's input
+  asked = []
+
+  def rate(messages, params):
+    del params
+    asked.append(messages[-1]["content"])
+    return "Reasons.\nVerdict: B"
+
+  with FakeOpenAIServer(chat_fn=rate) as server:
+    config = judge.JudgeConfig("rating", str(prompts), (str(out),), group_by="id")
+    items = judge.load_items(config)
+    assert [(it.instruction, it.input) for it in items] == [(a, b) for a, b, _ in instances]
+    report = judge.run(config, _backend(server), str(tmp_path / "judged"))
+  assert report["results"]["overall"]["n"] == 9
+  assert len(asked) == 9  # each question holds its instance's input (asked concurrently: in any order)
+  assert sorted(next(i for i, (_, inp, _) in enumerate(instances) if f"\n{inp.strip()}\n" in q) for q in asked) == \
+      list(range(9))

@@ -65,6 +65,8 @@ def _as_seen_by_the_code(config, key: str):
     return chat.resolve_format(config.data.chat_format, None).name
   if key == "data.add_chat_tokens":  # read by the trainer (plan.chat_tokens), not the pipeline
     return config.data.add_chat_tokens
+  if key in ("data.decontaminate", "data.decontaminate_ngram"):  # read by plan.decontaminated, not the pipeline
+    return config.data[last]
   if head == "data":
     return getattr(pipeline.PipelineConfig.from_config(config.data), last)
   if key.startswith("data_paths.instruction_files."):
@@ -73,6 +75,8 @@ def _as_seen_by_the_code(config, key: str):
     return tasks_lib.DataPaths.from_config(config.data_paths).chat_files[last]
   if key.startswith("data_paths.preference_files."):
     return tasks_lib.DataPaths.from_config(config.data_paths).preference_files[last]
+  if key.startswith("data_paths.hf_datasets."):
+    return tasks_lib.DataPaths.from_config(config.data_paths).hf_datasets[last]
   if head == "data_paths":
     return getattr(tasks_lib.DataPaths.from_config(config.data_paths), last)
   if head == "optim":

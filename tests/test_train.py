@@ -76,6 +76,11 @@ def test_uninterrupted_run_learns_and_writes_tensorboard(reference_run):
     assert tag in tags, tags
   assert "train/mfu" not in tags  # a CPU has no known peak
   assert any(t.startswith("train/examples_seen/builtin/") for t in tags)
+  # Each task's realised share of the mixture so far is logged, and the start's rate table kept in mixture.json.
+  shares = [acc.Scalars(t)[-1].value for t in tags if t.startswith("train/mixture_share/")]
+  mixture = json.loads((reference_run / "mixture.json").read_text())
+  assert len(shares) == len(mixture["tasks"]) and sum(shares) == pytest.approx(1.0, abs=1e-5)
+  assert all(abs(t["realised"] - t["rate"]) < 0.01 for t in mixture["tasks"].values())
   # Loss per task and per template group, from the task and template ids the batch carries.
   assert any(t.startswith("train/nll_by_task/builtin/") for t in tags)
   assert {f"train/nll_by_template/{i}" for i in range(8)} <= set(tags)  # the tiny config trains on templates 0-7

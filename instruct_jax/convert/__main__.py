@@ -32,6 +32,8 @@ from absl import app, flags
 from instruct_jax import convert, errors, sharding
 from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat
+from instruct_jax.data import sources
+from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.models import build, lora
 
 _FROM = flags.DEFINE_enum("from", "instruct_jax", ["hf", "t5x", "peft", "instruct_jax"], "Format of --src.")
@@ -87,9 +89,10 @@ def _end_of_turn(config, tokenizer, model_config) -> int | None:
   if not build.Model(model_config).reply_follows_prompt:
     return None
   try:
-    fmt = chat.resolve_format(config.data.chat_format, tokenizer, has_chat_data=bool(config.data_paths.chat_files))
+    has_chat = tasks_lib.has_chat_data(config.data_paths)
+    fmt = chat.resolve_format(config.data.chat_format, tokenizer, has_chat_data=has_chat)
     stop = chat.end_of_turn_id(fmt, tokenizer) if fmt is not None else None
-  except chat.ChatError:
+  except sources.DataError:  # no usable chat format (ChatError), or the run's datasets are gone since
     return None
   return None if stop == tokenizer.eos_id else stop
 

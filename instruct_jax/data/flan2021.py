@@ -45,6 +45,7 @@ removes only the named cluster.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -472,6 +473,11 @@ def build_command(name: str, data_dir: str | None) -> str:
 def training_mixture(mixture: str, held_out_cluster: str) -> str:
   """The mixture a run trains on: `flan2021` with a Flan cluster held out is `flan2021_no_<cluster>` (any other
   mixture, or no Flan cluster held out, is left as named)."""
-  if held_out_cluster in CLUSTERS and mixture == "flan2021":
-    return f"flan2021_no_{held_out_cluster}"
-  return mixture
+  if held_out_cluster not in CLUSTERS:
+    return mixture
+  # A mixture written out ("flan2021:0.3,chat:0.7") holds out the cluster from its flan2021 member the same way.
+  parts = re.split(r"([,+])", mixture)
+  for i, part in enumerate(parts):
+    if part.partition(":")[0].strip() == "flan2021":
+      parts[i] = part.replace("flan2021", f"flan2021_no_{held_out_cluster}", 1)
+  return "".join(parts)

@@ -12,16 +12,27 @@ members' capped sizes. A nested mixture's share is split among its tasks by its 
 `task_rates` always returns one probability per task, summing to 1. The catalogues are plain dicts:
 `task_catalogue(paths)` every task the paths make available (built-in, Flan 2021 from TFDS, SuperNI, instruction and
 chat files), `catalogue(tasks)` the mixtures over them.
+
+A mixture may also be written where a name is expected (`config.data.mixture`, `--mixture`), as members separated
+by commas (or "+"), each a task or mixture name:
+
+    "instructions:0.5,chat:0.3,flan2021:0.2"   explicit weights (normalised to sum to 1; every member weighted)
+    "instructions,chat,flan2021"               examples-proportional (`config.data.mixing_cap` caps each member's
+                                               size: Flan's "examples-proportional with a cap")
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Mapping, Sequence
 
 from absl import logging
 
+from instruct_jax import errors
 from instruct_jax.data import builtin
 from instruct_jax.data import flan2021
+from instruct_jax.data import hf_datasets
 from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
 
@@ -55,6 +66,50 @@ class Mixture:
       raise ValueError(f"mixture {self.name!r}: temperature must be > 0, got {self.temperature}")
 
 
+class MixtureSpecError(errors.UserError, ValueError):
+  """A mixture written in the config ("a:0.5,b:0.5") that cannot be read; the message names the member."""
+
+
+SPEC_SEPARATORS = ",+"
+
+
+def is_spec(name: str) -> bool:
+  """Whether `name` is a mixture written out ("a:0.5,b:0.5", "a,b", "a+b") rather than a catalogue name."""
+  return any(c in name for c in SPEC_SEPARATORS + ":")
+
+
+def parse_spec(spec: str) -> Mixture:
+  """The Mixture a written-out mixture stands for (see the module docstring); its name is the spec itself."""
+  items = [x.strip() for x in re.split(f"[{re.escape(SPEC_SEPARATORS)}]", spec)]
+  if any(not x for x in items):
+    raise MixtureSpecError(f"mixture {spec!r}: an empty member (two separators in a row, or one at an end)")
+  members, weights = [], []
+  for item in items:
+    name, sep, weight = item.rpartition(":") if ":" in item else (item, "", "")
+    name = name.strip()
+    if sep:
+      try:
+        w = float(weight)
+      except ValueError:
+        raise MixtureSpecError(f"mixture {spec!r}: member {item!r}: the weight {weight.strip()!r} is not a number "
+                               "(write NAME:WEIGHT, e.g. instructions:0.5)") from None
+      if not math.isfinite(w) or w <= 0:
+        raise MixtureSpecError(f"mixture {spec!r}: member {item!r}: a weight must be a positive number, got {w}")
+      weights.append(w)
+    if not name:
+      raise MixtureSpecError(f"mixture {spec!r}: member {item!r} has no name")
+    if name in members:
+      raise MixtureSpecError(f"mixture {spec!r}: {name!r} is named twice")
+    members.append(name)
+  if weights and len(weights) != len(members):
+    unweighted = [m for m, x in zip(members, items) if ":" not in x]
+    raise MixtureSpecError(f"mixture {spec!r}: weight every member or none ({', '.join(map(repr, unweighted))} "
+                           "has no weight)")
+  if weights:
+    return Mixture(spec, tuple(members), rate="weights", weights=tuple(weights))
+  return Mixture(spec, tuple(members), rate="examples")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Overrides:
   cap: int | None
@@ -74,6 +129,8 @@ def _size(name: str, tasks, mixtures, ov: _Overrides, stack: tuple[str, ...]) ->
 def _get(name: str, tasks, mixtures, stack: tuple[str, ...]) -> Mixture:
   if name in stack:
     raise ValueError(f"mixture cycle: {' -> '.join(stack + (name,))}")
+  if name not in mixtures and is_spec(name):
+    return parse_spec(name)
   if name not in mixtures:
     if (name == "niv2" or name.startswith(("niv2_", "niv2/"))) and not any(t.startswith("niv2/") for t in tasks):
       raise tasks_lib.UnknownName(f"{name!r} is a SuperNI mixture or task, and no SuperNI task files were given: set "
@@ -87,6 +144,15 @@ def _flatten(name: str, tasks, mixtures, ov: _Overrides, stack: tuple[str, ...])
   if name in tasks:
     return {name: 1.0}
   mixture = _get(name, tasks, mixtures, stack)
+  out: dict[str, float] = {}
+  for member, share in _shares(mixture, tasks, mixtures, ov, stack).items():
+    for task, p in _flatten(member, tasks, mixtures, ov, stack + (name,)).items():
+      out[task] = out.get(task, 0.0) + p * share
+  return out
+
+
+def _shares(mixture: Mixture, tasks, mixtures, ov: _Overrides, stack: tuple[str, ...]) -> dict[str, float]:
+  """Each member's share of `mixture` (summing to 1)."""
   cap = ov.cap if ov.cap is not None else mixture.cap
   temperature = ov.temperature if ov.temperature is not None else mixture.temperature
   raw = []
@@ -96,17 +162,23 @@ def _flatten(name: str, tasks, mixtures, ov: _Overrides, stack: tuple[str, ...])
     elif mixture.rate == "equal":
       raw.append(1.0)
     else:
-      size = _size(member, tasks, mixtures, ov, stack + (name,))
+      size = _size(member, tasks, mixtures, ov, stack + (mixture.name,))
       size = min(size, cap) if cap else size
       raw.append(size ** (1.0 / temperature) if mixture.rate == "temperature" else size)
   total = sum(raw)
   if total <= 0:
-    raise ValueError(f"mixture {name!r}: every member is empty")
-  out: dict[str, float] = {}
-  for member, r in zip(mixture.members, raw):
-    for task, p in _flatten(member, tasks, mixtures, ov, stack + (name,)).items():
-      out[task] = out.get(task, 0.0) + p * r / total
-  return out
+    raise ValueError(f"mixture {mixture.name!r}: every member is empty")
+  return {member: r / total for member, r in zip(mixture.members, raw)}
+
+
+def member_rates(name: str, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Mixture], *,
+                 cap: int | None = None, temperature: float | None = None,
+                 split: str = "train") -> dict[str, float]:
+  """The share of each member of mixture `name` (its members, not flattened; {} for a task), e.g. {"instructions":
+  0.5, "chat": 0.3, "flan2021": 0.2} for "instructions:0.5,chat:0.3,flan2021:0.2"."""
+  if name in tasks:
+    return {}
+  return _shares(_get(name, tasks, mixtures, ()), tasks, mixtures, _Overrides(cap, temperature, split), ())
 
 
 def task_rates(name: str, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Mixture], *,
@@ -202,10 +274,14 @@ def catalogue(tasks: Mapping[str, tasks_lib.Task], superni_dir: str | None = Non
   pairs = [n for n, t in tasks.items() if t.cluster == "preferences"]
   if pairs:
     add(Mixture("preferences", pairs))
+  hf = [n for n, t in tasks.items() if isinstance(t.source, hf_datasets.HFDatasetSource)]
+  if hf:
+    add(Mixture("hf_datasets", hf))  # every config.data_paths.hf_datasets task, whatever its cluster
   return out
 
 
-FILE_MIXTURES = ("instructions", "chat", "preferences")  # the mixtures of every instruction, chat, preference file
+FILE_MIXTURES = ("instructions", "chat", "preferences", "hf_datasets")  # the mixtures of every instruction, chat,
+#                                                                      preference file and Hugging Face dataset
 
 
 def task_catalogue(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()) -> dict[str, tasks_lib.Task]:
@@ -217,7 +293,8 @@ def task_catalogue(paths: tasks_lib.DataPaths = tasks_lib.DataPaths()) -> dict[s
                                          eval_instances=paths.superni_eval_instances))
   for section, files_of, make in (("instruction_files", paths.instruction_files, tasks_lib.instruction_task),
                                    ("chat_files", paths.chat_files, tasks_lib.chat_task),
-                                   ("preference_files", paths.preference_files, tasks_lib.preference_task)):
+                                   ("preference_files", paths.preference_files, tasks_lib.preference_task),
+                                   ("hf_datasets", paths.hf_datasets, tasks_lib.hf_dataset_task)):
     for name, files in files_of.items():
       if name in tasks or name in FILE_MIXTURES:
         raise sources.DataError(f"config.data_paths.{section}.{name}: the name {name!r} is taken by "

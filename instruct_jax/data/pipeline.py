@@ -45,7 +45,8 @@ META_FEATURES = ("task_index", "template_id", "shots")
 MODEL_KINDS = rows_lib.KINDS
 HOST_INPUTS = ("own_share", "slice_of_global")
 # Data keys the catalogue and the trainer read.
-NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format", "add_chat_tokens")
+NOT_PIPELINE_KEYS = ("strict", "truncation_warning", "chat_format", "add_chat_tokens", "decontaminate",
+                     "decontaminate_ngram")
 
 
 class PipelineConfigError(errors.UserError, ValueError):
@@ -101,6 +102,9 @@ class PipelineConfig:
   worker_count: int = 0
   host_input: str = "own_share"
   pairs: bool = False  # preference pairs as rows (the run's objective compares chosen and rejected responses)
+  # Record indices (of `split`) never trained on nor used as exemplars, by task: the examples decontamination found
+  # (plan.decontaminated). Set by the plan, not by a config key.
+  exclude: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   def __post_init__(self):
     if self.model_kind not in MODEL_KINDS:
@@ -401,31 +405,62 @@ def pool_size(config: PipelineConfig, task: tasks_lib.Task) -> int:
   return n if config.train_fraction >= 1 else min(n, max(1, math.ceil(round(n * config.train_fraction, 9))))
 
 
-def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task],
-                      mixtures: Mapping[str, mixtures_lib.Mixture], *, tokenizer=None,
-                      process_index: int = 0, process_count: int = 1
-                      ) -> tuple[grain.MapDataset, list[str], dict[str, float]]:
-  """The infinite, mixed, rendered example stream (before tokenization) and its task list and rates."""
+def task_view(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task]) -> Mapping[str, tasks_lib.Task]:
+  """The tasks as the pipeline reads them: for an encoder-decoder, chat tasks one example per assistant turn."""
   if rows_lib.for_kind(config.model_kind).chat_per_turn:  # each assistant turn of a conversation is one example
-    tasks = {name: tasks_lib.per_turn(task) for name, task in tasks.items()}
+    return {name: tasks_lib.per_turn(task) for name, task in tasks.items()}
+  return tasks
+
+
+def mixed_indices(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task],
+                  mixtures: Mapping[str, mixtures_lib.Mixture], *, process_index: int = 0, process_count: int = 1
+                  ) -> tuple[grain.MapDataset, list[str], dict[str, float]]:
+  """The infinite mixed stream of (task index, record index, position) before anything is read or rendered, its
+  task list and its rates."""
+  tasks = task_view(config, tasks)
   rates = mixtures_lib.task_rates(config.mixture, tasks, mixtures, cap=config.mixing_cap,
                                   temperature=config.mixing_temperature, split=config.split)
   task_names = list(rates)
-  fits = _fits(tokenizer, config.inputs_length) if tokenizer is not None else None
-  renderers = [render_lib.Renderer(tasks[name], config.render, task_index=i, split=config.split, fits=fits,
-                                   pool=pool_size(config, tasks[name])) for i, name in enumerate(task_names)]
   streams = []
   for i, name in enumerate(task_names):
     n = pool_size(config, tasks[name])
     if n == 0:
       raise sources.DataError(f"task {name!r} has no {config.split!r} examples")
-    if n < process_count:
-      raise sources.DataError(f"task {name!r} has {n} {config.split} examples, fewer than {process_count} hosts")
+    pool = np.arange(n)
+    if name in config.exclude:
+      pool = np.setdiff1d(pool, config.exclude[name])
+      if not len(pool):
+        raise sources.DataError(f"task {name!r}: each of its {n} {config.split} examples shares an n-gram with the "
+                                "evaluation data (config.data.decontaminate); nothing of it is left to train on")
+    if len(pool) < process_count:
+      raise sources.DataError(f"task {name!r} has {len(pool)} {config.split} examples, fewer than {process_count} "
+                              "hosts")
     # Repeated forever, so no task ends the mixture early; reshuffled every epoch.
-    ds = EpochShuffledIndices(np.arange(process_index, n, process_count),
+    ds = EpochShuffledIndices(pool[process_index::process_count],
                               seed=(config.seed * 1_000_003 + i) % 2**32 if config.shuffle else None)
     streams.append(ds.map_with_index(lambda pos, idx, i=i: (i, idx, pos)))
-  mixed = _mix(streams, [rates[name] for name in task_names])
+  return _mix(streams, [rates[name] for name in task_names]), task_names, rates
+
+
+def realised_shares(mixed: grain.MapDataset, num_tasks: int, n: int = 10_000) -> np.ndarray:
+  """Each task's share of the first `n` elements of a `mixed_indices` stream (what the run will draw; reads no
+  data)."""
+  counts = np.bincount([mixed[i][0] for i in range(n)], minlength=num_tasks)
+  return counts / max(n, 1)
+
+
+def rendered_examples(config: PipelineConfig, tasks: Mapping[str, tasks_lib.Task],
+                      mixtures: Mapping[str, mixtures_lib.Mixture], *, tokenizer=None,
+                      process_index: int = 0, process_count: int = 1
+                      ) -> tuple[grain.MapDataset, list[str], dict[str, float]]:
+  """The infinite, mixed, rendered example stream (before tokenization) and its task list and rates."""
+  mixed, task_names, rates = mixed_indices(config, tasks, mixtures, process_index=process_index,
+                                           process_count=process_count)
+  tasks = task_view(config, tasks)
+  fits = _fits(tokenizer, config.inputs_length) if tokenizer is not None else None
+  renderers = [render_lib.Renderer(tasks[name], config.render, task_index=i, split=config.split, fits=fits,
+                                   pool=pool_size(config, tasks[name]), excluded=config.exclude.get(name))
+               for i, name in enumerate(task_names)]
 
   def render(element, rng):
     task_index, index, pos = element

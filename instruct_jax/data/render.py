@@ -98,12 +98,14 @@ def select_templates(task: tasks_lib.Task, cfg: RenderConfig) -> dict[str, list[
 
 class Renderer:
   """Renders examples of one task; call it with (source index, stream position, rng). `pool`: only the first
-  `pool` examples of the split are in use (data.train_fraction), so few-shot exemplars come from them too."""
+  `pool` examples of the split are in use (data.train_fraction), so few-shot exemplars come from them too;
+  `excluded`: indices of the split never used as exemplars (decontamination)."""
 
   def __init__(self, task: tasks_lib.Task, cfg: RenderConfig, *, task_index: int = 0, split: str = "train",
-               fits: Callable[[str], bool] | None = None, pool: int | None = None):
+               fits: Callable[[str], bool] | None = None, pool: int | None = None, excluded=None):
     self.task, self.cfg, self.task_index, self.split, self.fits = task, cfg, task_index, split, fits
     self.pool = pool
+    self.excluded = frozenset(int(i) for i in excluded) if excluded is not None else frozenset()
     self.templates = select_templates(task, cfg)
 
   def _pick(self, stream_pos: int, rng: np.random.Generator) -> templates_lib.Template:
@@ -143,7 +145,7 @@ class Renderer:
       j = int(j)
       if len(out) == k:
         break
-      if j in tried or (split == self.split and j == index):
+      if j in tried or (split == self.split and (j == index or j in self.excluded)):
         continue
       tried.add(j)
       fields = self.task.example(split, j)

@@ -1,5 +1,6 @@
-"""What the trainer checks and reports about its data: every configured file read at the start, and the
-examples the pipeline cuts or drops, per task (logged as scalars, warned about above a threshold).
+"""What the trainer checks and reports about its data: every configured file read at the start, the mixture's
+rates (set, and realised by the stream the run draws), and the examples the pipeline cuts or drops, per task (logged
+as scalars, warned about above a threshold).
 """
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections.abc import Mapping
 
 import jax
 
+from instruct_jax.data import mixtures as mixtures_lib
 from instruct_jax.data import pipeline
+
+REALISED_OVER = 10_000  # examples of the mixed stream the start-of-run rate table counts
 
 
 def check_files(config, tasks, rates: Mapping[str, float]) -> None:
@@ -15,6 +19,7 @@ def check_files(config, tasks, rates: Mapping[str, float]) -> None:
   line) and says which ones neither the mixture nor the evaluation uses."""
   used = set(rates) | set(config.eval.tasks)
   files = [("instruction_files", n) for n in config.data_paths.instruction_files]
+  files += [("hf_datasets", n) for n in config.data_paths.hf_datasets]  # opened, columns and types checked
   for key, name in files + [("chat_files", n) for n in config.data_paths.chat_files]:
     task = tasks[name]
     for split in task.source.splits:
@@ -55,3 +60,37 @@ class TruncationReport:
             f"{int(self.stats.examples[i] + self.stats.dropped[i])}"
             for i, name in enumerate(self.stats.task_names) if self.stats.truncated[i] or self.stats.dropped[i]]
     return "data: no example was truncated or dropped" if not rows else "data (this process):\n" + "\n".join(rows)
+
+
+def mixture_rates(data: pipeline.PipelineConfig, tasks, mixtures, n: int = REALISED_OVER) -> dict:
+  """The mixture's rates, set and realised over the first `n` examples of the stream the run draws (no data read):
+  {"mixture", "realised_over", "tasks": {task: {"rate", "realised"}}, "members": {member: {"rate", "realised"}}}
+  ("members": the mixture's own members, e.g. of "instructions:0.5,chat:0.3,flan2021:0.2"; {} for one task)."""
+  mixed, task_names, rates = pipeline.mixed_indices(data, tasks, mixtures)
+  shares = pipeline.realised_shares(mixed, len(task_names), n)
+  by_task = {name: {"rate": rates[name], "realised": float(shares[i])} for i, name in enumerate(task_names)}
+  members = {}
+  for member, rate in mixtures_lib.member_rates(data.mixture, tasks, mixtures, cap=data.mixing_cap,
+                                                temperature=data.mixing_temperature, split=data.split).items():
+    leaves = mixtures_lib.leaf_tasks(member, tasks, mixtures)
+    members[member] = {"rate": rate, "realised": sum(by_task[t]["realised"] for t in leaves if t in by_task)}
+  out = {"mixture": data.mixture, "realised_over": n, "tasks": by_task, "members": members}
+  if data.exclude:  # examples decontamination keeps out of training, by task
+    out["decontaminated"] = {name: int(len(found)) for name, found in data.exclude.items()}
+  return out
+
+
+def format_mixture_rates(report: dict, max_tasks: int = 20) -> str:
+  """The table `mixture_rates` describes, members first (when the mixture has several), then the largest tasks."""
+  tasks, members = report["tasks"], report["members"]
+  count = f"{len(tasks)} task" + ("s" if len(tasks) != 1 else "")
+  lines = [f"mixture {report['mixture']!r}: {count}; rate, and realised over the first {report['realised_over']} "
+           "examples drawn"]
+  if len(members) > 1:
+    lines += [f"  member {name:40s} {m['rate']:7.4f} ({m['realised']:.4f})" for name, m in members.items()]
+  order = sorted(tasks, key=lambda t: -tasks[t]["rate"])
+  lines += [f"  task   {name:40s} {tasks[name]['rate']:7.4f} ({tasks[name]['realised']:.4f})"
+            for name in order[:max_tasks]]
+  if len(order) > max_tasks:
+    lines.append(f"  ... and {len(order) - max_tasks} more tasks (all of them in WORKDIR/mixture.json)")
+  return "\n".join(lines)

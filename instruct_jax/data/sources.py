@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -96,13 +96,18 @@ def text_lines(path: str):
 
 def read_jsonl_numbered(path: str, *, strict: bool = True,
                         stats: ReadStats | None = None) -> list[tuple[int, dict[str, Any]]]:
-  """Like `read_jsonl`, but each record comes with its 1-based line number.
+  """Like `read_jsonl`, but each record comes with its 1-based line number (`iter_jsonl_numbered`, as a list)."""
+  return list(iter_jsonl_numbered(path, strict=strict, stats=stats))
+
+
+def iter_jsonl_numbered(path: str, *, strict: bool = True,
+                        stats: ReadStats | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(1-based line number, record) of each JSONL line, read as they come (memory bounded by a line).
 
   A malformed line (bad JSON, not an object, not UTF-8) raises DataError naming file:line in strict mode,
   and is skipped and counted in lenient mode. A file without a single line of content is an error either way.
   """
   stats = stats if stats is not None else ReadStats()
-  records = []
   lines = 0
   for lineno, line in text_lines(path):
     if isinstance(line, DataError):
@@ -124,15 +129,33 @@ def read_jsonl_numbered(path: str, *, strict: bool = True,
         raise DataError(message) from None
       stats.skip("bad_lines", message)
       continue
-    records.append((lineno, record))
+    stats.records += 1
+    yield lineno, record
   if not lines:
     raise DataError(f"{path}: the file is empty (no records)")
-  stats.records += len(records)
-  return records
 
 
 def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, Any]]:
   """Reads a JSON file holding a list of objects, or an object whose `records_key` holds that list."""
+  data = read_json_data(path)
+  if records_key is not None:
+    if not isinstance(data, dict) or records_key not in data:
+      raise DataError(f"{path}: expected an object with field {records_key!r}")
+    data = data[records_key]
+  return json_records(data, path)
+
+
+def json_records(data: Any, path: str) -> list[dict[str, Any]]:
+  if not isinstance(data, list):
+    raise DataError(f"{path}: expected a list of records, got {type(data).__name__}")
+  for i, record in enumerate(data):
+    if not isinstance(record, dict):
+      raise DataError(f"{path}: record {i} is a {type(record).__name__}, expected an object")
+  return data
+
+
+def read_json_data(path: str) -> Any:
+  """A JSON file's parsed content; DataErrors name the file and line."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
   with open(path, "rb") as f:
@@ -145,19 +168,9 @@ def read_json(path: str, *, records_key: str | None = None) -> list[dict[str, An
   if not text.strip():
     raise DataError(f"{path}: the file is empty (no records)")
   try:
-    data = errors.loads_json(text)
+    return errors.loads_json(text)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-  if records_key is not None:
-    if not isinstance(data, dict) or records_key not in data:
-      raise DataError(f"{path}: expected an object with field {records_key!r}")
-    data = data[records_key]
-  if not isinstance(data, list):
-    raise DataError(f"{path}: expected a list of records, got {type(data).__name__}")
-  for i, record in enumerate(data):
-    if not isinstance(record, dict):
-      raise DataError(f"{path}: record {i} is a {type(record).__name__}, expected an object")
-  return data
 
 
 def parse_records(path: str, parse, *, strict: bool, stats: ReadStats, error: type[Exception], what: str) -> list:
@@ -239,23 +252,116 @@ def _text_field(record: Mapping[str, Any], field: str, where: str, *, required: 
   return value
 
 
+# Fields that hold an example's input in other layouts. Next to an instruction, such a field would be read by nobody:
+# an error, never silently dropped (an instruction record's input is "input", or each of its "instances").
+# ("text" is not one: Alpaca's published file has "text", the whole formatted example, beside its fields.)
+INPUT_LIKE_FIELDS = ("inputs", "input_text", "context", "question", "query", "passage", "document", "prompt", "Input",
+                     "Instances", "Instance", "Definition")
+
+
+def check_instruction_fields(record: Mapping[str, Any], where: str) -> None:
+  """An instruction record has its input in "input" or in Self-Instruct's "instances", not both, and no other field
+  that looks like an input (`INPUT_LIKE_FIELDS`); DataError naming the field otherwise."""
+  if "input" in record and "instances" in record:
+    raise DataError(f"{where}: both 'input' and 'instances'; a Self-Instruct record gives each instance's input in "
+                    "'instances' ([{input, output}]), an Alpaca record one 'input'")
+  for field in INPUT_LIKE_FIELDS:
+    if field in record:
+      raise DataError(f"{where}: field {field!r} looks like an input, and instruction records read theirs from 'input' "
+                      "(Alpaca) or 'instances' (Self-Instruct); rename it to 'input', or drop it")
+
+
+def expand_instances(record: Mapping[str, Any], where: str, *, output_required: bool = False
+                     ) -> list[tuple[str, dict[str, Any]]]:
+  """Self-Instruct's `{instruction, instances: [{input, output}], ...}` as one record per instance, each with the
+  record's other fields, its "input", its "output" (when the instance has one) and "instance" (its position);
+  `(where, record)` pairs, `where` naming the instance. A record without "instances" is returned as it is. Checked:
+  `check_instruction_fields`, instances a non-empty list of objects with string fields."""
+  check_instruction_fields(record, where)
+  if "instances" not in record:
+    return [(where, dict(record))]
+  instances = record["instances"]
+  if not isinstance(instances, list) or not instances:
+    raise DataError(f"{where}: field 'instances' must be a non-empty list of {{input, output}} objects")
+  base = {k: v for k, v in record.items() if k != "instances"}
+  out = []
+  for j, instance in enumerate(instances):
+    at = f"{where} instance {j}"
+    if not isinstance(instance, dict):
+      raise DataError(f"{at}: expected an object {{input, output}}, got {type(instance).__name__}")
+    unknown = sorted(set(instance) - {"input", "output"})
+    if unknown:
+      raise DataError(f"{at}: unknown field(s) {unknown}; an instance holds 'input' and 'output'")
+    expanded = {**base, "input": _text_field(instance, "input", at, required=False), "instance": j}
+    if "output" in instance or output_required:
+      expanded["output"] = _text_field(instance, "output", at, required=True)
+    out.append((at, expanded))
+  return out
+
+
+def is_superni_task(data: Any) -> bool:
+  """Whether parsed JSON is a SuperNI task file (an object with "Definition" and "Instances")."""
+  return isinstance(data, dict) and "Definition" in data and "Instances" in data
+
+
+def superni_records(data: Mapping[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+  """A SuperNI task file's instances as instruction records, one per instance: the task's Definition as the
+  instruction, the instance's input, its first reference as "output" and all of them as "references", its "id"."""
+  definition = data["Definition"]
+  if isinstance(definition, list) and all(isinstance(x, str) for x in definition):
+    definition = "\n".join(definition)
+  if not isinstance(definition, str):
+    raise DataError(f"{path}: field 'Definition' must be a string or a list of strings")
+  instances = data["Instances"]
+  if not isinstance(instances, list):
+    raise DataError(f"{path}: field 'Instances' must be a list")
+  out = []
+  for j, instance in enumerate(instances):
+    at = f"{path}: Instances[{j}]"
+    if not isinstance(instance, dict):
+      raise DataError(f"{at}: expected an object {{id, input, output}}")
+    references = instance.get("output")
+    if isinstance(references, str):
+      references = [references]
+    if not isinstance(references, list) or not references or not all(isinstance(r, str) for r in references):
+      raise DataError(f"{at}: field 'output' must be a non-empty list of strings")
+    out.append((at, {"instruction": definition, "input": _text_field(instance, "input", at, required=True),
+                     "output": references[0], "references": list(references),
+                     **({"id": instance["id"]} if isinstance(instance.get("id"), str) else {})}))
+  return out
+
+
+def instruction_records(path: str, *, strict: bool = True, stats: ReadStats | None = None,
+                        output_required: bool = True) -> list[tuple[str, dict[str, Any]]]:
+  """Every example of an instruction file as `(where, record)`, exactly one per published example: Alpaca records
+  as they are, Self-Instruct records one per instance (`expand_instances`), a SuperNI task file (`.json`) one per
+  instance (`superni_records`); JSONL or a JSON list. A record that is not one of these is a DataError naming its
+  file, line (or record, or instance) and field."""
+  if path.endswith(".jsonl"):
+    located = [(f"{path}:{lineno}", r) for lineno, r in read_jsonl_numbered(path, strict=strict, stats=stats)]
+  else:
+    data = read_json_data(path)
+    if is_superni_task(data):
+      return superni_records(data, path)
+    located = [(f"{path}: record {i}", r) for i, r in enumerate(json_records(data, path))]
+  out = []
+  for where, record in located:
+    out += expand_instances(record, where, output_required=output_required)
+  return out
+
+
 def normalise_instruction_record(record: Mapping[str, Any], where: str) -> list[dict[str, str]]:
   """Alpaca `{instruction, input, output[, system]}` or Self-Instruct seed `{instruction, instances}`.
 
   Returns one `{instruction, input, output, system}` record per instance.
   """
-  instruction = _text_field(record, "instruction", where, required=True)
-  system = _text_field(record, "system", where, required=False)
-  if "instances" in record:
-    instances = record["instances"]
-    if not isinstance(instances, list):
-      raise DataError(f"{where}: field 'instances' must be a list")
-    pairs = [(_text_field(x, "input", f"{where} instance {j}", required=False),
-              _text_field(x, "output", f"{where} instance {j}", required=True)) for j, x in enumerate(instances)]
-  else:
-    pairs = [(_text_field(record, "input", where, required=False),
-              _text_field(record, "output", where, required=True))]
-  return [{"instruction": instruction, "input": inp, "output": out, "system": system} for inp, out in pairs]
+  out = []
+  for at, r in expand_instances(record, where, output_required=True):
+    out.append({"instruction": _text_field(r, "instruction", at, required=True),
+                "input": _text_field(r, "input", at, required=False),
+                "output": _text_field(r, "output", at, required=True),
+                "system": _text_field(r, "system", at, required=False)})
+  return out
 
 
 class InstructionSource(_FileSource):
@@ -273,15 +379,8 @@ class InstructionSource(_FileSource):
     self.stats = ReadStats()
 
   def _read(self, path: str) -> list[dict[str, str]]:
-    if path.endswith(".jsonl"):
-      numbered = read_jsonl_numbered(path, strict=self.strict, stats=self.stats)
-      raw = [record for _, record in numbered]
-      where = [f"{path}:{lineno}" for lineno, _ in numbered]
-    else:
-      raw = read_json(path)
-      where = [f"{path}: record {i}" for i in range(len(raw))]
     out, empty = [], []
-    for record, loc in zip(raw, where):
+    for loc, record in instruction_records(path, strict=self.strict, stats=self.stats):
       for r in normalise_instruction_record(record, loc):
         if not r["output"].strip():
           self.stats.skip("empty_outputs", f"{loc}: empty output")

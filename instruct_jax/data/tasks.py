@@ -10,6 +10,8 @@ The catalogue is a plain dict built by `mixtures.task_catalogue(paths)`; nothing
     niv2/<task>           every SuperNI task file under `paths.superni_dir/tasks/`
     <name>                each Alpaca / Self-Instruct file in `paths.instruction_files`, and each conversation
                           file in `paths.chat_files` (cluster "chat"; `chat.ChatSource`)
+    <name>                each Hugging Face dataset in `paths.hf_datasets` (`hf_datasets.py`): an instruction, chat
+                          or preference task as its columns say, read as the files of that kind are
 
 With `paths.chat_format` set, chat tasks and instruction files are rendered with that chat format
 (`chat.ChatFields`); instruction files without one keep their plain templates.
@@ -30,6 +32,7 @@ from typing import Any
 from instruct_jax import errors
 from instruct_jax.data import builtin
 from instruct_jax.data import chat
+from instruct_jax.data import hf_datasets as hf_datasets_lib
 from instruct_jax.data import preferences
 from instruct_jax.data import sources
 from instruct_jax.data import superni
@@ -179,6 +182,7 @@ class DataPaths:
   chat_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> conversations .jsonl
   chat_format: chat.ChatFormat | None = None  # renders chat files (and instruction and preference files, when set)
   preference_files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> preference pairs .jsonl
+  hf_datasets: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> dataset dir or file[,options]
 
   @classmethod
   def from_config(cls, section, *, strict: bool = True, chat_format: chat.ChatFormat | None = None) -> "DataPaths":
@@ -187,7 +191,15 @@ class DataPaths:
                superni_eval_instances=section.superni_eval_instances, tfds_data_dir=section.tfds_data_dir or None,
                instruction_files=dict(section.instruction_files), strict=strict,
                chat_files=dict(section.chat_files), chat_format=chat_format,
-               preference_files=dict(section.preference_files))
+               preference_files=dict(section.preference_files), hf_datasets=dict(section.hf_datasets))
+
+
+def has_chat_data(section) -> bool:
+  """Whether a run config's `data_paths` names conversations: chat files, or Hugging Face datasets with a chat layout
+  (each opened, memory-mapped, to read its columns)."""
+  if section.chat_files:
+    return True
+  return any(hf_datasets_lib.HFDatasetSource(name, value).kind == "chat" for name, value in section.hf_datasets.items())
 
 
 def builtin_tasks(seed: int = 0) -> dict[str, Task]:
@@ -244,41 +256,58 @@ def split_files(value: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
 CHAT_TEMPLATES = (templates_lib.Template(id=0, inputs="{prompt}"),)  # chat tasks render with their chat format
 
 
-def instruction_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
+def _source(files, make: Callable[..., sources.Source], strict: bool) -> sources.Source:
+  """`files` itself when it is a source already (e.g. a Hugging Face dataset's), else `make` over its split files."""
+  return files if hasattr(files, "load") else make(split_files(files), strict=strict)
+
+
+def instruction_task(name: str, files: str | Mapping[str, str] | sources.Source, *, strict: bool = True,
                      chat_format: chat.ChatFormat | None = None) -> Task:
-  """An Alpaca / Self-Instruct file (or {split: file}, or "train=FILE,test=FILE") as a task scored by ROUGE-L;
-  with a chat format, each record is rendered as the conversation [system?, user, assistant]."""
-  files = split_files(files)
+  """An Alpaca / Self-Instruct file (or {split: file}, or "train=FILE,test=FILE", or a source of such records) as a
+  task scored by ROUGE-L; with a chat format, each record is rendered as the conversation [system?, user, assistant]."""
+  source = _source(files, sources.InstructionSource, strict)
   if chat_format is not None:
-    return Task(name=name, source=sources.InstructionSource(files, strict=strict), templates=CHAT_TEMPLATES,
+    return Task(name=name, source=source, templates=CHAT_TEMPLATES,
                 preprocess=chat.ChatFields(chat_format, instructions=True), metric="rouge_l", cluster="instructions")
-  return Task(name=name, source=sources.InstructionSource(files, strict=strict),
+  return Task(name=name, source=source,
               templates=templates_lib.load("instructions")["instructions"], preprocess=preprocess_instruction,
               metric="rouge_l", cluster="instructions")
 
 
-def chat_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
+def chat_task(name: str, files: str | Mapping[str, str] | sources.Source, *, strict: bool = True,
               chat_format: chat.ChatFormat | None = None) -> Task:
-  """A file of OpenAI-messages or ShareGPT conversations (or {split: file}, or "train=A,test=B") as a task of
-  cluster "chat" scored by ROUGE-L on its last assistant turn; rendered with `chat_format` (ChatError if None)."""
-  return Task(name=name, source=chat.ChatSource(split_files(files), strict=strict), templates=CHAT_TEMPLATES,
+  """A file of OpenAI-messages or ShareGPT conversations (or {split: file}, or "train=A,test=B", or a source of such
+  records) as a task of cluster "chat" scored by ROUGE-L on its last assistant turn; rendered with `chat_format`
+  (ChatError if None)."""
+  return Task(name=name, source=_source(files, chat.ChatSource, strict), templates=CHAT_TEMPLATES,
               preprocess=chat.ChatFields(chat_format), metric="rouge_l", cluster="chat")
 
 
 PREFERENCE_TEMPLATES = (templates_lib.Template(id=0, inputs="{prompt}"),)  # the prompt as rendered, whole
 
 
-def preference_task(name: str, files: str | Mapping[str, str], *, strict: bool = True,
+def preference_task(name: str, files: str | Mapping[str, str] | sources.Source, *, strict: bool = True,
                     chat_format: chat.ChatFormat | None = None) -> Task:
-  """A file of preference pairs (or {split: file}, or "train=A,test=B") as a task of cluster "preferences": the
-  chosen response is the answer (ROUGE-L), the rejected one rides along (`preferences.PreferenceFields`)."""
-  return Task(name=name, source=preferences.PreferenceSource(split_files(files), strict=strict),
+  """A file of preference pairs (or {split: file}, or "train=A,test=B", or a source of such records) as a task of
+  cluster "preferences": the chosen response is the answer (ROUGE-L), the rejected one rides along
+  (`preferences.PreferenceFields`)."""
+  return Task(name=name, source=_source(files, preferences.PreferenceSource, strict),
               templates=PREFERENCE_TEMPLATES, preprocess=preferences.PreferenceFields(chat_format), metric="rouge_l",
               cluster="preferences")
 
 
+def hf_dataset_task(name: str, spec: str, *, strict: bool = True, chat_format: chat.ChatFormat | None = None) -> Task:
+  """A Hugging Face dataset (`config.data_paths.hf_datasets.NAME=SPEC`, `hf_datasets.py`) as the instruction, chat
+  or preference task its columns make it, built as `instruction_task`, `chat_task` or `preference_task` builds one
+  from a file; lenient (strict=False), a row that cannot be read is dropped (`hf_datasets.DropBadRows`)."""
+  source = hf_datasets_lib.HFDatasetSource(name, spec, strict=strict)
+  make = {"instructions": instruction_task, "chat": chat_task, "preferences": preference_task}[source.kind]
+  task = make(name, source, strict=strict, chat_format=chat_format)
+  return task if strict else dataclasses.replace(task, preprocess=hf_datasets_lib.DropBadRows(task.preprocess))
+
+
 def per_turn(task: Task) -> Task:
   """An encoder-decoder's view of a chat task: one example per assistant turn (other tasks as they are)."""
-  if isinstance(task.source, chat.ChatSource) and not task.source.per_turn:
+  if isinstance(task.source, (chat.ChatSource, hf_datasets_lib.HFDatasetSource)) and not task.source.per_turn:
     return dataclasses.replace(task, source=task.source.turns_view())
   return task

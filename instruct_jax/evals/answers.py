@@ -1,5 +1,5 @@
-"""What generate writes: records appended as they are done (resumable), and the answer formats of the
-benchmarks that judge open-ended outputs.
+"""What generate reads and writes: prompt files (`read_prompts`: published layouts one prompt per instance), records
+appended as they are done (resumable), and the answer formats of the benchmarks that judge open-ended outputs.
 
 - AlpacaEval: model outputs are a JSON list of {instruction, output, generator, dataset} (`alpaca_eval_records`).
 - MT-Bench: questions are JSONL {question_id, category, turns} (`read_mt_bench`); FastChat's gen_model_answer writes
@@ -13,6 +13,59 @@ import pathlib
 
 from instruct_jax import errors, workdir
 from instruct_jax.data import sources
+
+
+def read_prompts(path: str) -> list[dict]:
+  """Prompt records: {"prompt": line} for a text line; a JSON record as it is (checked to hold a string "prompt"
+  or "instruction", and string "input" / "system" where present), except that a Self-Instruct record
+  ({instruction, instances: [{input, output}]}) is one prompt per instance, and a SuperNI task file (.json) one per
+  instance (its Definition the instruction); `sources.instruction_records`. A `.json` file is a JSON list
+  (AlpacaEval's evaluation set) or a SuperNI task file."""
+  records = []
+  if not os.path.isfile(path):
+    raise errors.UserError(f"--prompts_file {path}: no such file")
+  if path.endswith(".json"):
+    try:
+      data = sources.read_json_data(path)
+      if sources.is_superni_task(data):
+        return [_checked(record, where) for where, record in sources.superni_records(data, path)]
+      listed = sources.json_records(data, path)
+      return [r for i, record in enumerate(listed) for r in _expanded(record, f"{path}: record {i}")]
+    except sources.DataError as e:
+      raise errors.UserError(str(e)) from None
+  for n, line in sources.text_lines(path):
+    if isinstance(line, sources.DataError):
+      raise line
+    if not line.strip():
+      continue
+    if not line.lstrip().startswith("{"):
+      records.append({"prompt": line.rstrip("\n").replace("\\n", "\n")})
+      continue
+    try:
+      record = errors.loads_json(line)
+    except json.JSONDecodeError as e:
+      raise errors.UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+    records += _expanded(record, f"{path}:{n}")
+  return records
+
+
+def _expanded(record, where: str) -> list[dict]:
+  """A prompt record, checked; an instruction record one per Self-Instruct instance (`sources.expand_instances`)."""
+  if isinstance(record, dict) and "instruction" in record:
+    try:
+      return [_checked(r, at) for at, r in sources.expand_instances(record, where)]
+    except sources.DataError as e:
+      raise errors.UserError(str(e)) from None
+  return [_checked(record, where)]
+
+
+def _checked(record, where: str) -> dict:
+  if not isinstance(record, dict) or ("prompt" not in record and "instruction" not in record):
+    raise errors.UserError(f"{where}: record has no 'prompt' or 'instruction' field")
+  for field in ("prompt",) if "prompt" in record else ("instruction", "input", "system"):
+    if field in record and not isinstance(record[field], str):
+      raise errors.UserError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
+  return record
 
 
 def read_mt_bench(path: str) -> list[dict]:

@@ -106,10 +106,19 @@ def held_out_tasks(cluster: str) -> tuple[str, ...]:
   raise unknown_cluster(cluster)
 
 
-def eval_sets(e, mixtures: Mapping[str, Any] | None = None) -> list[EvalSet]:
+USER_CLUSTERS = ("instructions", "chat", "preferences")  # tasks of the user's own files and datasets
+
+
+def eval_sets(e, mixtures: Mapping[str, Any] | None = None, *, tasks: Mapping[str, tasks_lib.Task] | None = None,
+              training_mixture: str | None = None, out: Callable[[str], None] = print) -> list[EvalSet]:
   """The evaluation a config's `eval` section asks for: its tasks (a mixture name stands for its tasks), and a
   held-out Flan 2021 cluster's tasks as the "held_out_cluster" condition (Flan's evaluation: rank classification for
-  tasks with options, the task's generation metric otherwise); else the built-in conditions."""
+  tasks with options, the task's generation metric otherwise).
+
+  With neither, and `training_mixture` given: a mixture of built-in tasks gets the built-in conditions; any other
+  gets the `e.split` split of each of its tasks read from the user's files or datasets that have one, or no
+  evaluation; either is said on one line through `out` (never the built-in toy tasks in place of the user's data).
+  Without `training_mixture` (a caller that names no run): the built-in conditions."""
   sets = []
   if e.tasks:
     names = []
@@ -121,13 +130,32 @@ def eval_sets(e, mixtures: Mapping[str, Any] | None = None) -> list[EvalSet]:
                         e.num_examples))
   if sets:
     return sets
+  if training_mixture is not None and tasks is not None:
+    from instruct_jax.data import mixtures as mixtures_lib  # pylint: disable=g-import-not-at-top  (data layer)
+    trained = mixtures_lib.leaf_tasks(training_mixture, tasks, mixtures or {})
+    if not all(t.startswith("builtin/") for t in trained):
+      own = [t for t in trained if tasks[t].cluster in USER_CLUSTERS and e.split in tasks[t].source.splits]
+      if not own:
+        out(f"note: config.eval.tasks is unset and no task of config.data.mixture={training_mixture!r} read from your "
+            f"files has a {e.split!r} split: nothing is evaluated (give a file a test split, NAME=train=A,test=B, or "
+            "name tasks: --config.eval.tasks=\"('NAME',)\")")
+        return []
+      if not e.num_examples:
+        out(f"note: config.eval.tasks is unset and config.eval.num_examples=0: nothing is evaluated (set "
+            f"--config.eval.num_examples=N to score the {e.split!r} split of {', '.join(own)})")
+        return []
+      out(f"note: config.eval.tasks is unset: evaluating the {e.split!r} split of {', '.join(own)} "
+          f"({e.num_examples} examples each)")
+      return [EvalSet("tasks", tuple(own), None, e.split, e.num_examples)]
   return builtin_eval_sets(held_out_cluster=e.held_out_cluster or None, seen_templates=tuple(e.seen_templates) or None,
                            unseen_templates=tuple(e.unseen_templates), num_examples=e.num_examples)
 
 
-def config_rows(eval_section, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Any]) -> list[dict]:
-  """The rendered examples of a run config's `eval` section (its tasks, or the built-in conditions)."""
-  return render_eval_examples(eval_sets(eval_section, mixtures), tasks)
+def config_rows(eval_section, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[str, Any], *,
+                training_mixture: str | None = None, out: Callable[[str], None] = print) -> list[dict]:
+  """The rendered examples of a run config's `eval` section (`eval_sets`)."""
+  return render_eval_examples(eval_sets(eval_section, mixtures, tasks=tasks, training_mixture=training_mixture,
+                                        out=out), tasks)
 
 
 def task_category(task: tasks_lib.Task) -> str:
@@ -442,7 +470,9 @@ def from_config(config, tasks: Mapping[str, tasks_lib.Task], mixtures: Mapping[s
                 kinds: Mapping[str, EvaluatorKind] = KINDS) -> list[Evaluator]:
   """A run's evaluators: "eval" (the `eval` section, every `eval_every` steps) first, then each `evals` entry in
   name order, each of its kind in `kinds`."""
-  out = [Evaluator("eval", config_rows(config.eval, tasks, mixtures), every=config.eval_every,
+  say = (lambda text: print(text, flush=True)) if jax.process_index() == 0 else (lambda text: None)
+  rows = config_rows(config.eval, tasks, mixtures, training_mixture=config.data.mixture, out=say)
+  out = [Evaluator("eval", rows, every=config.eval_every,
                    before_training=config.eval.before_training)]
   for name, spec in config.evals.items():
     out.append(build_evaluator(name, parse_spec(name, spec, kinds), config.eval, tasks, mixtures,

@@ -9,8 +9,11 @@
         --predictions ours.jsonl,baseline.jsonl --out /tmp/judge_pairwise --backend model --workdir W
 
 Inputs. Prompts: JSONL records with "instruction", optional "input", and any other fields
-(`--group_by FIELD` also reports per value of one of them). Predictions: JSONL records with "output",
-as `instruct_jax.generate --prompts_file P.jsonl --output X.jsonl` writes them. The join is by position:
+(`--group_by FIELD` also reports per value of one of them); Self-Instruct's layout ({instruction, instances:
+[{input, output}]}, its user-oriented evaluation set) is one item per instance with that instance's input, and a
+SuperNI task file (.json) one per instance (`sources.instruction_records`), as `generate` reads them; a field that
+looks like an input but is not read ("context", "question", ...) is an error naming it. Predictions: JSONL records
+with "output", as `instruct_jax.generate --prompts_file P.jsonl --output X.jsonl` writes them. The join is by position:
 the n-th prediction answers the n-th prompt, and it must repeat that prompt's "instruction" (and its
 "input", where it has one; both compared without surrounding whitespace); a missing or different one,
 or a different number of records, stops the run with the file and line at fault. A `.json` file is read as a
@@ -56,6 +59,7 @@ import numpy as np
 from absl import flags, logging
 
 from instruct_jax import errors
+from instruct_jax.data import sources
 from instruct_jax.data.sources import read_json
 from instruct_jax.synthetic import cli, prompts as prompt_files
 from instruct_jax.lm.backends import Backend, BackendError, GenParams
@@ -139,6 +143,22 @@ def _records(path: str) -> list[tuple[str, dict[str, Any]]]:
     raise errors.UserError(str(e)) from None
 
 
+def _prompt_records(path: str) -> list[tuple[str, dict[str, Any]]]:
+  """The prompts file's records, exactly one per published example: a Self-Instruct record one per instance, a
+  SuperNI task file (.json) one per instance (its Definition the instruction); MT-Bench questions as they are."""
+  try:
+    if path.endswith(".json") and os.path.isfile(path):
+      data = sources.read_json_data(path)
+      if sources.is_superni_task(data):
+        return sources.superni_records(data, path)
+    records = _records(path)
+    if _is_mt_bench(records):
+      return records
+    return [x for where, obj in records for x in sources.expand_instances(obj, where)]
+  except sources.DataError as e:
+    raise errors.UserError(str(e)) from None
+
+
 def _is_mt_bench(records: Sequence[tuple[str, dict[str, Any]]]) -> bool:
   return bool(records) and all("question_id" in obj and "turns" in obj for _, obj in records)
 
@@ -183,7 +203,7 @@ def _text(obj: Mapping[str, Any], field: str, where: str, required: bool = True)
 
 def load_items(config: JudgeConfig) -> list[Item]:
   """Prompts joined to their predictions (see the module docstring); mismatches are UserErrors."""
-  prompts = _records(config.prompts)
+  prompts = _prompt_records(config.prompts)
   if not prompts:
     raise errors.UserError(f"{config.prompts}: no prompts")
   if _is_mt_bench(prompts):
