@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import tempfile
@@ -117,10 +118,19 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
     mesh, rules, mesh_note, mesh_error = _mesh(config, dry, num_devices)
   else:
     rules, mesh_note, mesh_error = sharding.get_rules(config.sharding), f"{mesh.size} devices (given)", None
+  problem = batch_problem(config, mesh, flag_keys)
+  if problem and not dry:
+    raise configs.ConfigError(problem)
+  problems += [f"batch: {problem}"] if problem else []
   pretrained = pretrained_source(config, mesh, rules)
   tokenizer = _tokenizer(config, workdir, pretrained)
+  family = pretrained.config.family if pretrained is not None else None
   try:
-    chat = predict.chat_format(config, tokenizer)
+    chat = predict.chat_format(config, tokenizer, family)
+    if chat is not None and config.data.chat_format == "" and chat.name != "tokenizer" and jax.process_index() == 0:
+      print(f"note: the tokenizer of config.init_from={config.init_from} has no chat template: the chat data is "
+            f"rendered in the {chat.name!r} format, its family's default (config.data.chat_format names another)",
+            flush=True)
     tasks, mixes = catalogues(config, chat)
   except DATA_ERRORS as e:
     if not dry:
@@ -188,6 +198,18 @@ def _mesh(config, dry: bool, num_devices: int | None):
     n = num_devices or int(np.prod([max(v, 1) for v in dict(config.mesh).values()]))
     return (sharding.abstract_mesh(dict(config.mesh), n), rules,
             f"{n} devices (abstract: this machine has {jax.device_count()})", errors.one_line(str(e)))
+
+
+def batch_problem(config, mesh, flag_keys: Sequence[str] = ()) -> str | None:
+  """Why the batch's rows cannot be split over the mesh's data and fsdp axes (None: they can)."""
+  shards = int(dict(mesh.shape).get("data", 1)) * int(dict(mesh.shape).get("fsdp", 1))
+  pairs = config.objective in losses.PREFERENCE_LOSSES  # a pair is two rows
+  rows = config.data.batch_size * (2 if pairs else 1)
+  if rows % shards == 0:
+    return None
+  return (f"{configs.flag_or_key('data.batch_size', flag_keys)}={config.data.batch_size}: the batch's {rows} rows"
+          f"{' (two per pair)' if pairs else ''} are split over the mesh's data and fsdp axes, {shards} devices "
+          f"here; make it a multiple of {shards // math.gcd(shards, 2) if pairs else shards}, or change config.mesh")
 
 
 def padded_vocab(n: int, multiple: int = 128) -> int:
@@ -530,7 +552,7 @@ class Loaded:
 
   @functools.cached_property
   def chat(self) -> chat_lib.ChatFormat | None:
-    return predict.chat_format(self.config, self.tokenizer)
+    return predict.chat_format(self.config, self.tokenizer, self.model.config.family)
 
 
 def load(workdir: str | None, init_from: str | None = None, step: int | None = None) -> Loaded:

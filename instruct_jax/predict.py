@@ -32,6 +32,7 @@ from instruct_jax.data import render as render_lib
 from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import templates as templates_lib
+from instruct_jax.models import families
 
 GenerateFn = Callable[[Sequence[str]], list[str]]
 LoglikFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -174,10 +175,19 @@ def instruction_prompts(records: Sequence[Mapping[str, str]], config, *, templat
   return [ex["inputs"] for ex in render_lib.render_split(task, "prompts", cfg)]
 
 
-def chat_format(config, tokenizer) -> chat_lib.ChatFormat | None:
-  """The chat format a run rendered its data with (its config's data.chat_format, for its tokenizer), or None when
-  it used none (no chat files and no chat_format)."""
-  return chat_lib.resolve_format(config.data.chat_format, tokenizer,
+def chat_spec(config, tokenizer, family: str | None = None) -> str:
+  """The chat format a run renders with, as a config.data.chat_format value: the config's, except that a run from a
+  checkpoint (config.init_from) with chat data, no chat_format and a tokenizer without a chat template (a base
+  model) takes the default format of the checkpoint's family (`families.default_chat_format`; `family`: the
+  model config's)."""
+  return families.chat_spec(config.data.chat_format, tokenizer, family, from_checkpoint=bool(config.init_from),
+                            has_chat_data=tasks_lib.has_chat_data(config.data_paths))
+
+
+def chat_format(config, tokenizer, family: str | None = None) -> chat_lib.ChatFormat | None:
+  """The chat format a run rendered its data with (`chat_spec`, for its tokenizer), or None when it used none (no
+  chat data and no chat_format)."""
+  return chat_lib.resolve_format(chat_spec(config, tokenizer, family), tokenizer,
                                  has_chat_data=tasks_lib.has_chat_data(config.data_paths))
 
 
@@ -204,7 +214,7 @@ def make_chat_generate_fn(model, params, tokenizer, fmt: chat_lib.ChatFormat, de
   special strings as their ids, and decoded until end-of-text or the format's end of turn. `kwargs` go to
   `make_generate_fn` (batch_size, max_prompt_tokens, mesh, rules, seed, with_ids, with_finish).
 
-      fmt = predict.chat_format(loaded.config, loaded.tokenizer)   # the run's format
+      fmt = loaded.chat   # the run's format (plan.Loaded)
       reply = predict.make_chat_generate_fn(loaded.model, loaded.params, loaded.tokenizer, fmt, cfg)(
           [[{"role": "user", "content": "Name a prime."}]])[0]
   """

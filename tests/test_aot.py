@@ -58,7 +58,8 @@ def test_the_dry_run_compiles_and_reports_times_and_memory(capsys):
 
 
 def test_a_mesh_this_machine_cannot_hold_is_a_problem_that_says_how_to_compile(capsys):
-  config = configs.from_command_line(["--config=configs/tiny.py", "--config.mesh.fsdp=16", "--config.sharding=fsdp"])
+  config = configs.from_command_line(["--config=configs/tiny.py", "--config.mesh.fsdp=16", "--config.sharding=fsdp",
+                                      "--config.data.batch_size=16"])
   problems = train.dry_run(config, compile_step=True)
   assert len(problems) == 1 and problems[0].startswith("compile: needs the config's mesh on this machine's devices")
   assert "8 devices do not divide into it" in problems[0]  # the mesh error itself

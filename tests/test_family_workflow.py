@@ -70,16 +70,19 @@ def _tokenizer(directory: pathlib.Path, specials: list[str], bos: str | None, co
   return {**ids, "vocab": tok.get_vocab_size()}
 
 
-def _family_checkpoint(name: str, directory: pathlib.Path) -> pathlib.Path:
+def _family_checkpoint(name: str, directory: pathlib.Path, *, template: bool = True) -> pathlib.Path:
+  """A tiny random checkpoint of family `name` (template False: a base model's tokenizer, without a chat template)."""
   config_cls, model_cls, fields = hf_models.FAMILY_CONFIGS[name]
   if name.startswith("qwen"):  # Qwen2.5 / Qwen3 instruct: eos <|im_end|>, pad <|endoftext|>, no bos
     ids = _tokenizer(directory, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None,
                      {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
-    (directory / "chat_template.jinja").write_text(QWEN_TEMPLATE)  # as transformers 5 saves a template
+    if template:
+      (directory / "chat_template.jinja").write_text(QWEN_TEMPLATE)  # as transformers 5 saves a template
     special = dict(bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
   else:  # Gemma: <pad> 0, <eos> 1, <bos> 2, turn markers; the template in tokenizer_config.json
     ids = _tokenizer(directory, ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>",
-                     {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "chat_template": GEMMA_TEMPLATE})
+                     {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                      **({"chat_template": GEMMA_TEMPLATE} if template else {})})
     special = dict(bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
   torch.manual_seed(0)
   model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**{**fields, **special,
@@ -193,3 +196,40 @@ def test_family_chat_path(name, tmp_path):
 @pytest.mark.slow
 def test_smollm2_chat_path(tmp_path):
   chat_path(smollm2_checkpoint(tmp_path / "hf"), tmp_path, steps=4, lengths=(64, 16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fmt", [("qwen2", "chatml"), ("gemma3", "gemma")])
+def test_a_base_checkpoint_chats_in_its_family_default_format(name, fmt, tmp_path):
+  """A base model's tokenizer has no chat template: with no chat format named, the run renders its chat data in the
+  family's default format (saying so), generate --chat and the export use the same one, and transformers'
+  apply_chat_template on the export gives the ids our rows and generate read."""
+  from instruct_jax.data import chat as chat_lib  # pylint: disable=g-import-not-at-top
+  from instruct_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  src = _family_checkpoint(name, tmp_path / "hf", template=False)
+  ours_tok = tokenizer_lib.load(src)
+  assert ours_tok.chat_template() is None
+  baseline = _generate([f"--init_from={src}"], tmp_path, "baseline")  # generate --chat takes the family's format
+  assert baseline[0]["prompt"] == chat_lib.prompt(chat_lib.resolve_format(fmt, ours_tok), CONVERSATIONS[0])
+  chat = tmp_path / "chat.jsonl"
+  chat.write_text("".join(json.dumps({"messages": [*c, {"role": "assistant", "content": "1 2 3"}]}) + "\n"
+                          for c in CONVERSATIONS * 8))
+  workdir = tmp_path / "run"
+  proc = _cli("instruct_jax.train", "--config=configs/finetune.py", f"--workdir={workdir}", f"--config.init_from={src}",
+              f"--config.data_paths.chat_files.talk={chat}", "--config.data.mixture=chat", "--config.model.lora.rank=4",
+              "--config.total_steps=2", "--config.checkpoint_every=2", "--config.data.batch_size=8",
+              "--config.data.inputs_length=64", "--config.data.targets_length=16", timeout=900)
+  assert f"rendered in the {fmt!r} format, its family's default" in proc.stdout
+  ours = _generate([f"--workdir={workdir}"], tmp_path, "tuned")
+  export = tmp_path / "export"
+  _cli("instruct_jax.convert", "--to=hf", f"--src={workdir}", f"--dst={export}")
+  exported_tok = transformers.AutoTokenizer.from_pretrained(export)
+  exported = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+  stop_ids = {ours_tok.eos_id, *[i for i in [exported_tok.convert_tokens_to_ids(t) for t in
+                                             ("<|im_end|>", "<end_of_turn>")] if isinstance(i, int) and i >= 0]}
+  for conversation, row in zip(CONVERSATIONS, ours):
+    ids = _prompt_ids(exported_tok, conversation)
+    # The row generate read: begin-of-text where the tokenizer adds one (the named format does not write it; the
+    # export's template does, as `{{ bos_token }}`), then the prompt's ids.
+    assert [ours_tok.bos_id] * ours_tok.adds_bos + ours_tok.encode(row["prompt"]).tolist() == ids, conversation
+    assert row["ids"] == _greedy(exported, ids, stop_ids), conversation

@@ -368,3 +368,21 @@ def test_rows_longer_than_the_checkpoints_positions_are_refused(tmp_path):
     plan.resolve(config, flag_keys=["data.inputs_length", "data.targets_length"])
   config.data.targets_length = 8
   assert plan.resolve(config).data.lengths()["decoder_input_tokens"] == 40
+
+
+def test_a_batch_the_mesh_cannot_split_is_refused_naming_the_flag():
+  from instruct_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from instruct_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # the 8 faked devices
+  config = configs.base()
+  config.data.batch_size = 12
+  problem = plan_lib.batch_problem(config, mesh, ["data.batch_size"])
+  assert problem.startswith("--config.data.batch_size=12: the batch's 12 rows are split over the mesh's data and "
+                            "fsdp axes, 8 devices here; make it a multiple of 8")
+  config.data.batch_size = 16
+  assert plan_lib.batch_problem(config, mesh) is None
+  config.objective, config.data.batch_size = "dpo", 4  # 4 pairs are 8 rows
+  assert plan_lib.batch_problem(config, mesh) is None
+  config.data.batch_size = 2
+  assert "4 rows (two per pair)" in plan_lib.batch_problem(config, mesh) and "a multiple of 4" in \
+      plan_lib.batch_problem(config, mesh)

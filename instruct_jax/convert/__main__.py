@@ -34,7 +34,7 @@ from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat
 from instruct_jax.data import sources
 from instruct_jax.data import tasks as tasks_lib
-from instruct_jax.models import build, lora
+from instruct_jax.models import build, families, lora
 
 _FROM = flags.DEFINE_enum("from", "instruct_jax", ["hf", "t5x", "peft", "instruct_jax"], "Format of --src.")
 _TO = flags.DEFINE_enum("to", "instruct_jax", ["hf", "peft", "instruct_jax"], "Format written to --dst (hf: "
@@ -83,16 +83,26 @@ def _read(mesh, rules) -> convert.Pretrained:
   return convert.load_pretrained(src, mesh, rules, step=_STEP.value)
 
 
+def _chat_spec(run, tokenizer, family: str) -> tuple[str, bool]:
+  """The chat format the run rendered with (`families.chat_spec`), and whether it had chat data."""
+  try:
+    has_chat = tasks_lib.has_chat_data(run.data_paths)
+  except sources.DataError:  # a dataset the run read is gone since: its chat files still say
+    has_chat = bool(run.data_paths.chat_files)
+  return families.chat_spec(run.data.chat_format, tokenizer, family, from_checkpoint=bool(run.init_from),
+                            has_chat_data=has_chat), has_chat
+
+
 def _end_of_turn(config, tokenizer, model_config) -> int | None:
   """The id a decoder trained in the run's chat format ends its turn with, when it is not end-of-text (None: none,
   or no chat format)."""
   if not build.Model(model_config).reply_follows_prompt:
     return None
+  spec, has_chat = _chat_spec(config, tokenizer, model_config.family)
   try:
-    has_chat = tasks_lib.has_chat_data(config.data_paths)
-    fmt = chat.resolve_format(config.data.chat_format, tokenizer, has_chat_data=has_chat)
+    fmt = chat.resolve_format(spec, tokenizer, has_chat_data=has_chat)
     stop = chat.end_of_turn_id(fmt, tokenizer) if fmt is not None else None
-  except sources.DataError:  # no usable chat format (ChatError), or the run's datasets are gone since
+  except chat.ChatError:
     return None
   return None if stop == tokenizer.eos_id else stop
 
@@ -122,7 +132,7 @@ def main(argv: Sequence[str]) -> None:
       print(f"note: no tokenizer exported ({e})")
     template, stop = None, None
     if tokenizer is not None and workdir_lib.is_workdir(tok_src):  # the run's chat format, for transformers
-      spec = workdir_lib.read_config(tok_src).data.chat_format
+      spec, _ = _chat_spec(workdir_lib.read_config(tok_src), tokenizer, pretrained.config.family)
       template = (tokenizer.chat_template() if spec in ("", "tokenizer") else
                   chat.export_template(spec, begin_of_text=build.Model(pretrained.config).reply_follows_prompt
                                        and tokenizer.adds_bos))

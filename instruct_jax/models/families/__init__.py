@@ -22,6 +22,10 @@ A family module declares:
                                  adds one, then the text)
     LORA_NAMES                   {our projection name: the Hugging Face module name PEFT targets}
     PEFT_TASK_TYPE               adapter_config.json's task_type ("SEQ_2_SEQ_LM", "CAUSAL_LM")
+    default_chat_format(tokenizer)
+                                 the named chat format (data/templates/chat_formats.yaml) a chat run from such a
+                                 checkpoint renders with when its tokenizer has no chat template (a base model), or
+                                 None (the run must name one)
 
 The models read only config switches (q/k/v bias, q/k norm, (1 + w) norms, ...), never a family's name. Adding a
 family is its module, a line in MODULES below, and its tests (tests/convert/test_families.py).
@@ -56,3 +60,20 @@ def lora_names(kind: str) -> dict[str, str]:
 def lora_aliases() -> dict[str, str]:
   """{a checkpoint's module name PEFT targets: our projection name} over every family (hints for a wrong target)."""
   return {theirs: ours for module in MODULES for ours, theirs in module.LORA_NAMES.items()}
+
+
+def default_chat_format(family: str, tokenizer) -> str | None:
+  """The default chat format of the family whose model config says `family` (its model type), for `tokenizer`;
+  None for a family without one, or an unknown family."""
+  module = BY_MODEL_TYPE.get(family)
+  return module.default_chat_format(tokenizer) if module is not None else None
+
+
+def chat_spec(spec: str, tokenizer, family: str | None, *, from_checkpoint: bool, has_chat_data: bool) -> str:
+  """The chat format a run renders with, as a config.data.chat_format value: `spec`, except that a run from a
+  checkpoint with chat data, no chat format named ("") and a tokenizer without a chat template (a base model) takes
+  its family's default (`default_chat_format`; `family`: the model config's)."""
+  if spec == "" and from_checkpoint and family and has_chat_data and tokenizer is not None \
+      and tokenizer.chat_template() is None:
+    return default_chat_format(family, tokenizer) or spec
+  return spec

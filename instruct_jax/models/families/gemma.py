@@ -22,6 +22,13 @@ from instruct_jax.models.families.llama import (  # noqa: F401 (a Llama's)
 MODEL_TYPES = ("gemma2", "gemma3_text")
 ARCHITECTURES = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 KIND = "decoder"
+
+
+def default_chat_format(tokenizer) -> str:
+  """Gemma's <start_of_turn> layout, for a checkpoint whose tokenizer has no chat template (a chat run's default)."""
+  del tokenizer
+  return "gemma"
+
 _FIELDS = llama.COMMON_FIELDS + (
     "hidden_activation", "hidden_act", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
     "attention_bias", "use_bidirectional_attention", "rope_local_base_freq", "sliding_window_pattern",

@@ -26,6 +26,16 @@ ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 KIND = "decoder"
 ROW_FORMAT = "decoder"  # Tokenizer.save_for_hf: [bos] + text where the tokenizer adds a begin-of-text
 PEFT_TASK_TYPE = "CAUSAL_LM"
+
+
+def default_chat_format(tokenizer) -> str:
+  """The chat format (templates/chat_formats.yaml) a chat run from a checkpoint whose tokenizer has no chat template
+  renders with: Llama-3's header layout where the tokenizer has its <|eot_id|>, ChatML where it has <|im_start|>
+  (SmolLM2), else the [INST] layout of Llama-2-chat and Mistral-Instruct."""
+  specials = set(tokenizer.special_strings())
+  if "<|eot_id|>" in specials:
+    return "llama3"
+  return "chatml" if "<|im_start|>" in specials else "llama2"
 LORA_NAMES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "o_proj", "wi_0": "gate_proj",
               "wi_1": "up_proj", "wo": "down_proj"}
 # Fields of every decoder family's config.json that this code reads or that cannot change the model.

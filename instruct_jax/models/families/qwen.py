@@ -18,6 +18,13 @@ from instruct_jax.models.families.llama import (  # noqa: F401 (a Llama's)
 MODEL_TYPES = ("qwen2", "qwen3")
 ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
 KIND = "decoder"
+
+
+def default_chat_format(tokenizer) -> str:
+  """ChatML, Qwen's chat layout, for a checkpoint whose tokenizer has no chat template (a chat run's default)."""
+  del tokenizer
+  return "chatml"
+
 _FIELDS = llama.COMMON_FIELDS + ("hidden_act", "max_window_layers", "attention_bias", "use_mrope")
 
 

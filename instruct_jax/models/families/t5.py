@@ -21,6 +21,12 @@ from instruct_jax.models.t5 import T5Config
 MODEL_TYPES = ("t5", "mt5")
 ARCHITECTURES = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration")
 KIND = "encoder_decoder"
+
+
+def default_chat_format(tokenizer) -> None:
+  """None: T5 checkpoints come without a chat layout; a chat run names one (config.data.chat_format)."""
+  del tokenizer
+
 ROW_FORMAT = "t5"  # Tokenizer.save_for_hf: the encoder reads the text + end-of-text
 PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
 LORA_NAMES = {"query": "q", "key": "k", "value": "v", "out": "o", "wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
