@@ -15,7 +15,6 @@ import importlib.util
 import json
 import pathlib
 
-import numpy as np
 import pytest
 
 from tests.test_pretrained_workflow import _cli
