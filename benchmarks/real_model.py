@@ -9,13 +9,22 @@ AdamW, fp32. LoRA: rank 8, alpha 16, on the query and value projections (peft: q
 its jitted train step with the real weights (`convert.import_hf`) as `configs/finetune.py` sets it up, and, as a
 second row, unrolled without rematerialisation; transformers runs eager PyTorch (sdpa attention). tokens/s is
 batch x (inputs + targets) over the median step time after the first (compiling) step.
+
+`--profile` also profiles one more step of each case: instruct_jax's with jax.profiler (the executed XLA
+operations, each classed as matrix multiplication when it, or a computation it calls, holds a dot or a
+convolution in the compiled HLO), PyTorch's with torch.profiler (aten::mm, addmm, bmm, the attention kernels and
+the rest, by self time); it prints, per case, the CPU time in matrix multiplications and in everything else, and
+the matmul rate (the step's FLOPs over its matmul time).
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
 import json
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -75,7 +84,50 @@ def child_ours(args) -> dict:
     holder["state"], metrics = train(holder["state"], batch, jax.random.key(0))
     jax.block_until_ready(metrics)
 
-  return {"seconds": _timed(run, args.steps)}
+  out = {"seconds": _timed(run, args.steps)}
+  if args.profile:
+    compiled = train.lower(holder["state"], batch, jax.random.key(0)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    with tempfile.TemporaryDirectory() as tmp:
+      with jax.profiler.trace(tmp, create_perfetto_trace=True):
+        t0 = time.perf_counter()
+        run()
+        wall = time.perf_counter() - t0
+      trace = next(pathlib.Path(tmp).rglob("perfetto_trace.json.gz"))
+      events = json.load(gzip.open(trace))
+    out["profile"] = {**_xla_times(compiled.as_text(), events), "wall": wall, "flops": float(cost.get("flops", 0))}
+  return out
+
+
+def _xla_times(hlo: str, events) -> dict:
+  """CPU seconds of the executed XLA operations (the trace's complete events named as HLO instructions), split into
+  those that multiply matrices (a dot or convolution in the instruction or in what it calls) and the rest."""
+  ops, current = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+    if head and not line.startswith(" "):
+      current = head.group(1)
+      continue
+    inst = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([\w\-]+)\(", line)
+    if inst and current is not None:
+      ops[inst.group(1)] = (current, inst.group(2), set(re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)))
+  by_computation = collections.defaultdict(list)
+  for name, (comp, _, _) in ops.items():
+    by_computation[comp].append(name)
+  memo: dict[str, bool] = {}
+
+  def multiplies(name: str) -> bool:
+    if name not in memo:
+      memo[name] = False  # (a cycle, which HLO does not have, reads as no)
+      _, opcode, called = ops[name]
+      memo[name] = opcode in ("dot", "convolution") or any(multiplies(i) for c in called for i in by_computation[c])
+    return memo[name]
+  times = collections.Counter()
+  for e in events["traceEvents"] if isinstance(events, dict) else events:
+    if e.get("ph") == "X" and e.get("name") in ops:
+      times["matmul" if multiplies(e["name"]) else "other"] += e.get("dur", 0) / 1e6
+  return {"matmul": times["matmul"], "other": times["other"]}
 
 
 def child_torch(args) -> dict:
@@ -98,8 +150,23 @@ def child_torch(args) -> dict:
     opt.step()
     opt.zero_grad(set_to_none=True)
 
-  return {"seconds": _timed(run, args.steps), "threads": torch.get_num_threads(),
-          "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+  out = {"seconds": _timed(run, args.steps), "threads": torch.get_num_threads(),
+         "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+  if args.profile:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+      t0 = time.perf_counter()
+      run()
+      wall = time.perf_counter() - t0
+    matmul = other = flops = 0.0
+    for row in prof.key_averages():
+      seconds = row.self_cpu_time_total / 1e6
+      if row.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm") or "scaled_dot_product" in row.key:
+        matmul += seconds
+      else:
+        other += seconds
+      flops += row.flops or 0
+    out["profile"] = {"matmul": matmul, "other": other, "wall": wall, "flops": flops}
+  return out
 
 
 def main() -> None:
@@ -111,6 +178,7 @@ def main() -> None:
   parser.add_argument("--inputs", type=int, default=256)
   parser.add_argument("--targets", type=int, default=128)
   parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--profile", action="store_true", help="also profile one step of each case (see above)")
   parser.add_argument("--child", choices=["ours", "torch"], help=argparse.SUPPRESS)
   parser.add_argument("--mode", default="lora", help=argparse.SUPPRESS)
   parser.add_argument("--layout", default="finetune", help=argparse.SUPPRESS)
@@ -130,6 +198,7 @@ def main() -> None:
   print(f"{args.hf_dir}: {args.batch} rows x ({args.inputs} + {args.targets}) tokens, {args.steps} timed steps, "
         f"{os.cpu_count()} CPUs")
   print("| mode | implementation | peak RSS (GB) | tokens/s |\n|---|---|---|---|")
+  profiles = []
   for mode in args.modes.split(","):
     for child, layout, name in (("ours", "finetune",
                                  "instruct_jax (configs/finetune.py: scanned, remat dots_no_batch)"),
@@ -137,7 +206,7 @@ def main() -> None:
                                 ("torch", "", "transformers" + (" + peft" if mode == "lora" else "") + " (eager)")):
       cmd = [sys.executable, __file__, f"--child={child}", f"--mode={mode}", f"--layout={layout}",
              f"--hf_dir={args.hf_dir}", f"--batch={args.batch}", f"--inputs={args.inputs}",
-             f"--targets={args.targets}", f"--steps={args.steps}"]
+             f"--targets={args.targets}", f"--steps={args.steps}"] + (["--profile"] if args.profile else [])
       proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
       line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not line:
@@ -145,6 +214,16 @@ def main() -> None:
         continue
       r = json.loads(line[0][len("RESULT "):])
       print(f"| {mode} | {name} | {r['peak_rss_gb']:.2f} | {tokens / r['seconds']:.0f} |", flush=True)
+      if "profile" in r:
+        profiles.append((mode, name, r["profile"]))
+  if profiles:
+    print("\n| mode | implementation | step wall (s) | CPU s in matmuls | CPU s in the rest | matmul share | "
+          "step GFLOP | GFLOP per matmul CPU s |\n|---|---|---|---|---|---|---|---|")
+    for mode, name, p in profiles:
+      cpu = p["matmul"] + p["other"]
+      print(f"| {mode} | {name} | {p['wall']:.2f} | {p['matmul']:.2f} | {p['other']:.2f} | "
+            f"{p['matmul'] / max(cpu, 1e-9):.0%} | {p['flops'] / 1e9:.0f} | "
+            f"{p['flops'] / 1e9 / max(p['matmul'], 1e-9):.0f} |")
 
 
 if __name__ == "__main__":

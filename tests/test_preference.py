@@ -234,8 +234,8 @@ def test_every_loss_trains_both_model_kinds(kind, loss):
 @pytest.mark.slow  # importing TRL's trainers takes ~8 s
 def test_simpo_and_orpo_equal_trls_loss_functions_on_the_same_log_probs():
   """TRL computes SimPO (`CPOTrainer.cpo_loss`) and ORPO's odds-ratio term (`ORPOTrainer.odds_ratio_loss`) as
-  functions of the policy's length-averaged log-probs; DPO, IPO and cDPO live inside `DPOTrainer._compute_loss`
-  (no function to call), so they are checked against the papers' formulas above."""
+  functions of the policy's length-averaged log-probs; DPO and IPO live inside `DPOTrainer._compute_loss` (no function
+  to call): `test_dpo_and_ipo_equal_trls_dpo_trainer_on_one_batch` runs the trainer itself."""
   pytest.importorskip("trl")
   import types  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -288,3 +288,56 @@ def test_each_loss_fine_tunes_a_checkpoint_as_the_readme_command_does(hf_checkpo
     if loss in ("dpo", "cdpo"):  # the reference is the checkpoint itself at step 1
       expected = math.log(2)  # cdpo: -(1 - e) log sigmoid(0) - e log sigmoid(0) = ln 2 too
       assert train_rows[0]["train/loss"] == pytest.approx(expected, abs=1e-5), loss
+
+
+@pytest.mark.slow  # TRL's trainer on a tiny Llama: ~20 s
+@pytest.mark.parametrize("kind, trl_loss, beta", [("dpo", "sigmoid", 0.1), ("ipo", "ipo", 0.5)])
+def test_dpo_and_ipo_equal_trls_dpo_trainer_on_one_batch(tmp_path, kind, trl_loss, beta):
+  """TRL's DPOTrainer (its own tokenization, collator, model forward and `compute_loss`) against our objective on the
+  same token ids, with a reference model that differs from the policy. TRL 1.16 has no conservative DPO (its
+  sigmoid loss ignores label_smoothing): cdpo is checked against its formula above."""
+  trl = pytest.importorskip("trl")
+  torch = pytest.importorskip("torch")
+  import datasets  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from instruct_jax import convert  # pylint: disable=g-import-not-at-top
+  from instruct_jax.models import build  # pylint: disable=g-import-not-at-top
+  from tests.convert import hf_models  # pylint: disable=g-import-not-at-top
+  words = ["<pad>", "<s>", "</s>", "<unk>", *"sort reverse the numbers : 1 2 3 4 a b c d please".split()]
+  tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+  pairs = [{"prompt": "sort the numbers : 3 1 2", "chosen": " 1 2 3", "rejected": " 3 2 1 2"},
+           {"prompt": "reverse : a b c d", "chosen": " d c b a", "rejected": " a"},
+           {"prompt": "please sort : 4 2", "chosen": " 2 4", "rejected": " 4 2 4 2 4"}]
+  dirs = {}
+  for name, seed in (("policy", 0), ("reference", 1)):
+    dirs[name] = hf_models.save(hf_models.build("llama3", seed=seed), tmp_path / name, "llama3")
+  policy = transformers.AutoModelForCausalLM.from_pretrained(dirs["policy"], dtype=torch.float32)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(dirs["reference"], dtype=torch.float32)
+  args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type=[trl_loss], report_to=[],
+                       per_device_train_batch_size=len(pairs), use_cpu=True,
+                       bf16=False)  # TRL's default (bf16) runs the reference under bf16 autocast here: fp32 throughout
+  trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=datasets.Dataset.from_list(pairs),
+                           processing_class=tok)
+  inputs = next(iter(trainer.get_train_dataloader()))
+  with torch.no_grad():
+    theirs = float(trainer.compute_loss(trainer.model.eval(), inputs))
+  # The same rows as our decoder batch: [chosen rows, rejected rows], scored on the completion (end-of-text included).
+  ids, mask, scored = (inputs[k].numpy() for k in ("input_ids", "attention_mask", "completion_mask"))
+  batch = {"decoder_input_tokens": ids[:, :-1], "decoder_target_tokens": ids[:, 1:],
+           "decoder_loss_weights": (scored[:, 1:] * mask[:, 1:]).astype(np.float32),
+           "decoder_segment_ids": mask[:, :-1].astype(np.int32),
+           "decoder_positions": np.maximum(np.cumsum(mask[:, :-1], axis=1) - 1, 0).astype(np.int32)}
+  mesh, rules = sharding.make_mesh({"data": 1}, jax.devices()[:1]), sharding.get_rules("data_parallel")
+  ours_policy, ours_reference = (convert.import_hf(dirs[n], mesh, rules) for n in ("policy", "reference"))
+  model = build.Model(ours_policy.config)
+  objective = objectives.Preference(kind=kind, beta=beta)
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  _, shared = objective.prepare(batch)
+  ours, sums = objective.loss(model, ours_policy.params, batch, None, shared, dropout_rng=None, packed=True,
+                              reference=ours_reference.params)
+  assert float(ours) == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+  assert theirs != pytest.approx(math.log(2), abs=1e-3)  # the reference differs from the policy
+  assert float(sums["pairs"]) == len(pairs)
