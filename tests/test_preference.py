@@ -319,8 +319,8 @@ def test_dpo_and_ipo_equal_trls_dpo_trainer_on_one_batch(tmp_path, kind, trl_los
   args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type=[trl_loss], report_to=[],
                        per_device_train_batch_size=len(pairs), use_cpu=True,
                        bf16=False)  # TRL's default (bf16) runs the reference under bf16 autocast here: fp32 throughout
-  trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=datasets.Dataset.from_list(pairs),
-                           processing_class=tok)
+  trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args,
+                           train_dataset=datasets.Dataset.from_list(pairs), processing_class=tok)
   inputs = next(iter(trainer.get_train_dataloader()))
   with torch.no_grad():
     theirs = float(trainer.compute_loss(trainer.model.eval(), inputs))
