@@ -61,10 +61,12 @@ def dry_run(config: ml_collections.ConfigDict, *, flag_keys: Sequence[str] = (),
   if plan.evaluators is not None:
     out("evals     " + "; ".join(f"{e.name}: {len(e.rows)} examples, "
                                  + (f"every {e.every} steps" if e.every else "at the end") for e in plan.evaluators))
-  pairs = plan.objective.pairs
-  rows = config.data.batch_size * (2 if pairs else 1)
-  tokens = rows * (config.data.inputs_length + config.data.targets_length)
-  what = f"{config.data.batch_size} pairs ({rows} rows" if pairs else f"{rows} rows ("
+  pairs, packed = plan.objective.pairs, getattr(plan.objective, "packed", False)
+  rows = config.data.batch_size * (2 if pairs and not packed else 1)
+  length = (config.data.inputs_length + config.data.targets_length) * (2 if packed else 1)
+  tokens = rows * length
+  what = (f"{rows} rows of {length} tokens holding whole pairs (packed" if packed else
+          f"{config.data.batch_size} pairs ({rows} rows" if pairs else f"{rows} rows (")
   out(f"steps     {config.total_steps} of {what}{', ' if pairs else ''}{tokens:,} token slots per step), "
       f"{config.num_microbatches} microbatch(es); optimizer {config.optim.optimizer} lr {config.optim.learning_rate}")
   if pairs:

@@ -94,7 +94,7 @@ class Feed:
     self.features = set(plan.objective.batch_spec(plan.model.kind, config.data.batch_size,
                                                   config.data.inputs_length, config.data.targets_length))
     self.sharding = sharding.batch_sharding(plan.mesh, plan.rules)
-    self.per_example = 2 if plan.objective.pairs else 1  # a pair is two rows
+    self.per_example = 2 if plan.objective.pairs else 1  # a pair is two examples (rows, or segments when packed)
 
   def __call__(self, host_batch):
     if not self.pack:  # the step's attention relies on it (step.train_step's packed=False)

@@ -132,6 +132,7 @@ class Preference:
   lambda_: float = 0.1
   hosts: int = 1  # processes whose rows make the global batch (`_halves`)
   groups: MetricGroups = ()
+  packed: bool = False  # pairs packed into shared rows, a segment per response (PipelineConfig.packed_pairs)
   pairs: bool = dataclasses.field(default=True, init=False)
 
   @property
@@ -143,12 +144,30 @@ class Preference:
     return self.kind in losses.NEEDS_REFERENCE
 
   def batch_spec(self, kind: str, batch_size: int, inputs_length: int, targets_length: int):
-    """2 * batch_size one-example rows: each pair's chosen response, then its rejected one."""
-    return _batch_spec(kind, inputs_length, targets_length, 2 * batch_size, [feature for _, feature, _ in self.groups])
+    """2 * batch_size one-example rows: each pair's chosen response, then its rejected one; packed, batch_size rows
+    of twice the length."""
+    meta = [feature for _, feature, _ in self.groups]
+    if self.packed:
+      return _batch_spec(kind, 2 * inputs_length, 2 * targets_length, batch_size, meta)
+    return _batch_spec(kind, inputs_length, targets_length, 2 * batch_size, meta)
+
+  def _by_response(self, per_token_BL, batch: Batch):
+    """A per-token value summed over each pair's chosen and over its rejected response ([P] each). Padded layout:
+    rows [chosen..., rejected...] (`_halves`); packed: a row's segments 2k - 1 and 2k are its k-th pair, up to L / 2
+    pairs a row (slots without a pair sum to 0)."""
+    if not self.packed:
+      return _halves(jnp.sum(per_token_BL, axis=-1), self.hosts)
+    segments = batch["decoder_segment_ids"]
+    rows, length = segments.shape
+    ids = jnp.arange(rows, dtype=jnp.int32)[:, None] * (length + 1) + segments
+    sums = jax.ops.segment_sum(per_token_BL.reshape(-1), ids.reshape(-1), num_segments=rows * (length + 1))
+    sums = sums.reshape(rows, length + 1)
+    pairs = length // 2
+    return sums[:, 1:2 * pairs:2].reshape(-1), sums[:, 2:2 * pairs + 1:2].reshape(-1)
 
   def prepare(self, batch: Batch):
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    chosen_tokens, rejected_tokens = _halves(jnp.sum(weights, axis=-1), self.hosts)
+    chosen_tokens, rejected_tokens = self._by_response(weights, batch)
     pairs = jnp.sum((chosen_tokens > 0) & (rejected_tokens > 0)).astype(jnp.float32)
     return None, (pairs, jnp.sum(chosen_tokens))
 
@@ -159,24 +178,32 @@ class Preference:
     batch = dict(batch)
     for _, feature, _ in self.groups:
       batch.pop(feature)
-    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
     logits = model.apply(params, batch, dropout_rng=dropout_rng, packed=packed)
-    logps, tokens = losses.sequence_logps(logits, targets, weights)
-    (chosen, rejected), (chosen_n, rejected_n) = _halves(logps, self.hosts), _halves(tokens, self.hosts)
+    (chosen, rejected) = self._by_response(-losses.cross_entropy(logits, targets)[1] * weights, batch)
+    chosen_n, rejected_n = self._by_response(weights, batch)
     ref_chosen = ref_rejected = None
     if self.needs_reference:
       ref_logits = jax.lax.stop_gradient(model.apply(reference, batch, dropout_rng=None, packed=packed))
-      ref_chosen, ref_rejected = _halves(losses.sequence_logps(ref_logits, targets, weights)[0], self.hosts)
-    per_pair, reward_c, reward_r, (compared_c, compared_r) = losses.preference_losses(
-        self.kind, chosen, rejected, chosen_n, rejected_n, ref_chosen, ref_rejected, beta=self.beta,
-        label_smoothing=self.label_smoothing, gamma=self.gamma)
+      ref_chosen, ref_rejected = self._by_response(-losses.cross_entropy(ref_logits, targets)[1] * weights, batch)
     valid = ((chosen_n > 0) & (rejected_n > 0)).astype(jnp.float32)
+    # A slot without a pair (packed rows; a response truncated away) gets harmless stand-in values: ORPO's log odds
+    # of an empty response's log-probability 0 are infinite, and a NaN masked out afterwards still poisons gradients.
+    stand_in = lambda x, value: None if x is None else jnp.where(valid > 0, x, value)
+    per_pair, reward_c, reward_r, (compared_c, compared_r) = losses.preference_losses(
+        self.kind, stand_in(chosen, -1.0), stand_in(rejected, -2.0), stand_in(chosen_n, 1.0),
+        stand_in(rejected_n, 1.0), stand_in(ref_chosen, -1.0), stand_in(ref_rejected, -2.0), beta=self.beta,
+        label_smoothing=self.label_smoothing, gamma=self.gamma)
     loss = jnp.sum(valid * per_pair) / jnp.maximum(step_pairs, 1.0)
     if self.kind == "orpo":
       loss = self.lambda_ * loss - jnp.sum(valid * chosen) / jnp.maximum(step_chosen_tokens, 1.0)
-    chosen_weights, _ = _halves(weights.astype(jnp.float32), self.hosts)
-    chosen_logits, _ = _halves(logits, self.hosts)
-    chosen_targets, _ = _halves(targets, self.hosts)
+    if self.packed:  # the chosen responses' tokens: odd segments
+      chosen_weights = weights * (batch["decoder_segment_ids"] % 2 == 1).astype(jnp.float32)
+      chosen_logits, chosen_targets = logits, targets
+    else:
+      chosen_weights, _ = _halves(weights, self.hosts)
+      chosen_logits, _ = _halves(logits, self.hosts)
+      chosen_targets, _ = _halves(targets, self.hosts)
     _, sums = losses.loss_and_metrics(chosen_logits, chosen_targets, chosen_weights, scale_BL=chosen_weights,
                                       denominator=1.0)
     sums.update(pairs=jnp.sum(valid), rewards_chosen=jnp.sum(valid * reward_c),

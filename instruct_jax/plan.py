@@ -118,10 +118,6 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
     mesh, rules, mesh_note, mesh_error = _mesh(config, dry, num_devices)
   else:
     rules, mesh_note, mesh_error = sharding.get_rules(config.sharding), f"{mesh.size} devices (given)", None
-  problem = batch_problem(config, mesh, flag_keys)
-  if problem and not dry:
-    raise configs.ConfigError(problem)
-  problems += [f"batch: {problem}"] if problem else []
   pretrained = pretrained_source(config, mesh, rules)
   tokenizer = _tokenizer(config, workdir, pretrained)
   family = pretrained.config.family if pretrained is not None else None
@@ -148,6 +144,10 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
       raise attention.AttentionError(problem)
     problems.append(f"attention: {problem}")
   data = pipeline_config(config, model)
+  problem = batch_problem(config, mesh, flag_keys, data.packed_pairs)
+  if problem and not dry:
+    raise configs.ConfigError(problem)
+  problems += [f"batch: {problem}"] if problem else []
   check_positions(position_limit(model, pretrained.hf_config if pretrained is not None else None),
                   max(data.lengths().values()), f"config.init_from={config.init_from}",
                   " + ".join(configs.flag_or_key(k, flag_keys) for k in ("data.inputs_length", "data.targets_length")))
@@ -178,7 +178,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, fl
       mesh_error=mesh_error, restart_changes=restart if recorded else None, pretrained=pretrained,
       tokenizer=tokenizer, chat=chat, tasks=tasks, mixtures=mixes, added=added, added_note=added_note, model=model,
       attention=plan_text, data=data, examples=examples, task_names=task_names, rates=rates, evaluators=evals,
-      objective=objectives.from_config(config, groups),
+      objective=objective_of(config, groups, data),
       optim=optim.OptimConfig.from_config({**config.optim.to_dict(), "total_steps": config.total_steps}),
       problems=problems)
 
@@ -200,10 +200,19 @@ def _mesh(config, dry: bool, num_devices: int | None):
             f"{n} devices (abstract: this machine has {jax.device_count()})", errors.one_line(str(e)))
 
 
-def batch_problem(config, mesh, flag_keys: Sequence[str] = ()) -> str | None:
+def objective_of(config, groups: objectives.MetricGroups, data: pipeline_lib.PipelineConfig) -> objectives.Objective:
+  """config.objective as the run's batches hold it: a preference objective reads pairs packed into shared rows
+  where the pipeline packs them (`PipelineConfig.packed_pairs`)."""
+  objective = objectives.from_config(config, groups)
+  if objective.pairs and data.packed_pairs:
+    objective = dataclasses.replace(objective, packed=True)
+  return objective
+
+
+def batch_problem(config, mesh, flag_keys: Sequence[str] = (), packed_pairs: bool = False) -> str | None:
   """Why the batch's rows cannot be split over the mesh's data and fsdp axes (None: they can)."""
   shards = int(dict(mesh.shape).get("data", 1)) * int(dict(mesh.shape).get("fsdp", 1))
-  pairs = config.objective in losses.PREFERENCE_LOSSES  # a pair is two rows
+  pairs = config.objective in losses.PREFERENCE_LOSSES and not packed_pairs  # a padded pair is two rows
   rows = config.data.batch_size * (2 if pairs else 1)
   if rows % shards == 0:
     return None

@@ -341,3 +341,90 @@ def test_dpo_and_ipo_equal_trls_dpo_trainer_on_one_batch(tmp_path, kind, trl_los
   assert float(ours) == pytest.approx(theirs, rel=1e-5, abs=1e-6)
   assert theirs != pytest.approx(math.log(2), abs=1e-3)  # the reference differs from the policy
   assert float(sums["pairs"]) == len(pairs)
+
+
+def _pair_layouts(n=6, row_pairs_len=24):
+  """The same n decoder pairs (prompt + response, each its own example) in both layouts: padded (rows [chosen...,
+  rejected...]) and packed (`packing.pack_pairs_and_batch`: whole pairs in rows of twice the length)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  from instruct_jax.data import packing, transforms  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  pairs = []
+  for _ in range(n):
+    prompt = rng.integers(3, 500, rng.integers(2, 8))
+    halves = [transforms.decoder_features(prompt, rng.integers(3, 500, rng.integers(1, 6)), bos_id=helpers.BOS,
+                                          eos_id=helpers.EOS, max_len=row_pairs_len) for _ in range(2)]
+    pairs.append({"chosen": halves[0], "rejected": halves[1], "task_index": np.int32(0)})
+  lengths = packing.feature_lengths("decoder", row_pairs_len // 2, row_pairs_len // 2)
+  source = lambda: grain.MapDataset.source(pairs).to_iter_dataset()
+  padded = next(iter(packing.pad_pairs_and_batch(source(), lengths=lengths, batch_size=n,
+                                                 meta_features=("task_index",))))
+  packed = list(packing.pack_pairs_and_batch(source(), lengths=lengths, batch_size=n, meta_features=("task_index",),
+                                             num_packing_bins=n, drop_remainder=False))
+  return pairs, padded, {k: np.concatenate([b[k] for b in packed]) for k in packed[0]}
+
+
+def test_packed_pairs_keep_each_response_its_own_segment_and_positions():
+  pairs, _, packed = _pair_layouts()
+  seg, pos = packed["decoder_segment_ids"], packed["decoder_positions"]
+  assert seg.shape[1] == 48 and seg.max() >= 4  # several pairs share a row
+  found = []
+  for r in range(seg.shape[0]):
+    for s in range(1, seg[r].max() + 1, 2):  # a pair: segments s (chosen) and s + 1 (rejected), one after the other
+      c, j = np.flatnonzero(seg[r] == s), np.flatnonzero(seg[r] == s + 1)
+      assert len(c) and len(j) and c[-1] + 1 == j[0]
+      assert pos[r][c].tolist() == list(range(len(c))) and pos[r][j].tolist() == list(range(len(j)))
+      found.append((packed["decoder_target_tokens"][r][c].tolist(), packed["decoder_target_tokens"][r][j].tolist()))
+  want = [(p["chosen"]["decoder_target_tokens"].tolist(), p["rejected"]["decoder_target_tokens"].tolist())
+          for p in pairs]
+  assert sorted(found) == sorted(want)  # every pair once, whole
+
+
+def test_packed_pairs_give_the_padded_layouts_losses_and_gradients_and_nothing_leaks():
+  model = helpers.tiny_model("decoder")
+  params = helpers.init_params(model, seed=1)
+  reference = helpers.init_params(model, seed=2)
+  _, padded, packed = _pair_layouts()
+  padded, packed = ({k: jnp.asarray(v) for k, v in b.items() if k != "task_index"} for b in (padded, packed))
+  for kind in ("dpo", "orpo"):  # a reference and sums; no reference, averages and the chosen tokens' NLL
+    values = []
+    for layout, batch in (("padded", padded), ("packed", packed)):
+      objective = objectives.Preference(kind, packed=layout == "packed")
+      _, shared = objective.prepare(batch)
+
+      def loss_fn(p, objective=objective, batch=batch, shared=shared):
+        return objective.loss(model, p, batch, None, shared, dropout_rng=None, packed=True, reference=reference)
+
+      (loss, sums), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+      values.append((float(loss), {k: float(v) for k, v in sums.items()}, grads))
+    (loss_a, sums_a, grads_a), (loss_b, sums_b, grads_b) = values
+    assert loss_b == pytest.approx(loss_a, rel=1e-5), kind
+    for name in ("pairs", "rewards_chosen", "rewards_margins", "logps_chosen", "logps_rejected", "nll_sum",
+                 "weight_sum"):
+      assert sums_b[name] == pytest.approx(sums_a[name], rel=1e-5, abs=1e-6), (kind, name)
+    assert helpers.max_tree_rel_err(grads_a, grads_b) < 1e-4, kind
+  # No leakage: changing a row's chosen response leaves the log-probs of its rejected responses as they were.
+  objective = objectives.Preference("dpo", packed=True)
+  logp = lambda b: objective._by_response(  # pylint: disable=protected-access
+      -losses.cross_entropy(model.apply(params, b, dropout_rng=None, packed=True), b["decoder_target_tokens"])[1]
+      * b["decoder_loss_weights"], b)
+  changed = dict(packed)
+  odd = (packed["decoder_segment_ids"] % 2 == 1)
+  changed["decoder_input_tokens"] = jnp.where(odd, 7, packed["decoder_input_tokens"])
+  (chosen, rejected), (chosen2, rejected2) = logp(packed), logp(changed)
+  np.testing.assert_allclose(np.asarray(rejected2), np.asarray(rejected), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.asarray(chosen2), np.asarray(chosen))
+
+
+def test_the_first_packed_dpo_step_is_ln_2():
+  mesh, rules = sharding.make_mesh({"data": 1}, jax.devices()[:1]), sharding.get_rules("data_parallel")
+  model = helpers.tiny_model("decoder")
+  tx = optim.make_optimizer(optim.OptimConfig(optimizer="adamw", learning_rate=1e-2, schedule="constant"))
+  _, _, packed = _pair_layouts()
+  batch = {k: v for k, v in packed.items() if k != "task_index"}
+  state, state_sh = step.create_train_state(model, tx, mesh, rules, jax.random.key(0), reference=True)
+  objective = objectives.Preference("dpo", packed=True)
+  train = step.jit_train_step(model, tx, objective, optim.make_schedule(optim.OptimConfig(schedule="constant")), mesh,
+                              rules, state_sh)
+  _, metrics = train(state, batch, jax.random.key(1))
+  assert float(metrics["loss"]) == pytest.approx(math.log(2), abs=1e-6) and float(metrics["pairs"]) == 6

@@ -135,3 +135,37 @@ def pad_pairs_and_batch(ds: grain.IterDataset, *, lengths: dict[str, int], batch
   the same order (row i and row batch_size + i are one pair; the layout TRL's concatenated forward uses)."""
   ds = ds.map(lambda pair: _pad_pair(pair, lengths, meta_features)).batch(batch_size, drop_remainder=drop_remainder)
   return ds.map(lambda b: {k: np.concatenate([v[:, 0], v[:, 1]]) for k, v in b.items()})
+
+
+def pack_pairs_and_batch(ds: grain.IterDataset, *, lengths: dict[str, int], batch_size: int,
+                         meta_features: tuple[str, ...] = (), num_packing_bins: int | None = None, seed: int = 0,
+                         drop_remainder: bool = True) -> grain.IterDataset:
+  """Decoder preference pairs packed: rows of twice `lengths` (so the longest pair fits), each holding whole pairs
+  by grain's first-fit packer, `batch_size` rows per batch. A row's k-th pair is segments 2k - 1 (its chosen
+  response, with the prompt) and 2k (its rejected one, with the prompt again); positions restart at 0 in every
+  segment and attention stays within it, so neither response sees the other (`objectives.Preference` sums each
+  response's log-probabilities by segment)."""
+  row = {k: 2 * n for k, n in lengths.items()}
+  carried = (*meta_features, "pair_half", "pair_positions")  # per-token features the packer carries along
+
+  def join(pair: dict) -> dict:
+    chosen, rejected = pair["chosen"], pair["rejected"]
+    n_c, n_r = len(chosen["decoder_target_tokens"]), len(rejected["decoder_target_tokens"])
+    out = {k: np.concatenate([np.asarray(chosen[k]), np.asarray(rejected[k])]) for k in lengths}
+    out["pair_half"] = np.concatenate([np.zeros(n_c, np.int32), np.ones(n_r, np.int32)])
+    out["pair_positions"] = np.concatenate([np.arange(n_c), np.arange(n_r)]).astype(np.int32)
+    for m in meta_features:
+      out[m] = np.full((n_c + n_r,), pair[m], np.int32)
+    return out
+
+  def split(packed: dict) -> dict:
+    segments = packed["decoder_target_tokens_segment_ids"].astype(np.int32)
+    out = {k: packed[k] for k in (*lengths, *meta_features)}
+    out["decoder_segment_ids"] = np.where(segments > 0, 2 * segments - 1 + packed["pair_half"], 0).astype(np.int32)
+    out["decoder_positions"] = np.where(segments > 0, packed["pair_positions"], 0).astype(np.int32)
+    return out
+
+  length_struct = {**row, **{m: row["decoder_target_tokens"] for m in carried}}
+  ds = grain_exp.FirstFitPackIterDataset(ds.map(join), length_struct=length_struct,
+                                         num_packing_bins=num_packing_bins or batch_size, seed=seed, shuffle_bins=True)
+  return ds.map(split).batch(batch_size, drop_remainder=drop_remainder)

@@ -141,6 +141,12 @@ class PipelineConfig:
   def lengths(self) -> dict[str, int]:
     return packing.feature_lengths(self.model_kind, self.inputs_length, self.targets_length)
 
+  @property
+  def packed_pairs(self) -> bool:
+    """Preference pairs packed into shared rows (a decoder with data.pack): rows of twice the length, each holding
+    whole pairs, every response its own segment (`packing.pack_pairs_and_batch`)."""
+    return self.pairs and self.pack and rows_lib.for_kind(self.model_kind).packs_pairs
+
 
 class Stats:
   """Per-task counters filled as examples flow through the featurizer (thread-safe)."""
@@ -502,14 +508,17 @@ def make_pipeline(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer, *,
   read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch)
   ds = features.to_iter_dataset(read)
   per_host = config.batch_size // process_count
-  if config.pairs:  # per_host pairs -> rows [chosen..., rejected...] (objectives.Preference pairs them back)
+  if config.packed_pairs:  # whole pairs packed into rows of twice the length, a segment per response
+    ds = packing.pack_pairs_and_batch(ds, lengths=config.lengths(), batch_size=per_host, meta_features=META_FEATURES,
+                                      num_packing_bins=config.num_packing_bins, seed=config.seed)
+  elif config.pairs:  # per_host pairs -> rows [chosen..., rejected...] (objectives.Preference pairs them back)
     ds = packing.pad_pairs_and_batch(ds, lengths=config.lengths(), batch_size=per_host, meta_features=META_FEATURES)
   else:
     ds = packing.pack_and_batch(ds, lengths=config.lengths(), batch_size=per_host, pack=config.pack,
                                 num_packing_bins=config.num_packing_bins, meta_features=META_FEATURES,
                                 seed=config.seed)
   if host_rows is not None:
-    ds = ds.map(functools.partial(_host_rows, rows=host_rows, pairs=config.pairs))
+    ds = ds.map(functools.partial(_host_rows, rows=host_rows, pairs=config.pairs and not config.packed_pairs))
   if config.worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
   return Pipeline(dataset=ds, examples=examples, task_names=task_names, rates=rates, stats=stats)

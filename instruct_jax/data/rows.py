@@ -31,6 +31,7 @@ class Seq2Seq:
   """Encoder-decoder rows: inputs_length encoder tokens, targets_length decoder tokens."""
   name = "encoder_decoder"
   chat_per_turn = True  # each assistant turn of a conversation is one example
+  packs_pairs = False  # a preference pair is two rows (the prompt in each encoder, each response in a decoder)
   needs_end_of_turn = False  # a T5 reply ends with end-of-text
 
   def lengths(self, inputs_length: int, targets_length: int) -> dict[str, int]:
@@ -59,6 +60,7 @@ class Decoder:
   """Decoder-only rows of inputs_length + targets_length tokens."""
   name = "decoder"
   chat_per_turn = False  # a conversation is one row
+  packs_pairs = True  # with data.pack, preference pairs share rows (packing.pack_pairs_and_batch)
   needs_end_of_turn = True  # a decoder stops at its chat format's end-of-turn token
 
   def lengths(self, inputs_length: int, targets_length: int) -> dict[str, int]:

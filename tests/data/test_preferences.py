@@ -14,7 +14,8 @@ def test_pair_rows_score_only_the_responses_and_share_the_prompt(kind, tmp_path,
   tasks, mixes = mixtures.catalogues(paths)
   assert mixes["preferences"].members == ("rev",)
   cfg = pipeline.PipelineConfig(mixture="preferences", model_kind=kind, inputs_length=48, targets_length=16,
-                                batch_size=4, pairs=True, shuffle=False)
+                                batch_size=4, pairs=True, shuffle=False, pack=False)
+  assert not cfg.packed_pairs
   batch = next(iter(pipeline.make_pipeline(cfg, spm_tokenizer, tasks=tasks, mixtures=mixes,
                                            process_index=0, process_count=1).dataset))
   w, targets = batch["decoder_loss_weights"], batch["decoder_target_tokens"]
@@ -57,3 +58,24 @@ def test_a_bad_line_is_an_error_naming_it_or_with_strict_off_is_skipped_and_coun
   lenient = preferences.PreferenceSource({"train": str(path)}, strict=False)
   assert [r["chosen"] for r in lenient.load("train")] == ["b"]
   assert lenient.stats.bad_records == 1 and lenient.stats.bad_lines == 1
+
+
+def test_a_decoder_packs_whole_pairs_into_rows_a_segment_per_response(tmp_path, spm_tokenizer):
+  paths = tasks_lib.DataPaths(preference_files={"rev": test_preference._pairs_file(tmp_path / "p.jsonl")})
+  tasks, mixes = mixtures.catalogues(paths)
+  cfg = pipeline.PipelineConfig(mixture="preferences", model_kind="decoder", inputs_length=48, targets_length=16,
+                                batch_size=4, pairs=True, shuffle=False)
+  assert cfg.packed_pairs  # data.pack (the default) packs a decoder's pairs
+  batch = next(iter(pipeline.make_pipeline(cfg, spm_tokenizer, tasks=tasks, mixtures=mixes,
+                                           process_index=0, process_count=1).dataset))
+  seg, w, targets = batch["decoder_segment_ids"], batch["decoder_loss_weights"], batch["decoder_target_tokens"]
+  assert seg.shape == (4, 128) and seg.max() >= 4  # rows of twice the length, several pairs in a row
+  pairs = 0
+  for r in range(4):
+    for s in range(1, seg[r].max() + 1, 2):
+      text = lambda s, r=r: spm_tokenizer.decode([int(t) for t, x, g in zip(targets[r], w[r], seg[r])
+                                                  if x > 0 and g == s])
+      prompt = lambda s, r=r: [int(t) for t, x, g in zip(targets[r], w[r], seg[r]) if x == 0 and g == s][:10]
+      assert text(s).split()[:3] == list(reversed(text(s + 1).split()[:3])) and prompt(s) == prompt(s + 1)
+      pairs += 1
+  assert pairs > 4 and (batch["task_index"][seg > 0] == 0).all()
