@@ -396,7 +396,8 @@ def decontaminated(config, data: pipeline_lib.PipelineConfig, tasks, mixes,
     n = pipeline_lib.pool_size(data, view[name])
     found = np.zeros(0, np.int64)
     for start in range(0, n, 10_000):
-      texts = ["\n".join(decontaminate.example_texts(records[i])) for i in range(start, min(n, start + 10_000))]
+      batch = (records[i] for i in range(start, min(n, start + 10_000)))  # None: a row a lenient source skips
+      texts = ["" if r is None else "\n".join(decontaminate.example_texts(r)) for r in batch]
       found = np.concatenate([found, start + np.flatnonzero(index.contaminated(texts))])
     total, dropped = total + n, dropped + len(found)
     if len(found):
