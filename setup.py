@@ -45,10 +45,10 @@ setuptools.setup(
         # datasets (hf): config.data_paths.hf_datasets, Hugging Face datasets read offline (tests/data).
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=5,<6", "nbclient>=0.10", "ipykernel>=6",
                  "matplotlib>=3.7", "importlib_resources>=6", "peft>=0.17,<0.22", "gguf>=0.10", "trl>=1,<2",
-                 "lm-eval>=0.4.9,<0.5", "wandb>=0.17", "datasets>=3"],
+                 "lm-eval>=0.4.9,<0.5", "wandb>=0.17", "datasets>=3", "pyarrow>=15"],
         "bench": ["torch==2.13.0", "transformers>=5,<6"],
         "lm_eval": ["lm-eval>=0.4.9,<0.5"],
         "wandb": ["wandb>=0.17"],
-        "hf": ["datasets>=3"],
+        "hf": ["datasets>=3", "pyarrow>=15"],  # pyarrow: datasets brings it; hf_datasets.py uses it directly
     },
 )

@@ -109,8 +109,8 @@ def _memory(plan: plan_lib.RunPlan, out) -> None:
 
 
 def _data(plan: plan_lib.RunPlan, out, num_examples: int, rate_examples: int) -> None:
-  """Rendered examples, the mixture's rates (set and realised), and one host's first batch when the tokenizer
-  exists (the pipeline the run builds)."""
+  """The first `num_examples` rendered examples (looked for among the first `rate_examples`), the mixture's rates (set
+  and realised), and one host's first batch when the tokenizer exists (the pipeline the run builds)."""
   tokenizer, task_names = plan.tokenizer, plan.task_names
   shown = 0
   for i in range(rate_examples):
@@ -119,13 +119,12 @@ def _data(plan: plan_lib.RunPlan, out, num_examples: int, rate_examples: int) ->
     ex = plan.examples[i]
     if ex is None:
       continue
-    if shown < num_examples:
-      shown += 1
-      tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
-                f"{len(tokenizer.encode(ex['targets']))} tokens)")
-      out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
-          f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}"
-          + (f"\n  rejected: {ex['rejected']!r}" if "rejected" in ex else ""))
+    shown += 1
+    tokens = ("" if tokenizer is None else f" ({len(tokenizer.encode(ex['inputs']))} + "
+              f"{len(tokenizer.encode(ex['targets']))} tokens)")
+    out(f"example   {task_names[ex['task_index']]} template {ex['template_id']} shots {ex['shots']}{tokens}:\n"
+        f"  inputs:  {ex['inputs']!r}\n  targets: {ex['targets']!r}"
+        + (f"\n  rejected: {ex['rejected']!r}" if "rejected" in ex else ""))
   plan_lib.report_mixture(plan, out=lambda text: out(f"data      {text}"))
   if tokenizer is not None:
     batch = next(iter(plan_lib.pipeline(plan).dataset))

@@ -278,7 +278,7 @@ def test_each_loss_fine_tunes_a_checkpoint_as_the_readme_command_does(hf_checkpo
         f"--config={ROOT / 'configs/finetune.py'}", f"--config.init_from={hf_checkpoints[name]}",
         f"--config.objective={loss}", f"--config.data_paths.preference_files.mine={pairs}",
         "--config.data.mixture=preferences", "--config.total_steps=2", "--config.log_every=1",
-        "--config.checkpoint_every=0", "--config.data.batch_size=4", "--config.data.inputs_length=32",
+        "--config.checkpoint_every=0", "--config.data.batch_size=8", "--config.data.inputs_length=32",
         "--config.data.targets_length=16", *(["--config.preference.label_smoothing=0.1"] if loss == "cdpo" else [])])
     result = train.train_and_evaluate(config, str(tmp_path / loss))
     rows = [json.loads(line) for line in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
