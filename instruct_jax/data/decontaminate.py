@@ -1,6 +1,6 @@
 """N-gram decontamination: which training examples share an n-gram of words with an evaluation set.
 
-    python -m instruct_jax.data.decontaminate --train alpaca.jsonl,sft_dir:train \
+    python -m instruct_jax.data.decontaminate --train alpaca.jsonl,sft_dir:train \\
         --eval ../shared/data/natural-instructions/tasks/task648_answer_generation.json --ngram 13 --out report.json
 
 prints, per training source, how many of its examples share an n-gram (13 words by default) with any eval
