@@ -63,7 +63,6 @@ from instruct_jax import workdir as workdir_lib
 from instruct_jax.data import chat as chat_lib
 from instruct_jax.data import sources
 from instruct_jax.evals import answers
-from instruct_jax.models import families
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir written by instruct_jax.train (with --init_from: only its "
                                "settings: prompt templates, chat format, lengths).")
@@ -129,19 +128,9 @@ def read_conversations(path: str) -> list[dict]:
   return records
 
 
-def conversation_format(loaded, flag: str) -> chat_lib.ChatFormat:
-  """The run's chat format; for a run that used none, the tokenizer's own template, or where it has none (a base
-  model) its family's default format."""
-  if loaded.chat is not None:
-    return loaded.chat
-  tok = loaded.tokenizer
-  default = families.default_chat_format(loaded.model.config.family, tok) if tok.chat_template() is None else None
-  return chat_lib.resolve_format(default or "tokenizer", tok, flag=flag)
-
-
 def chat_prompt_texts(records: list[dict], loaded) -> tuple[list[str], chat_lib.ChatFormat]:
-  """The prompt of each conversation record in the run's chat format (`conversation_format`)."""
-  fmt = conversation_format(loaded, "--chat")
+  """The prompt of each conversation record in the run's chat format (`plan.Loaded.conversation_format`)."""
+  fmt = loaded.conversation_format("--chat")
   return predict.chat_prompts([r["messages"] for r in records], fmt), fmt
 
 
@@ -231,7 +220,7 @@ def mt_bench(loaded) -> None:
   questions = answers.read_mt_bench(_PROMPTS_FILE.value)
   tok = loaded.tokenizer
   try:
-    fmt = conversation_format(loaded, "--mt_bench")
+    fmt = loaded.conversation_format("--mt_bench")
   except chat_lib.ChatError as e:
     raise errors.UserError(str(e)) from None
   cfg = sampling.DecodeConfig(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,

@@ -51,7 +51,7 @@ from instruct_jax.data import tasks as tasks_lib
 from instruct_jax.data import tokenizer as tokenizer_lib
 from instruct_jax.evals import evaluators
 from instruct_jax.evals import preference_eval
-from instruct_jax.models import attention, build, lora as lora_lib
+from instruct_jax.models import attention, build, families, lora as lora_lib
 
 # The evaluator kinds a run's config.evals may name (evals/evaluators.py: the contract); a new kind is a module
 # defining an `evaluators.EvaluatorKind` and an entry here.
@@ -563,6 +563,15 @@ class Loaded:
   @functools.cached_property
   def chat(self) -> chat_lib.ChatFormat | None:
     return predict.chat_format(self.config, self.tokenizer, self.model.config.family)
+
+  def conversation_format(self, flag: str) -> chat_lib.ChatFormat:
+    """The format conversations are rendered in: the run's, or for a run that used none the tokenizer's own template,
+    or where it has none (a base model) its family's default (`flag` names the caller's option in errors)."""
+    if self.chat is not None:
+      return self.chat
+    tok = self.tokenizer
+    default = families.default_chat_format(self.model.config.family, tok) if tok.chat_template() is None else None
+    return chat_lib.resolve_format(default or "tokenizer", tok, flag=flag)
 
 
 def load(workdir: str | None, init_from: str | None = None, step: int | None = None) -> Loaded:

@@ -152,16 +152,6 @@ def _pyarrow():
   return pyarrow
 
 
-def _read_text(path: str) -> str:
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-encode the file as UTF-8") from None
-
-
 def _json_kind(path: str) -> str:
   """"json" (a list of records), "superni" (a task file) or "jsonl" (one object per line) for a .json file."""
   with open(path, "rb") as f:
@@ -170,14 +160,14 @@ def _json_kind(path: str) -> str:
     raise DataError(f"{path}: the file is empty (no records)")
   if head.startswith(b"["):
     return "json"
-  text = _read_text(path)
+  text = sources.read_text(path)
   try:
     data = errors.loads_json(text)
   except json.JSONDecodeError as e:
     if e.msg == "Extra data" and head.startswith(b"{"):
       return "jsonl"
     raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-  if isinstance(data, dict) and "Definition" in data and "Instances" in data:
+  if sources.is_superni_task(data):
     return "superni"
   raise DataError(f"{path}: expected a list of records or a SuperNI task file (an object with \"Definition\" and "
                   f"\"Instances\"), got {'an object without them' if isinstance(data, dict) else type(data).__name__}"
@@ -214,13 +204,9 @@ class Source:
       yield from _located(f"{self.path}:{lineno}", example_texts(record))
 
   def _superni(self) -> Iterator[tuple[str, str]]:
-    instances = errors.loads_json(_read_text(self.path))["Instances"]
-    if not isinstance(instances, list):
-      raise DataError(f"{self.path}: field 'Instances' must be a list, got {type(instances).__name__}")
-    for i, instance in enumerate(instances):
-      if not isinstance(instance, dict):
-        raise DataError(f"{self.path}: Instances[{i}] is a {type(instance).__name__}, expected an object")
-      yield f"{self.path}: Instances[{i}]", "\n".join(_strings([instance.get("input"), instance.get("output")], []))
+    """Each instance's input and references (the instances as `sources.superni_records` reads them)."""
+    for where, record in sources.superni_records(sources.read_json_data(self.path), self.path):
+      yield where, "\n".join([record["input"], *record["references"]])
 
   def _rows(self) -> Iterator[dict[str, Any]]:
     if self.kind == "datasets":

@@ -154,17 +154,22 @@ def json_records(data: Any, path: str) -> list[dict[str, Any]]:
   return data
 
 
-def read_json_data(path: str) -> Any:
-  """A JSON file's parsed content; DataErrors name the file and line."""
+def read_text(path: str) -> str:
+  """A whole file as UTF-8 text; a missing file or bytes that are not UTF-8 are DataErrors naming the file (and line)."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
   with open(path, "rb") as f:
     raw = f.read()
   try:
-    text = raw.decode("utf-8")
+    return raw.decode("utf-8")
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b"\n") + 1
     raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-encode the file as UTF-8") from None
+
+
+def read_json_data(path: str) -> Any:
+  """A JSON file's parsed content; DataErrors name the file and line."""
+  text = read_text(path)
   if not text.strip():
     raise DataError(f"{path}: the file is empty (no records)")
   try:

@@ -208,8 +208,7 @@ class InstructJaxLM(TemplateLM):
 
   # --- chat templates (lm-eval's --apply_chat_template) ---
   def _chat_format(self) -> chat_lib.ChatFormat:
-    fmt = self._loaded.chat or chat_lib.resolve_format("tokenizer", self._tok, flag="--apply_chat_template")
-    return fmt
+    return self._loaded.conversation_format("--apply_chat_template")
 
   def chat_template(self, chat_template: bool | str = False) -> str | None:
     if chat_template is False or chat_template is None:
